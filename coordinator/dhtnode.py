@@ -1,0 +1,99 @@
+"""Start a hivemind DHT node with the settings barnraise needs and errors a person can act on.
+
+hivemind's ``DHT()`` listens on 127.0.0.1 only by default and reports unreachable bootstrap peers
+as a bare ``P2PDaemonError``; this module fixes the defaults and turns its failures into our
+errors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from coordinator.errors import ConfigError, PeerUnavailable
+
+log = logging.getLogger(__name__)
+
+DHT_START_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class DHTOptions:
+    """How to join (or start) the swarm's DHT."""
+
+    initial_peers: tuple[str, ...] = ()  # multiaddrs of peers already in the swarm
+    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)  # multiaddrs to listen on
+    announce: tuple[str, ...] = ()  # multiaddrs others should dial (public address behind NAT)
+    identity: Path | None = None  # private key file; created if missing; same file = same peer id
+    client_mode: bool = False  # True: reach out only, accept no DHT requests (status CLI)
+    start_timeout_s: float = DHT_START_TIMEOUT_S
+    extra: dict = field(default_factory=dict)
+
+
+def check_maddr(text: str, what: str) -> None:
+    from hivemind.utils.multiaddr import Multiaddr
+
+    try:
+        Multiaddr(text)
+    except Exception as e:
+        raise ConfigError(
+            f"{what} {text!r} is not a multiaddr ({e}); expected e.g. /ip4/1.2.3.4/tcp/31337/p2p/Qm..."
+        ) from e
+
+
+def start_dht(opts: DHTOptions):
+    """Start a DHT node in a background process; returns a running ``hivemind.DHT``."""
+    import hivemind
+    from hivemind.p2p import P2PDaemonError
+
+    for m in opts.initial_peers:
+        check_maddr(m, "initial peer")
+        if "/p2p/" not in m:
+            raise ConfigError(
+                f"initial peer {m!r} lacks its /p2p/<peer id> part: copy the full address printed by the bootstrap"
+            )
+    for m in (*opts.listen, *opts.announce):
+        check_maddr(m, "listen/announce address")
+    if opts.identity is not None and not opts.identity.parent.is_dir():
+        raise ConfigError(f"identity file directory {opts.identity.parent} does not exist")
+    kwargs = dict(
+        initial_peers=list(opts.initial_peers),
+        host_maddrs=list(opts.listen),
+        client_mode=opts.client_mode,
+        start=True,
+        await_ready=True,
+        startup_timeout=opts.start_timeout_s,
+        **opts.extra,
+    )
+    if opts.announce:
+        kwargs["announce_maddrs"] = list(opts.announce)
+    if opts.identity is not None:
+        kwargs["identity_path"] = str(opts.identity)
+    try:
+        dht = hivemind.DHT(**kwargs)
+    except P2PDaemonError as e:
+        text = str(e)
+        if "bootstrap" in text or "connect" in text:
+            raise PeerUnavailable(
+                f"could not reach any initial peer ({', '.join(opts.initial_peers)}): check the address, "
+                "that the bootstrap node is running and that its port is open"
+            ) from e
+        if "identity" in text.lower() or "taken" in text.lower():
+            raise ConfigError(
+                f"identity {opts.identity} is already in use by a running node: stop it or pass another --identity"
+            ) from e
+        raise PeerUnavailable(
+            f"the p2p daemon failed to start: {text.splitlines()[0] if text else e!r}"
+        ) from e
+    except TimeoutError as e:
+        raise PeerUnavailable(f"the DHT node did not start within {opts.start_timeout_s:.0f} s") from e
+    return dht
+
+
+def visible_maddrs(dht) -> list[str]:
+    """Addresses others can dial, loopback last, each with the /p2p/ suffix."""
+    addrs = [str(a) for a in dht.get_visible_maddrs()]
+    peer = dht.peer_id.to_base58()
+    full = [a if "/p2p/" in a else f"{a}/p2p/{peer}" for a in addrs]
+    return sorted(set(full), key=lambda a: ("/127.0.0.1/" in a or "/::1/" in a, a))

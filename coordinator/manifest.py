@@ -1,0 +1,206 @@
+"""The run manifest: build it at ``init``, write it atomically, load and check it everywhere else.
+
+The manifest's serialized protobuf bytes are the thing the run key signs and the thing peers hash,
+so it is stored as ``manifest.pb`` (authoritative) with a ``manifest.json`` copy for people.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import json_format
+
+from coordinator.atomic import write_atomic
+from coordinator.errors import ConfigError, IntegrityError
+from protos import manifest_pb2
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.pb"
+MANIFEST_JSON = "manifest.json"
+SHARDS_DIR = "shards"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelPreset:
+    """A built-in GPT size. Parameter counts are for a 256-token (byte) vocabulary."""
+
+    d_model: int  # width
+    n_layer: int  # transformer blocks
+    n_head: int  # attention heads
+    seq_len: int  # context, tokens
+
+
+MODEL_PRESETS: dict[str, ModelPreset] = {
+    # ~0.1M params: several steps/s on one CPU core; the demo and tests use it.
+    "gpt-nano": ModelPreset(d_model=64, n_layer=2, n_head=4, seq_len=64),
+    # ~0.8M params
+    "gpt-micro": ModelPreset(d_model=128, n_layer=4, n_head=4, seq_len=128),
+    # ~4.8M params
+    "gpt-small": ModelPreset(d_model=256, n_layer=6, n_head=8, seq_len=256),
+    # ~25M params: a home GPU's size class for benchmarks
+    "gpt-medium": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=256),
+}
+DEFAULT_MODEL = "gpt-nano"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainingDefaults:
+    """DiLoCo defaults (the paper's outer Nesterov SGD, lr 0.7, momentum 0.9)."""
+
+    inner_lr: float = 2e-3  # AdamW
+    inner_weight_decay: float = 0.01
+    batch_size: int = 16  # sequences per inner step
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    round_s: float = 10.0  # seconds of local compute per round
+    round_delay: int = 0  # rounds between computing an average and applying it
+    codec: str = "fp32"
+    topk_fraction: float = 0.01
+    group_size: int = 32  # target averaging group size
+    grad_clip: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.round_s <= 0:
+            raise ValueError(f"round_s must be positive, got {self.round_s}")
+        if self.round_delay not in (0, 1):
+            raise ValueError(f"round_delay must be 0 or 1, got {self.round_delay}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.group_size < 2:
+            raise ValueError(f"group_size must be at least 2, got {self.group_size}")
+
+
+def model_config(name: str, vocab_size: int) -> manifest_pb2.ModelConfig:
+    if name not in MODEL_PRESETS:
+        known = ", ".join(MODEL_PRESETS)
+        raise ConfigError(f"unknown model {name!r}: choose one of {known}")
+    p = MODEL_PRESETS[name]
+    return manifest_pb2.ModelConfig(
+        name=name,
+        vocab_size=vocab_size,
+        seq_len=p.seq_len,
+        d_model=p.d_model,
+        n_layer=p.n_layer,
+        n_head=p.n_head,
+    )
+
+
+def build_manifest(
+    *,
+    model: manifest_pb2.ModelConfig,
+    training: TrainingDefaults,
+    dataset: manifest_pb2.DatasetInfo,
+    shards: list[manifest_pb2.ShardInfo],
+    seed: int | None = None,
+) -> manifest_pb2.RunManifest:
+    return manifest_pb2.RunManifest(
+        format_version=FORMAT_VERSION,
+        run_id=secrets.token_hex(6),
+        created_at=time.time(),
+        seed=secrets.randbits(31) if seed is None else seed,
+        model=model,
+        training=manifest_pb2.TrainingConfig(
+            inner_lr=training.inner_lr,
+            inner_weight_decay=training.inner_weight_decay,
+            batch_size=training.batch_size,
+            outer_lr=training.outer_lr,
+            outer_momentum=training.outer_momentum,
+            round_s=training.round_s,
+            round_delay=training.round_delay,
+            codec=training.codec,
+            topk_fraction=training.topk_fraction,
+            group_size=training.group_size,
+            grad_clip=training.grad_clip,
+        ),
+        dataset=dataset,
+        shards=shards,
+        membership=manifest_pb2.Membership(open=True),
+    )
+
+
+def save_manifest(run_dir: Path, signed: manifest_pb2.SignedManifest) -> None:
+    """Write manifest.pb (signed envelope) and manifest.json atomically."""
+    manifest = manifest_pb2.RunManifest.FromString(signed.manifest)
+    write_atomic(run_dir / MANIFEST_FILE, signed.SerializeToString())
+    text = json_format.MessageToJson(manifest, preserving_proto_field_name=True, indent=2)
+    write_atomic(run_dir / MANIFEST_JSON, text.encode() + b"\n")
+
+
+def load_signed_manifest(run_dir: Path) -> manifest_pb2.SignedManifest:
+    path = run_dir / MANIFEST_FILE
+    if not run_dir.is_dir():
+        raise ConfigError(
+            f"run directory {run_dir} does not exist: create it with `barnraise init {run_dir}`"
+        )
+    if not path.is_file():
+        raise ConfigError(
+            f"{path} not found: {run_dir} is not a run directory (create one with `barnraise init`)"
+        )
+    try:
+        signed = manifest_pb2.SignedManifest.FromString(path.read_bytes())
+        manifest = manifest_pb2.RunManifest.FromString(signed.manifest)
+    except Exception as e:  # protobuf raises DecodeError and friends
+        raise ConfigError(
+            f"{path} is not a valid manifest ({e}); re-create the run with `barnraise init`"
+        ) from e
+    check_manifest(manifest)
+    return signed
+
+
+def parse_manifest(data: bytes) -> manifest_pb2.RunManifest:
+    """Parse manifest bytes that came over the network and check them."""
+    try:
+        manifest = manifest_pb2.RunManifest.FromString(data)
+    except Exception as e:
+        raise IntegrityError(f"manifest does not parse: {e}") from e
+    check_manifest(manifest)
+    return manifest
+
+
+def check_manifest(m: manifest_pb2.RunManifest) -> None:
+    """Reject manifests we cannot train on, with a message that says which field is wrong."""
+    problems = []
+    if m.format_version != FORMAT_VERSION:
+        problems.append(f"format_version {m.format_version} (this barnraise reads {FORMAT_VERSION})")
+    if not m.run_id:
+        problems.append("empty run_id")
+    md = m.model
+    if not (
+        1 <= md.vocab_size <= 1 << 20 and 1 <= md.seq_len <= 1 << 16 and md.n_layer >= 1 and md.n_head >= 1
+    ):
+        problems.append("model config out of range")
+    elif md.d_model % md.n_head:
+        problems.append(f"d_model {md.d_model} is not a multiple of n_head {md.n_head}")
+    t = m.training
+    if not (t.round_s > 0 and t.batch_size >= 1 and t.inner_lr > 0 and t.outer_lr > 0):
+        problems.append("training config out of range")
+    if not m.shards:
+        problems.append("no shards")
+    for s in m.shards:
+        if len(s.sha256) != 64 or any(c not in "0123456789abcdef" for c in s.sha256):
+            problems.append(f"shard {s.index} has a malformed sha256 {s.sha256[:80]!r}")
+            break
+    if problems:
+        raise IntegrityError("invalid manifest: " + "; ".join(problems))
+
+
+def manifest_summary(m: manifest_pb2.RunManifest) -> dict:
+    return {
+        "run_id": m.run_id,
+        "model": m.model.name,
+        "shards": len(m.shards),
+        "tokens": m.dataset.total_tokens,
+        "round_s": m.training.round_s,
+        "codec": m.training.codec,
+    }
+
+
+def dumps(m: manifest_pb2.RunManifest) -> str:
+    return json.dumps(json_format.MessageToDict(m, preserving_proto_field_name=True))

@@ -1,0 +1,229 @@
+"""One averaging round, end to end: matchmaking, butterfly all-reduce, result check.
+
+hivemind's DecentralizedAverager cannot carry what we need (its codec set is a closed protobuf
+enum, its 8-bit codecs break on numpy >= 2.4, partial averages report success and received parts
+are not checked), so barnraise runs its own protocol on hivemind's P2P streams and DHT.
+
+After the exchange every member sends the hash of its assembled average to the group leader,
+which answers with a verdict: the hash reported by a strict majority of the group. A member
+applies the average only if the verdict is positive and its own hash matches; a partially
+averaged round is never applied silently. A member that missed the verdict holds its old base
+and is told to sync state at the next round (JOIN_STALE_BASE), so the swarm heals.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import torch
+
+from coordinator.errors import BarnraiseError
+from peer.allreduce import AllReduce, ExchangeStats
+from peer.codecs import ErrorFeedback
+from peer.matchmaking import MAX_CONTROL_BYTES, Matchmaker, RoundTiming
+from peer.wire import close_writer, read_frame, write_frame
+from protos import averaging_pb2
+
+log = logging.getLogger(__name__)
+
+CONFIRM_HANDLER = "barnraise.confirm"
+
+
+@dataclass
+class RoundOutcome:
+    """What one averaging round produced for this peer."""
+
+    round: int
+    ok: bool = False
+    average: torch.Tensor | None = None  # weighted mean of the group's updates (apply iff ok)
+    members: list[str] = field(default_factory=list)
+    total_weight: float = 0.0
+    stale_base: bool = False  # our base differs from the group's: sync state
+    reason: str = ""
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    offenders: dict[str, str] = field(default_factory=dict)
+    duration_s: float = 0.0
+    codec: str = ""
+
+
+def result_hash(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+@dataclass
+class _Confirmations:
+    expected: set[str]
+    hashes: dict[str, str] = field(default_factory=dict)
+    offenders: dict[str, str] = field(default_factory=dict)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    verdict: averaging_pb2.Verdict | None = None
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Averager:
+    """Runs on the peer's P2P loop; ``average`` is awaited once per round."""
+
+    def __init__(
+        self, *, p2p, dht, run_id: str, peer_id: str, codec: str, group_size: int, topk_fraction: float
+    ):
+        self.peer_id = peer_id
+        self.run_id = run_id
+        self.codec = codec
+        self.p2p = p2p
+        self.matchmaker = Matchmaker(
+            p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec
+        )
+        self.allreduce = AllReduce(p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction)
+        self.feedback = ErrorFeedback()
+        self._confirms: dict[str, _Confirmations] = {}
+
+    async def register(self) -> None:
+        await self.matchmaker.register()
+        await self.allreduce.register()
+        await self.p2p.add_binary_stream_handler(CONFIRM_HANDLER, self._handle_confirm)
+
+    async def average(
+        self,
+        round_no: int,
+        update: torch.Tensor,
+        weight: float,
+        base_hash: str,
+        timing: RoundTiming,
+        ttl_s: float,
+    ) -> RoundOutcome:
+        started = time.time()
+        out = RoundOutcome(round=round_no)
+        try:
+            await self.matchmaker.announce(round_no, weight, base_hash, ttl_s)
+            request = averaging_pb2.JoinRequest(
+                run_id=self.run_id,
+                round=round_no,
+                peer_id=self.peer_id,
+                weight=weight,
+                base_hash=base_hash,
+                codec=self.codec,
+            )
+            reply = await self.matchmaker.form_group(round_no, request, timing)
+            if reply.status == averaging_pb2.JOIN_STALE_BASE:
+                out.stale_base, out.reason = True, reply.reason
+                return out
+            if reply.status != averaging_pb2.JOIN_ACCEPTED:
+                out.reason = (
+                    f"not in a group: {averaging_pb2.JoinStatus.Name(reply.status)} {reply.reason}".strip()
+                )
+                return out
+            group = reply.group
+            out.members = [m.peer_id for m in group.members]
+            out.codec = group.codec
+            leader = reply.leader or out.members[0]
+            if leader == self.peer_id:
+                self._confirms[group.group_id] = _Confirmations(expected=set(out.members))
+            compensated = self.feedback.compensate(update)
+            stats = ExchangeStats()
+            average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)
+            self.feedback.remember(compensated, transmitted)
+            out.bytes_sent, out.bytes_received, out.offenders = (
+                stats.bytes_sent,
+                stats.bytes_received,
+                stats.offenders,
+            )
+            own_hash = result_hash(average) if average is not None else ""
+            verdict = await self._confirm(leader, group, own_hash, failure, stats, timing)
+            for p in verdict.offenders:
+                out.offenders.setdefault(p, "reported by the group")
+            if verdict.ok and own_hash and verdict.result_hash == own_hash:
+                out.ok, out.average = True, average
+                out.total_weight = sum(m.weight for m in group.members)
+            else:
+                out.reason = failure or verdict.reason or "result hash disagrees with the group's"
+            return out
+        except BarnraiseError as e:
+            out.reason = str(e)
+            return out
+        finally:
+            out.duration_s = time.time() - started
+            self.matchmaker.forget_before(round_no - 2)
+
+    async def _confirm(
+        self, leader: str, group, own_hash: str, failure: str, stats: ExchangeStats, timing: RoundTiming
+    ) -> averaging_pb2.Verdict:
+        msg = averaging_pb2.Confirm(
+            group_id=group.group_id,
+            sender=self.peer_id,
+            result_hash=own_hash,
+            failure=failure,
+            offenders=list(stats.offenders),
+        )
+        deadline = timing.confirm_deadline
+        if leader == self.peer_id:
+            return await self._collect(group.group_id, self.peer_id, msg, deadline)
+        from hivemind.p2p import PeerID
+
+        writer = None
+        try:
+            timeout = max(0.5, deadline - time.time() + 2.0)
+            _, reader, writer = await asyncio.wait_for(
+                self.p2p.call_binary_stream_handler(PeerID.from_base58(leader), CONFIRM_HANDLER), timeout
+            )
+            await write_frame(writer, msg, timeout)
+            return await read_frame(reader, averaging_pb2.Verdict, MAX_CONTROL_BYTES, timeout)
+        except Exception as e:  # leader gone or frozen: no verdict means no apply
+            return averaging_pb2.Verdict(ok=False, reason=f"no verdict from leader {leader[:12]}: {e}")
+        finally:
+            if writer is not None:
+                close_writer(writer)
+
+    async def _collect(
+        self, group_id: str, sender: str, msg: averaging_pb2.Confirm, deadline: float
+    ) -> averaging_pb2.Verdict:
+        book = self._confirms.get(group_id)
+        if book is None or sender not in book.expected:
+            return averaging_pb2.Verdict(ok=False, reason="not a member of this group")
+        book.hashes[sender] = msg.result_hash
+        for p in msg.offenders:
+            book.offenders.setdefault(p, sender)
+        book.changed.set()
+        if sender == self.peer_id:  # the leader decides
+            while time.time() < deadline and set(book.hashes) != book.expected:
+                book.changed.clear()
+                try:
+                    await asyncio.wait_for(book.changed.wait(), max(0.0, deadline - time.time()))
+                except (asyncio.TimeoutError, TimeoutError):
+                    break
+            counts = Counter(h for h in book.hashes.values() if h)
+            best, n = counts.most_common(1)[0] if counts else ("", 0)
+            ok = n * 2 > len(book.expected)
+            book.verdict = averaging_pb2.Verdict(
+                ok=ok,
+                result_hash=best,
+                agreed=sorted(p for p, h in book.hashes.items() if h == best and best),
+                reason="" if ok else f"only {n} of {len(book.expected)} members assembled the same average",
+                offenders=sorted(book.offenders),
+            )
+            book.decided.set()
+            asyncio.get_running_loop().call_later(30.0, self._confirms.pop, group_id, None)
+        try:
+            await asyncio.wait_for(book.decided.wait(), max(0.5, deadline - time.time() + 1.0))
+        except (asyncio.TimeoutError, TimeoutError):
+            return averaging_pb2.Verdict(ok=False, reason="leader did not decide in time")
+        return book.verdict
+
+    async def _handle_confirm(self, stream_info, reader, writer) -> None:
+        remote = stream_info.peer_id.to_base58()
+        try:
+            msg = await read_frame(reader, averaging_pb2.Confirm, MAX_CONTROL_BYTES, 30.0)
+            if msg.sender != remote:
+                verdict = averaging_pb2.Verdict(ok=False, reason="sender mismatch")
+            else:
+                verdict = await self._collect(msg.group_id, remote, msg, time.time() + 30.0)
+            await write_frame(writer, verdict, 5.0)
+        except BarnraiseError as e:
+            log.debug("confirm from %s failed: %s", remote[:12], e)
+        finally:
+            close_writer(writer)

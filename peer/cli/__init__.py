@@ -1,0 +1,1 @@
+"""The `barnraise` command line."""

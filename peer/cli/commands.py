@@ -1,0 +1,244 @@
+"""Subcommands: init, bootstrap, peer, status (demo lives in its own module)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from coordinator.errors import ConfigError
+
+
+def stop_on_signals(stop) -> None:
+    """SIGTERM and SIGINT ask the component to leave cleanly.
+
+    Child processes forked later (hivemind's DHT process) inherit Python handlers; there the
+    default action is restored so that they still die when signalled.
+    """
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# --- init -------------------------------------------------------------------------------------
+def register_init(sub) -> None:
+    p = sub.add_parser("init", help="split a dataset into shards and write a run manifest")
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    p.add_argument(
+        "--dataset",
+        default="builtin",
+        help="'builtin' (Python's own sources), or a directory/.jsonl/.bin file",
+    )
+    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of a .bin token file")
+    p.add_argument("--model", default="gpt-nano", help="gpt-nano, gpt-micro, gpt-small, gpt-medium")
+    p.add_argument("--round-s", type=float, default=10.0, help="seconds of compute per round")
+    p.add_argument(
+        "--round-delay", type=int, default=0, choices=(0, 1), help="apply each average 0 or 1 round late"
+    )
+    p.add_argument("--codec", default="fp32", help="update codec: fp32, fp16, bf16, int8, int4, topk")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per inner step")
+    p.add_argument("--inner-lr", type=float, default=2e-3)
+    p.add_argument("--outer-lr", type=float, default=0.7)
+    p.add_argument("--group-size", type=int, default=32, help="target averaging group size")
+    p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
+    p.add_argument("--seed", type=int, default=None)
+    p.set_defaults(handler=cmd_init)
+
+
+def cmd_init(args) -> int:
+    from coordinator.manifest import TrainingDefaults, manifest_summary
+    from coordinator.runinit import init_run
+    from peer import codecs
+
+    try:
+        codecs.check_codec(args.codec)
+        training = TrainingDefaults(
+            round_s=args.round_s,
+            round_delay=args.round_delay,
+            codec=args.codec,
+            batch_size=args.batch_size,
+            inner_lr=args.inner_lr,
+            outer_lr=args.outer_lr,
+            group_size=args.group_size,
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    options = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    manifest = init_run(
+        args.run_dir,
+        dataset=args.dataset,
+        model=args.model,
+        training=training,
+        shard_bytes=args.shard_kib * 1024,
+        seed=args.seed,
+        source_options=options,
+    )
+    print(json.dumps(manifest_summary(manifest)))
+    print(f"next: barnraise bootstrap --run {args.run_dir}")
+    return 0
+
+
+# --- bootstrap --------------------------------------------------------------------------------
+def register_bootstrap(sub) -> None:
+    p = sub.add_parser("bootstrap", help="run a bootstrap node: DHT entry point + coordinator service")
+    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
+    p.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/31337"], metavar="MADDR")
+    p.add_argument(
+        "--announce", nargs="+", default=[], metavar="MADDR", help="public multiaddrs (behind NAT)"
+    )
+    p.add_argument(
+        "--identity", type=Path, default=None, help="private key file (default RUN_DIR/bootstrap.id)"
+    )
+    p.add_argument(
+        "--grpc", default="", metavar="HOST:PORT", help="coordinator gRPC address (default: listen host)"
+    )
+    p.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR", help="join an existing swarm")
+    p.set_defaults(handler=cmd_bootstrap)
+
+
+def cmd_bootstrap(args) -> int:
+    from coordinator.bootstrap import BootstrapConfig, BootstrapNode
+
+    node = BootstrapNode(
+        BootstrapConfig(
+            run_dir=args.run,
+            listen=tuple(args.listen),
+            announce=tuple(args.announce),
+            identity=args.identity,
+            grpc=args.grpc,
+            initial_peers=tuple(args.initial_peers),
+        )
+    )
+    done = threading.Event()
+    stop_on_signals(done.set)
+    node.start()
+    try:
+        print(f"run {node.manifest.run_id}: coordinator at {', '.join(node.grpc_addrs)}")
+        print(f"peer id {node.record.peer_id}; listening on:")
+        for m in node.maddrs:
+            print(f"  {m}")
+        print(
+            f"volunteers join with:\n  barnraise peer --initial-peers {node.initial_peers_hint()}", flush=True
+        )
+        while not done.wait(1.0):
+            pass
+    finally:
+        node.stop()
+    return 0
+
+
+# --- peer -------------------------------------------------------------------------------------
+def register_peer(sub) -> None:
+    p = sub.add_parser("peer", help="run a peer daemon that trains with the swarm")
+    p.add_argument("--initial-peers", nargs="+", required=True, metavar="MADDR")
+    p.add_argument("--run-id", default="", help="which run, if the swarm hosts several")
+    p.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR")
+    p.add_argument("--announce", nargs="+", default=[], metavar="MADDR")
+    p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "barnraise")
+    p.add_argument("--identity", type=Path, default=None, help="private key file (default CACHE_DIR/peer.id)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--max-rounds", type=int, default=0, help="leave after N completed rounds")
+    p.add_argument("--slowdown", type=float, default=1.0, help=argparse.SUPPRESS)
+    p.add_argument("--tamper", action="store_true", help=argparse.SUPPRESS)
+    p.set_defaults(handler=cmd_peer)
+
+
+def cmd_peer(args) -> int:
+    from peer.daemon import PeerConfig, PeerDaemon
+
+    cfg = PeerConfig(
+        initial_peers=tuple(args.initial_peers),
+        run_id=args.run_id,
+        listen=tuple(args.listen),
+        announce=tuple(args.announce),
+        cache_dir=args.cache_dir,
+        identity=args.identity,
+        device=args.device,
+        threads=args.threads,
+        max_rounds=args.max_rounds,
+        slowdown=args.slowdown,
+        tamper=args.tamper,
+    )
+    daemon = PeerDaemon(cfg)
+    running = threading.Event()
+
+    def stop() -> None:
+        if not running.is_set():  # still joining: abort start-up at once
+            raise KeyboardInterrupt
+        daemon.stop()
+
+    stop_on_signals(stop)
+    try:
+        daemon.start()
+        running.set()
+        daemon.run()
+    finally:
+        daemon.close()
+    return 0
+
+
+# --- status -----------------------------------------------------------------------------------
+def register_status(sub) -> None:
+    p = sub.add_parser("status", help="show swarm health (needs only the DHT)")
+    p.add_argument("--initial-peers", nargs="+", required=True, metavar="MADDR")
+    p.add_argument("--run-id", default="")
+    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the DHT")
+    p.set_defaults(handler=cmd_status)
+
+
+def collect_report(initial_peers, run_id: str = "", timeout_s: float = 15.0) -> dict:
+    from coordinator import records
+    from coordinator.dhtnode import DHTOptions, start_dht
+    from coordinator.health import build_report
+
+    dht = start_dht(
+        DHTOptions(
+            initial_peers=tuple(initial_peers),
+            listen=("/ip4/127.0.0.1/tcp/0",),
+            client_mode=True,
+            start_timeout_s=timeout_s,
+        )
+    )
+    try:
+        runs = [r for r in records.find_runs(dht, timeout_s) if not run_id or r.run_id == run_id]
+        run = runs[0] if runs else None
+        rid = run_id or (run.run_id if run else "")
+        beats = records.read_heartbeats(dht, rid, timeout_s) if rid else []
+        return build_report(run, beats, time.time())
+    finally:
+        dht.shutdown()
+
+
+def cmd_status(args) -> int:
+    from peer.cli.status_view import render_text
+
+    report = collect_report(args.initial_peers, args.run_id, args.timeout)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        sys.stdout.write(render_text(report))
+    return 0
+
+
+def register_demo(sub) -> None:
+    from peer.cli.demo import register
+
+    register(sub)
+
+
+REGISTRY = [register_init, register_bootstrap, register_peer, register_status, register_demo]

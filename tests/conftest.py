@@ -1,0 +1,56 @@
+"""Shared fixtures: real swarms of real processes on 127.0.0.1, always reaped."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from peer.cli.launch import Swarm, barnraise_argv
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
+    return subprocess.run(barnraise_argv(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def status_json(initial_peers: str, timeout: float = 40.0) -> dict:
+    res = run_cli("status", "--initial-peers", initial_peers, "--json", timeout=timeout)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def wait_for(predicate, timeout_s: float, every_s: float = 1.0, what: str = "condition"):
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(every_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
+
+
+def init_run(run_dir: Path, *extra: str) -> None:
+    res = run_cli("init", str(run_dir), *extra)
+    assert res.returncode == 0, res.stderr
+
+
+@pytest.fixture
+def swarm(tmp_path):
+    """An empty swarm holder; the test starts what it needs; everything is killed afterwards."""
+    s = Swarm(workdir=tmp_path)
+    try:
+        yield s
+    finally:
+        s.close()
+        for c in s.children:
+            if c.log_path and c.log_path.exists() and c.proc.returncode not in (0, None):
+                sys.stderr.write(
+                    f"--- {c.name} (exit {c.proc.returncode}) ---\n{c.log_path.read_text()[-3000:]}\n"
+                )

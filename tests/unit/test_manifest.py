@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import pytest
+
+from coordinator.errors import ConfigError, IntegrityError
+from coordinator.manifest import load_signed_manifest, parse_manifest
+from coordinator.runclock import RoundClock
+from coordinator.runinit import init_run
+from coordinator.signing import verify_manifest
+
+
+def make_dir(tmp_path, n: int = 50_000):
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.txt").write_text("hello world\n" * (n // 12))
+    return src
+
+
+def test_init_writes_content_addressed_shards(tmp_path):
+    import hashlib
+
+    m = init_run(tmp_path / "run", dataset=str(make_dir(tmp_path)), shard_bytes=16 * 1024)
+    assert len(m.shards) >= 3
+    for s in m.shards:
+        data = (tmp_path / "run" / "shards" / s.sha256).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == s.sha256 and len(data) == s.size_bytes
+    loaded = verify_manifest(load_signed_manifest(tmp_path / "run"))
+    assert loaded == m
+    assert (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_init_refuses_non_empty_dir_and_unknown_model(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        init_run(tmp_path / "run", dataset=str(make_dir(tmp_path)))
+    with pytest.raises(ConfigError, match="unknown model"):
+        init_run(tmp_path / "run2", dataset=str(make_dir(tmp_path / "run")), model="gpt-huge")
+    assert not (tmp_path / "run2").exists()
+
+
+def test_load_errors_are_clear(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_signed_manifest(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="not a run directory"):
+        load_signed_manifest(tmp_path / "empty")
+
+
+def test_parse_rejects_garbage_and_bad_fields(tmp_path):
+    with pytest.raises(IntegrityError):
+        parse_manifest(b"\xff\xff\xff")
+    m = init_run(tmp_path / "run", dataset=str(make_dir(tmp_path)), shard_bytes=16 * 1024)
+    m.shards[0].sha256 = "not-hex"
+    with pytest.raises(IntegrityError, match="malformed sha256"):
+        parse_manifest(m.SerializeToString())
+
+
+def test_round_clock():
+    c = RoundClock(genesis=100.0, round_s=10.0)
+    assert c.round_at(99.0) == 0 and c.round_at(100.0) == 0 and c.round_at(125.0) == 2
+    assert c.start(2) == 120.0 and c.end(2) == 130.0
+    with pytest.raises(ValueError):
+        RoundClock(genesis=0.0, round_s=0.0)

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from coordinator.errors import IntegrityError
+from coordinator.manifest import model_config
+from peer.model import build_model
+from peer.state import GlobalState, flat_params, load_flat
+
+
+def test_same_seed_same_params_and_hash():
+    a = GlobalState.initial(build_model(model_config("gpt-nano", 256), 7))
+    b = GlobalState.initial(build_model(model_config("gpt-nano", 256), 7))
+    c = GlobalState.initial(build_model(model_config("gpt-nano", 256), 8))
+    assert a.params_hash() == b.params_hash() != c.params_hash()
+
+
+def test_outer_step_is_nesterov_sgd():
+    s = GlobalState(params=torch.ones(4), momentum=torch.zeros(4), round=-1)
+    g = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    ref = torch.nn.Parameter(torch.ones(4))
+    opt = torch.optim.SGD([ref], lr=0.7, momentum=0.9, nesterov=True)
+    for r in range(3):
+        s.outer_step(g, lr=0.7, momentum=0.9, round_no=r)
+        ref.grad = g.clone()
+        opt.step()
+    assert torch.allclose(s.params, ref.detach())
+    assert s.round == 2
+
+
+def test_state_round_trip_and_rejects_bad_bytes():
+    s = GlobalState(params=torch.randn(10), momentum=torch.randn(10), round=5)
+    t = GlobalState.from_bytes(s.to_bytes(), 10)
+    assert torch.equal(s.params, t.params) and torch.equal(s.momentum, t.momentum) and t.round == 5
+    with pytest.raises(IntegrityError):
+        GlobalState.from_bytes(s.to_bytes(), 11)
+    bad = GlobalState(params=torch.tensor([float("nan")] * 10), momentum=torch.zeros(10), round=1)
+    with pytest.raises(IntegrityError):
+        GlobalState.from_bytes(bad.to_bytes(), 10)
+    with pytest.raises(IntegrityError):
+        GlobalState.from_bytes(b"junk" + s.to_bytes()[4:], 10)
+
+
+def test_flat_round_trip():
+    m = build_model(model_config("gpt-nano", 256), 1)
+    flat = flat_params(m)
+    load_flat(m, flat * 2)
+    assert torch.allclose(flat_params(m), flat * 2)
