@@ -17,6 +17,7 @@ from google.protobuf import json_format
 
 from coordinator.atomic import write_atomic
 from coordinator.errors import ConfigError, IntegrityError
+from coordinator.keys import fingerprint
 from protos import manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,9 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "gpt-medium": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=256),
 }
 DEFAULT_MODEL = "gpt-nano"
+# How a reducer combines the group's contributions to its part (peer/robust.py implements them).
+AGGREGATORS = ("centered_clip", "median", "trimmed_mean", "mean")
+DEFAULT_AGGREGATOR = "centered_clip"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -65,8 +69,11 @@ class TrainingDefaults:
     topk_fraction: float = 0.01
     group_size: int = 32  # target averaging group size
     grad_clip: float = 1.0
+    aggregator: str = DEFAULT_AGGREGATOR  # robust rule for combining contributions (one of AGGREGATORS)
 
     def __post_init__(self) -> None:
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"unknown aggregator {self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}")
         if self.round_s <= 0:
             raise ValueError(f"round_s must be positive, got {self.round_s}")
         if self.round_delay not in (0, 1):
@@ -99,6 +106,7 @@ def build_manifest(
     dataset: manifest_pb2.DatasetInfo,
     shards: list[manifest_pb2.ShardInfo],
     seed: int | None = None,
+    closed: bool = False,
 ) -> manifest_pb2.RunManifest:
     return manifest_pb2.RunManifest(
         format_version=FORMAT_VERSION,
@@ -118,10 +126,11 @@ def build_manifest(
             topk_fraction=training.topk_fraction,
             group_size=training.group_size,
             grad_clip=training.grad_clip,
+            aggregator=training.aggregator,
         ),
         dataset=dataset,
         shards=shards,
-        membership=manifest_pb2.Membership(open=True),
+        membership=manifest_pb2.Membership(open=not closed),
     )
 
 
@@ -181,6 +190,8 @@ def check_manifest(m: manifest_pb2.RunManifest) -> None:
     t = m.training
     if not (t.round_s > 0 and t.batch_size >= 1 and t.inner_lr > 0 and t.outer_lr > 0):
         problems.append("training config out of range")
+    if t.aggregator and t.aggregator not in AGGREGATORS:
+        problems.append(f"unknown aggregator {t.aggregator[:32]!r} (this barnraise knows {', '.join(AGGREGATORS)})")
     if not m.shards:
         problems.append("no shards")
     for s in m.shards:
@@ -199,6 +210,9 @@ def manifest_summary(m: manifest_pb2.RunManifest) -> dict:
         "tokens": m.dataset.total_tokens,
         "round_s": m.training.round_s,
         "codec": m.training.codec,
+        "aggregator": m.training.aggregator or DEFAULT_AGGREGATOR,
+        "membership": "open" if m.membership.open else "closed",
+        "run_key_fingerprint": fingerprint(m.run_public_key) if m.run_public_key else "",
     }
 
 

@@ -2,6 +2,9 @@
 
 Every value we store is the serialized bytes of a message in ``protos/``; every value we read is
 untrusted, so it is size-capped and parsed defensively, and a record that fails is skipped.
+A record under a subkey that names its owner (a peer id, or ``runkey:...``) is sealed with the
+owner's key by ``store`` and its seal checked by ``get_dict`` (see ``coordinator/signing.py``), so
+a record that claims to be some peer's was written by that peer.
 """
 
 from __future__ import annotations
@@ -35,6 +38,26 @@ def round_key(run_id: str, round_no: int) -> str:
     return f"barnraise/{run_id}/round/{round_no}"
 
 
+def lease_key(run_id: str, epoch: int, shard: int) -> str:
+    """Claims on one shard for one epoch (``ShardLease``), subkey = holder's peer id."""
+    return f"barnraise/{run_id}/lease/{epoch}/{shard}"
+
+
+def done_key(run_id: str, epoch: int) -> str:
+    """Shards finished in an epoch (``ShardDone``), subkey = shard index in decimal."""
+    return f"barnraise/{run_id}/done/{epoch}"
+
+
+def epoch_key(run_id: str) -> str:
+    """The epoch each peer works on (``EpochMark``), subkey = peer id."""
+    return f"barnraise/{run_id}/epoch"
+
+
+def caches_key(run_id: str) -> str:
+    """Which shards each peer can serve (``CacheAnnouncement``), subkey = peer id."""
+    return f"barnraise/{run_id}/caches"
+
+
 def dht_time() -> float:
     from hivemind.utils import get_dht_time
 
@@ -42,8 +65,16 @@ def dht_time() -> float:
 
 
 def store(dht, key: str, subkey: str, value: bytes, ttl_s: float, timeout_s: float = DHT_TIMEOUT_S) -> bool:
-    """Store ``value`` under ``key``/``subkey`` for ``ttl_s``; False if no DHT node accepted it."""
-    fut = dht.store(key, value, expiration_time=dht_time() + ttl_s, subkey=subkey, return_future=True)
+    """Store ``value`` under ``key``/``subkey`` for ``ttl_s``; False if no DHT node accepted it.
+
+    Under an owned subkey the value is sealed with the owner's registered key (AuthError if this
+    process holds none).
+    """
+    from coordinator.signing import seal
+
+    expiration = dht_time() + ttl_s
+    value = seal(key, subkey, expiration, value)
+    fut = dht.store(key, value, expiration_time=expiration, subkey=subkey, return_future=True)
     try:
         return bool(fut.result(timeout=timeout_s))
     except TimeoutError:
@@ -52,7 +83,14 @@ def store(dht, key: str, subkey: str, value: bytes, ttl_s: float, timeout_s: flo
 
 
 def get_dict(dht, key: str, timeout_s: float = DHT_TIMEOUT_S, latest: bool = True) -> dict[str, bytes]:
-    """All (subkey -> value bytes) stored under ``key``; {} if nothing is stored."""
+    """All (subkey -> record bytes) stored under ``key``, seals checked and removed; {} if none."""
+    return {subkey: opened.record for subkey, opened in get_opened(dht, key, timeout_s, latest).items()}
+
+
+def get_opened(dht, key: str, timeout_s: float = DHT_TIMEOUT_S, latest: bool = True) -> dict:
+    """(subkey -> ``signing.Opened``) under ``key``: owned records whose seal fails are dropped."""
+    from coordinator.signing import open_sealed
+
     fut = dht.get(key, latest=latest, return_future=True)
     try:
         found = fut.result(timeout=timeout_s)
@@ -61,11 +99,14 @@ def get_dict(dht, key: str, timeout_s: float = DHT_TIMEOUT_S, latest: bool = Tru
         raise PeerUnavailable(f"DHT lookup of {key!r} timed out after {timeout_s:.0f} s") from e
     if found is None or not isinstance(found.value, dict):
         return {}
-    out: dict[str, bytes] = {}
+    out = {}
     for subkey, item in found.value.items():
         value = getattr(item, "value", None)
-        if isinstance(subkey, str) and isinstance(value, bytes | bytearray):
-            out[subkey] = bytes(value)
+        expiration = getattr(item, "expiration_time", None)
+        if isinstance(subkey, str) and isinstance(value, bytes | bytearray) and isinstance(expiration, float):
+            opened = open_sealed(key, subkey, expiration, bytes(value))
+            if opened is not None:
+                out[subkey] = opened
     return out
 
 
@@ -85,14 +126,33 @@ def parse_record(data: bytes, cls: type[M], check: Callable[[M], str | None] | N
     return msg
 
 
+def publish_run(dht, record: coordinator_pb2.CoordinatorRecord, run_public_key: bytes) -> bool:
+    """Store a coordinator record sealed by the run key (registered with ``signing.register_signer``).
+
+    The subkey ``runkey:<hex>/<bootstrap peer id>`` lets several entry points of one run coexist
+    while nobody without the run key can write, overwrite or prolong them.
+    """
+    from coordinator.signing import runkey_subkey
+
+    subkey = runkey_subkey(run_public_key, record.peer_id)
+    return store(dht, RUNS_KEY, subkey, record.SerializeToString(), COORDINATOR_TTL_S)
+
+
 def find_runs(dht, timeout_s: float = DHT_TIMEOUT_S) -> list[coordinator_pb2.CoordinatorRecord]:
-    """Coordinator records in the DHT, freshest first."""
-    records = []
-    for subkey, data in get_dict(dht, RUNS_KEY, timeout_s).items():
-        rec = parse_record(data, coordinator_pb2.CoordinatorRecord)
-        if rec is not None and rec.run_id and rec.peer_id == subkey:
-            records.append(rec)
-    return sorted(records, key=lambda r: -r.timestamp)
+    """Coordinator records in the DHT: those sealed by a run key first, then freshest first.
+
+    An unsealed record (subkey = the bootstrap's peer id) is still accepted: a record only says
+    where to fetch the manifest, and the manifest's signature is checked against the pinned run key.
+    """
+    found = []
+    for subkey, opened in get_opened(dht, RUNS_KEY, timeout_s).items():
+        rec = parse_record(opened.record, coordinator_pb2.CoordinatorRecord)
+        if rec is None or not rec.run_id or not rec.peer_id:
+            continue
+        sealed = opened.owner is not None
+        if (sealed and subkey.endswith("/" + rec.peer_id)) or (not sealed and rec.peer_id == subkey):
+            found.append((not sealed, -rec.timestamp, rec))
+    return [rec for *_, rec in sorted(found, key=lambda f: f[:2])]
 
 
 def wait_for_run(dht, run_id: str | None, timeout_s: float) -> coordinator_pb2.CoordinatorRecord:
@@ -131,25 +191,39 @@ def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
     return None
 
 
-def read_heartbeats(dht, run_id: str, timeout_s: float = DHT_TIMEOUT_S) -> list[heartbeat_pb2.Heartbeat]:
-    """Valid heartbeats of a run; a record whose subkey differs from its peer id is a forgery and dropped."""
+Admit = Callable[[str, object], bool]  # (peer id, its membership token or None) -> may it take part?
+
+
+def read_heartbeats(
+    dht, run_id: str, timeout_s: float = DHT_TIMEOUT_S, admit: Admit | None = None
+) -> list[heartbeat_pb2.Heartbeat]:
+    """Valid heartbeats of a run, each sealed by the peer it names (a forgery is dropped).
+
+    ``admit`` (closed runs) also drops heartbeats of peers without a valid membership token.
+    """
     from coordinator.signing import open_heartbeat
 
     beats = []
-    for subkey, data in get_dict(dht, heartbeats_key(run_id), timeout_s).items():
-        hb = open_heartbeat(data)
+    for subkey, opened in get_opened(dht, heartbeats_key(run_id), timeout_s).items():
+        hb = open_heartbeat(opened.record)
         if hb is None or hb.peer_id != subkey or hb.run_id != run_id or heartbeat_problem(hb):
+            continue
+        if opened.owner is None or (admit is not None and not admit(subkey, opened.token)):
             continue
         beats.append(hb)
     return beats
 
 
 def read_round_entries(
-    dht, run_id: str, round_no: int, timeout_s: float = DHT_TIMEOUT_S
+    dht, run_id: str, round_no: int, timeout_s: float = DHT_TIMEOUT_S, admit: Admit | None = None
 ) -> list[averaging_pb2.RoundEntry]:
+    """Round entries sealed by the peer they name; ``admit`` (closed runs) keeps members only."""
     entries = []
-    for subkey, data in get_dict(dht, round_key(run_id, round_no), timeout_s).items():
-        e = parse_record(data, averaging_pb2.RoundEntry)
-        if e is not None and e.peer_id == subkey and e.weight >= 0:
-            entries.append(e)
+    for subkey, opened in get_opened(dht, round_key(run_id, round_no), timeout_s).items():
+        e = parse_record(opened.record, averaging_pb2.RoundEntry)
+        if e is None or e.peer_id != subkey or not e.weight >= 0:
+            continue
+        if opened.owner is None or (admit is not None and not admit(subkey, opened.token)):
+            continue
+        entries.append(e)
     return entries

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from coordinator.datasets import DEFAULT_SHARD_BYTES, open_source, write_shards
 from coordinator.errors import ConfigError
+from coordinator.keys import load_run_key
 from coordinator.manifest import SHARDS_DIR, TrainingDefaults, build_manifest, model_config, save_manifest
 from coordinator.signing import sign_manifest_for_run
 from protos import manifest_pb2
@@ -28,7 +29,14 @@ def init_run(
     shard_bytes: int = DEFAULT_SHARD_BYTES,
     seed: int | None = None,
     source_options: dict | None = None,
+    closed: bool = False,
+    run_key: Path | None = None,
 ) -> manifest_pb2.RunManifest:
+    """Shards and a signed manifest in ``run_dir``.
+
+    ``run_key``: an existing Ed25519 run key (PEM) to sign with; without it a new key is created as
+    ``RUN_DIR/run.key`` (mode 0600). ``closed``: only holders of a membership token may join.
+    """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
         raise ConfigError(f"{run_dir} already exists and is not empty: pick a new run directory")
@@ -37,14 +45,17 @@ def init_run(
     source = open_source(dataset, **(source_options or {}))
     mc = model_config(model, source.vocab_size)
     training = training or TrainingDefaults()
+    key = load_run_key(Path(run_key)) if run_key is not None else None
     staging = run_dir.with_name(f".{run_dir.name}.init-tmp")
     if staging.exists():
         shutil.rmtree(staging)
     try:
         staging.mkdir()
         info, shards = write_shards(source, staging / SHARDS_DIR, shard_bytes=shard_bytes)
-        manifest = build_manifest(model=mc, training=training, dataset=info, shards=shards, seed=seed)
-        signed = sign_manifest_for_run(staging, manifest)
+        manifest = build_manifest(
+            model=mc, training=training, dataset=info, shards=shards, seed=seed, closed=closed
+        )
+        signed = sign_manifest_for_run(staging, manifest, key)
         save_manifest(staging, signed)
         if run_dir.exists():
             run_dir.rmdir()

@@ -2,6 +2,10 @@
 
 Shards are served from the run directory by sha256; a shard whose bytes on disk no longer match
 the manifest is never served (DATA_LOSS), so a corrupted disk cannot feed peers bad data.
+
+In a closed run, FetchShard and GetHistory need a request signed by a token holder (gRPC metadata
+``barnraise-auth-bin``: a serialized RequestAuth, see coordinator/tokens.py); GetManifest stays
+open, because a newcomer must read the signed manifest to check the run key before anything else.
 """
 
 from __future__ import annotations
@@ -16,9 +20,10 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from coordinator.errors import ConfigError
+from coordinator.errors import BarnraiseError, ConfigError
 from coordinator.manifest import SHARDS_DIR
-from protos import coordinator_pb2, coordinator_pb2_grpc, manifest_pb2
+from coordinator.tokens import AUTH_METADATA, REVOCATIONS_FILE, RequestVerifier, load_revocation, request_body
+from protos import auth_pb2, coordinator_pb2, coordinator_pb2_grpc, manifest_pb2
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +71,44 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.servable = verify_shards(run_dir, manifest)
         self.history: deque[coordinator_pb2.RoundSummary] = deque(maxlen=HISTORY_ROUNDS)
         self._lock = threading.Lock()
+        self.verifier = RequestVerifier(
+            run_id=manifest.run_id, run_public_key=manifest.run_public_key, closed=not manifest.membership.open
+        )
+        self._revocation_mtime = -1.0
+
+    def _authorize(self, context, method: str, request) -> None:
+        """Abort the call with PERMISSION_DENIED (and log one line) unless the request is admitted."""
+        self._reload_revocation()
+        auth = None
+        for key, value in context.invocation_metadata() or ():
+            if key == AUTH_METADATA and isinstance(value, bytes) and len(value) <= 4096:
+                try:
+                    auth = auth_pb2.RequestAuth.FromString(value)
+                except Exception:
+                    auth = None
+        reason = self.verifier.check(auth, method, request_body(request), remote_peer_id=None)
+        if reason is not None:
+            log.warning("refused %s from %s: %s", method, context.peer(), reason)
+            context.abort(grpc.StatusCode.PERMISSION_DENIED, f"{method} refused: {reason}")
+
+    def _reload_revocation(self) -> None:
+        path = self.run_dir / REVOCATIONS_FILE
+        try:
+            mtime = path.stat().st_mtime
+        except OSError:
+            return
+        if mtime != self._revocation_mtime:
+            self._revocation_mtime = mtime
+            try:
+                self.verifier.apply_revocation(load_revocation(self.run_dir, self.verifier.run_id))
+            except BarnraiseError as e:
+                log.error("revocations not applied: %s", e)
 
     def GetManifest(self, request, context):
         return coordinator_pb2.GetManifestReply(manifest=self.signed, genesis=self.genesis)
 
     def FetchShard(self, request, context):
+        self._authorize(context, "FetchShard", request)
         info = self.shards.get(request.sha256)
         if info is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"shard {request.sha256[:16]} is not in this run")
@@ -90,6 +128,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
                 offset += len(block)
 
     def GetHistory(self, request, context):
+        self._authorize(context, "GetHistory", request)
         with self._lock:
             rounds = list(self.history)
         if request.max_rounds:

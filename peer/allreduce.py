@@ -1,11 +1,13 @@
 """Butterfly all-reduce within a group: member i reduces part i of the vector for everyone.
 
 Each member sends part j of its (encoded) update to member j and gets back part j of the group's
-weighted mean, so each sends and receives about 2(N-1)/N of the payload. A reducer validates
+robust average, so each sends and receives about 2(N-1)/N of the payload. A reducer validates
 every contribution before use (sender is a member and is who the transport says it is, weight as
 announced at join, codec, size, finite values); an invalid or late contribution is left out of
-that part and its sender named, never a crash. The result of a part is encoded once and sent to
-every member, so all members assemble byte-identical averages.
+that part and its sender named, never a crash. It then combines what it kept with the run's
+robust aggregator (peer/robust.py: weights and norms bounded, CenteredClip by default) and names
+the senders whose updates it had to clip. The result of a part is encoded once and sent to every
+member, so all members assemble byte-identical averages.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 
 from coordinator.errors import BarnraiseError, ProtocolError
 from peer import codecs
+from peer.robust import CLIPPED_BELOW, RobustConfig, aggregate
 from peer.wire import close_writer, read_frame, write_frame
 from protos import averaging_pb2
 
@@ -45,25 +48,30 @@ def part_bounds(numel: int, group: averaging_pb2.Group) -> list[tuple[int, int]]
 
 @dataclass
 class PartReducer:
-    """Collects contributions to the one part this member reduces."""
+    """Collects contributions to the one part this member reduces, then combines them robustly."""
 
     group: averaging_pb2.Group
     index: int
     numel: int
     topk_fraction: float
-    total: torch.Tensor | None = None
-    weight: float = 0.0
+    robust: RobustConfig = field(default_factory=RobustConfig)
+    weight: float = 0.0  # sum of the weights contributors claimed
     contributors: list[str] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
+    clipped: dict[str, float] = field(default_factory=dict)  # sender -> factor its update was scaled by
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: averaging_pb2.ReducedPart | None = None
+    reduce_s: float = 0.0  # seconds spent combining (robust aggregation's cost)
+    _rows: torch.Tensor | None = None  # one row per contributor, in ``contributors`` order
+    _weights: list[float] = field(default_factory=list)
 
     def add(self, sender: str, weight: float, tensor: torch.Tensor) -> None:
         if self.done.is_set():
             raise ProtocolError("part already reduced (too late)")
-        if self.total is None:
-            self.total = torch.zeros(self.numel)
-        self.total.add_(tensor, alpha=weight)
+        if self._rows is None:
+            self._rows = torch.empty(len(self.group.members), self.numel)
+        self._rows[len(self.contributors)].copy_(tensor)
+        self._weights.append(weight)
         self.weight += weight
         self.contributors.append(sender)
         if len(self.contributors) + len(self.excluded) >= len(self.group.members):
@@ -95,23 +103,30 @@ class PartReducer:
             self.finish()
 
     def finish(self) -> None:
-        """Close the part: mean of what arrived (late members are excluded)."""
+        """Close the part: robust combination of what arrived (late members are excluded)."""
         if self.done.is_set():
             return
         for m in self.group.members:
             if m.peer_id not in self.contributors and m.peer_id not in self.excluded:
                 self.excluded[m.peer_id] = "late: no contribution by the deadline"
-        if self.total is None or self.weight <= 0:
+        if self._rows is None or self.weight <= 0:
             self.result = averaging_pb2.ReducedPart(
                 status=averaging_pb2.PART_FAILED, reason="no valid contribution"
             )
         else:
-            mean = self.total / self.weight
+            t0 = time.perf_counter()
+            n = len(self.contributors)
+            agg = aggregate(self._rows[:n], torch.tensor(self._weights, dtype=torch.float32), self.robust)
+            self.reduce_s = time.perf_counter() - t0
+            for sender, factor in zip(self.contributors, agg.clip.tolist(), strict=True):
+                if factor < CLIPPED_BELOW:
+                    self.clipped[sender] = factor
+            self._rows = None
             self.result = averaging_pb2.ReducedPart(
                 status=averaging_pb2.PART_OK,
-                tensor=codecs.encode(mean, self.group.codec, **self._codec_kwargs()),
+                tensor=codecs.encode(agg.value, self.group.codec, **self._codec_kwargs()),
                 contributors=sorted(self.contributors),
-                total_weight=self.weight,
+                total_weight=float(agg.weights.sum()),
                 excluded=list(self.excluded),
                 exclusions=[f"{p[:12]}: {r}" for p, r in self.excluded.items()],
             )
@@ -119,6 +134,22 @@ class PartReducer:
 
     def _codec_kwargs(self) -> dict:
         return {"topk_fraction": self.topk_fraction} if self.group.codec == "topk" else {}
+
+
+def faulty_part(fault: str, enc: averaging_pb2.EncodedTensor, codec: str, numel: int) -> bytes:
+    """A deliberately broken contribution, so tests can show how reducers treat bad members."""
+    if fault == "nan":
+        bad = codecs.encode(torch.full((numel,), float("nan")), "fp32") if codec == "fp32" else enc
+        if codec != "fp32":
+            bad = averaging_pb2.EncodedTensor()
+            bad.CopyFrom(enc)
+            bad.scales = b"\xff\x7f" * (len(enc.scales) // 2)  # fp16 NaN scales
+        return bad.SerializeToString()
+    if fault == "shape":
+        return codecs.encode(torch.zeros(max(0, numel - 1)), codec).SerializeToString()
+    if fault == "oversize":
+        return b"\0" * (codecs.max_encoded_bytes(codec, numel) + 8192)
+    return enc.SerializeToString()
 
 
 @dataclass
@@ -131,10 +162,22 @@ class ExchangeStats:
 class AllReduce:
     """Serves ``REDUCE_HANDLER`` and runs the exchange for the groups this peer is in."""
 
-    def __init__(self, *, p2p, peer_id: str, topk_fraction: float):
+    def __init__(
+        self,
+        *,
+        p2p,
+        peer_id: str,
+        topk_fraction: float,
+        fault: str = "",
+        auth=None,
+        robust: RobustConfig | None = None,
+    ):
         self.p2p = p2p
+        self.auth = auth  # peer.auth.PeerAuth: signs our parts, checks others' (None: no checks)
+        self.robust = robust or RobustConfig()  # how reducers combine contributions
         self.peer_id = peer_id
         self.topk_fraction = topk_fraction
+        self.fault = fault  # protocol fault injected by tests: nan, shape, oversize, stall (see faulty_part)
         self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
 
     async def register(self) -> None:
@@ -161,7 +204,9 @@ class AllReduce:
             [codecs.decode(enc, e - s, group.codec) for enc, (s, e) in zip(encoded, bounds, strict=True)]
         )
         s, e = bounds[me]
-        reducer = PartReducer(group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction)
+        reducer = PartReducer(
+            group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction, robust=self.robust
+        )
         fut = self._reducer_future(group.group_id)
         if not fut.done():
             fut.set_result(reducer)
@@ -188,6 +233,10 @@ class AllReduce:
             closer.cancel()
             self._reducers.pop(group.group_id, None)
         own = reducer.result
+        for p, factor in reducer.clipped.items():
+            stats.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
+        if self.auth is not None:
+            self.auth.note_clipped(int(group.round), reducer.clipped)
         if own.status != averaging_pb2.PART_OK:
             return None, transmitted, f"own part failed: {own.reason}"
         parts[me] = codecs.decode(own.tensor, e - s, group.codec)
@@ -214,8 +263,11 @@ class AllReduce:
             header = averaging_pb2.PartMessage(
                 group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight
             )
+            if self.auth is not None:
+                self.auth.attach(header, REDUCE_HANDLER)
             stats.bytes_sent += await write_frame(writer, header, timeout)
-            stats.bytes_sent += await write_frame(writer, enc, timeout)
+            payload = faulty_part(self.fault, enc, group.codec, numel) if self.fault else enc
+            stats.bytes_sent += await write_frame(writer, payload, timeout)
             timeout = max(0.5, group.reduce_deadline - time.time() + 2.0)
             reply = await read_frame(reader, averaging_pb2.ReducedPart, cap, timeout)
             stats.bytes_received += reply.ByteSize() + 4
@@ -228,8 +280,10 @@ class AllReduce:
             stats.offenders.setdefault(peer, f"sent an invalid reduced part: {e}")
             return f"reducer {peer[:12]} sent an invalid part: {e}"
         except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError) as e:
+            stats.offenders.setdefault(peer, f"did not return its reduced part: {e}")
             return f"reducer {peer[:12]} unavailable: {e}"
         except Exception as e:  # p2pd control errors (peer gone) surface as various types
+            stats.offenders.setdefault(peer, f"did not return its reduced part: {type(e).__name__}")
             return f"reducer {peer[:12]} failed: {type(e).__name__}: {e}"
         finally:
             if writer is not None:
@@ -246,9 +300,19 @@ class AllReduce:
 
         try:
             msg = await read_frame(reader, averaging_pb2.PartMessage, MAX_HEADER_BYTES, 30.0)
+            if self.auth is not None and (refused := self.auth.refuse(msg, REDUCE_HANDLER, remote)) is not None:
+                known = self._reducers.get(msg.group_id)
+                if known is not None and known.done():  # a member we refuse: do not wait for it
+                    if remote in {m.peer_id for m in known.result().group.members}:
+                        known.result().exclude(remote, refused)
+                await reject(refused)
+                return
             fut = self._reducers.get(msg.group_id) or self._reducer_future(msg.group_id)
             try:
                 reducer = await asyncio.wait_for(asyncio.shield(fut), 15.0)
+                if self.fault == "stall":  # a member that stops mid-round: takes the part, never answers
+                    await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time() + 5.0))
+                    return
             except (asyncio.TimeoutError, TimeoutError):
                 await reject("unknown group")
                 return

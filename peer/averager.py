@@ -26,12 +26,16 @@ from coordinator.errors import BarnraiseError
 from peer.allreduce import AllReduce, ExchangeStats
 from peer.codecs import ErrorFeedback
 from peer.matchmaking import MAX_CONTROL_BYTES, Matchmaker, RoundTiming
+from peer.robust import RobustConfig
 from peer.wire import close_writer, read_frame, write_frame
 from protos import averaging_pb2
 
 log = logging.getLogger(__name__)
 
 CONFIRM_HANDLER = "barnraise.confirm"
+REPORTED = "reported by the group"
+PENALTY_ROUNDS = 3
+CONFIRM_GRACE_S = 3.0  # after the reduce deadline, how long a leader waits for result hashes  # a member seen misbehaving is left out of this many following rounds
 
 
 @dataclass
@@ -64,24 +68,44 @@ class _Confirmations:
     changed: asyncio.Event = field(default_factory=asyncio.Event)
     verdict: averaging_pb2.Verdict | None = None
     decided: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task | None = None  # the leader's decision
 
 
 class Averager:
     """Runs on the peer's P2P loop; ``average`` is awaited once per round."""
 
     def __init__(
-        self, *, p2p, dht, run_id: str, peer_id: str, codec: str, group_size: int, topk_fraction: float
+        self,
+        *,
+        p2p,
+        dht,
+        run_id: str,
+        peer_id: str,
+        codec: str,
+        group_size: int,
+        topk_fraction: float,
+        ask_codec: str = "",
+        bandwidth_bps: float = 0.0,
+        fault: str = "",
+        auth=None,
+        robust: RobustConfig | None = None,
     ):
         self.peer_id = peer_id
+        self.auth = auth  # peer.auth.PeerAuth: signs our requests, checks others' (None: no checks)
         self.run_id = run_id
-        self.codec = codec
+        self.codec = codec  # the run's codec
+        self.ask_codec = ask_codec  # a smaller codec this peer asks its groups for ("" = the run's)
+        self.bandwidth_bps = bandwidth_bps  # declared upload bandwidth, bits/s (0 = unknown)
         self.p2p = p2p
         self.matchmaker = Matchmaker(
-            p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec
+            p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec, auth=auth
         )
-        self.allreduce = AllReduce(p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction)
+        self.allreduce = AllReduce(
+            p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, fault=fault, auth=auth, robust=robust
+        )
         self.feedback = ErrorFeedback()
         self._confirms: dict[str, _Confirmations] = {}
+        self.matchmaker.on_group = self._open_confirmations
 
     async def register(self) -> None:
         await self.matchmaker.register()
@@ -96,6 +120,7 @@ class Averager:
         base_hash: str,
         timing: RoundTiming,
         ttl_s: float,
+        base_round: int = -1,
     ) -> RoundOutcome:
         started = time.time()
         out = RoundOutcome(round=round_no)
@@ -107,7 +132,9 @@ class Averager:
                 peer_id=self.peer_id,
                 weight=weight,
                 base_hash=base_hash,
-                codec=self.codec,
+                base_round=base_round,
+                codec=self.ask_codec or self.codec,
+                bandwidth_bps=self.bandwidth_bps,
             )
             reply = await self.matchmaker.form_group(round_no, request, timing)
             if reply.status == averaging_pb2.JOIN_STALE_BASE:
@@ -122,8 +149,6 @@ class Averager:
             out.members = [m.peer_id for m in group.members]
             out.codec = group.codec
             leader = reply.leader or out.members[0]
-            if leader == self.peer_id:
-                self._confirms[group.group_id] = _Confirmations(expected=set(out.members))
             compensated = self.feedback.compensate(update)
             stats = ExchangeStats()
             average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)
@@ -136,7 +161,7 @@ class Averager:
             own_hash = result_hash(average) if average is not None else ""
             verdict = await self._confirm(leader, group, own_hash, failure, stats, timing)
             for p in verdict.offenders:
-                out.offenders.setdefault(p, "reported by the group")
+                out.offenders.setdefault(p, REPORTED)
             if verdict.ok and own_hash and verdict.result_hash == own_hash:
                 out.ok, out.average = True, average
                 out.total_weight = sum(m.weight for m in group.members)
@@ -148,7 +173,40 @@ class Averager:
             return out
         finally:
             out.duration_s = time.time() - started
+            for offender, why in out.offenders.items():
+                if why != REPORTED:  # only what this peer saw itself: a liar cannot get others excluded
+                    self.matchmaker.penalise(offender, round_no + PENALTY_ROUNDS)
             self.matchmaker.forget_before(round_no - 2)
+
+    def _open_confirmations(self, group: averaging_pb2.Group, leader: str) -> None:
+        """As a group's leader (member or not), collect its members' result hashes and decide.
+
+        The decision comes when every member has confirmed or at the deadline, whichever is first.
+        """
+        book = _Confirmations(expected={m.peer_id for m in group.members})
+        self._confirms[group.group_id] = book
+        loop = asyncio.get_running_loop()
+        book.task = loop.create_task(self._decide(book, group.reduce_deadline + CONFIRM_GRACE_S))
+        loop.call_later(120.0, self._confirms.pop, group.group_id, None)
+
+    async def _decide(self, book: _Confirmations, deadline: float) -> None:
+        while time.time() < deadline and set(book.hashes) != book.expected:
+            book.changed.clear()
+            try:
+                await asyncio.wait_for(book.changed.wait(), max(0.0, deadline - time.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+        counts = Counter(h for h in book.hashes.values() if h)
+        best, n = counts.most_common(1)[0] if counts else ("", 0)
+        ok = n * 2 > len(book.expected)
+        book.verdict = averaging_pb2.Verdict(
+            ok=ok,
+            result_hash=best,
+            agreed=sorted(p for p, h in book.hashes.items() if h == best and best),
+            reason="" if ok else f"only {n} of {len(book.expected)} members assembled the same average",
+            offenders=sorted(book.offenders),
+        )
+        book.decided.set()
 
     async def _confirm(
         self, leader: str, group, own_hash: str, failure: str, stats: ExchangeStats, timing: RoundTiming
@@ -171,6 +229,8 @@ class Averager:
             _, reader, writer = await asyncio.wait_for(
                 self.p2p.call_binary_stream_handler(PeerID.from_base58(leader), CONFIRM_HANDLER), timeout
             )
+            if self.auth is not None:
+                self.auth.attach(msg, CONFIRM_HANDLER)
             await write_frame(writer, msg, timeout)
             return await read_frame(reader, averaging_pb2.Verdict, MAX_CONTROL_BYTES, timeout)
         except Exception as e:  # leader gone or frozen: no verdict means no apply
@@ -185,29 +245,11 @@ class Averager:
         book = self._confirms.get(group_id)
         if book is None or sender not in book.expected:
             return averaging_pb2.Verdict(ok=False, reason="not a member of this group")
-        book.hashes[sender] = msg.result_hash
-        for p in msg.offenders:
-            book.offenders.setdefault(p, sender)
-        book.changed.set()
-        if sender == self.peer_id:  # the leader decides
-            while time.time() < deadline and set(book.hashes) != book.expected:
-                book.changed.clear()
-                try:
-                    await asyncio.wait_for(book.changed.wait(), max(0.0, deadline - time.time()))
-                except (asyncio.TimeoutError, TimeoutError):
-                    break
-            counts = Counter(h for h in book.hashes.values() if h)
-            best, n = counts.most_common(1)[0] if counts else ("", 0)
-            ok = n * 2 > len(book.expected)
-            book.verdict = averaging_pb2.Verdict(
-                ok=ok,
-                result_hash=best,
-                agreed=sorted(p for p, h in book.hashes.items() if h == best and best),
-                reason="" if ok else f"only {n} of {len(book.expected)} members assembled the same average",
-                offenders=sorted(book.offenders),
-            )
-            book.decided.set()
-            asyncio.get_running_loop().call_later(30.0, self._confirms.pop, group_id, None)
+        if sender not in book.hashes:
+            book.hashes[sender] = msg.result_hash
+            for p in msg.offenders:
+                book.offenders.setdefault(p, sender)
+            book.changed.set()
         try:
             await asyncio.wait_for(book.decided.wait(), max(0.5, deadline - time.time() + 1.0))
         except (asyncio.TimeoutError, TimeoutError):
@@ -218,7 +260,10 @@ class Averager:
         remote = stream_info.peer_id.to_base58()
         try:
             msg = await read_frame(reader, averaging_pb2.Confirm, MAX_CONTROL_BYTES, 30.0)
-            if msg.sender != remote:
+            refused = self.auth.refuse(msg, CONFIRM_HANDLER, remote) if self.auth is not None else None
+            if refused is not None:
+                verdict = averaging_pb2.Verdict(ok=False, reason=refused)
+            elif msg.sender != remote:
                 verdict = averaging_pb2.Verdict(ok=False, reason="sender mismatch")
             else:
                 verdict = await self._collect(msg.group_id, remote, msg, time.time() + 30.0)

@@ -9,8 +9,8 @@ it is carried into the next round's update.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
-import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,17 +21,21 @@ import torch
 from coordinator import records
 from coordinator.dhtnode import DHTOptions, start_dht
 from coordinator.errors import BarnraiseError, PeerUnavailable
+from coordinator.manifest import DEFAULT_AGGREGATOR
 from coordinator.runclock import RoundClock
 from coordinator.signing import verify_manifest
+from peer.attacks import Attacker
+from peer.auth import PeerAuth, dht_extra, open_identity
 from peer.averager import Averager, RoundOutcome
 from peer.coordinator_client import CoordinatorClient
 from peer.device import pick_device
-from peer.feed import ShardFeed
+from peer.feed import ShardFeed, ShardOptions
 from peer.heartbeat import HeartbeatPublisher, PeerStats
-from peer.matchmaking import plan_timing
+from peer.matchmaking import RoundTiming, plan_timing
 from peer.model import build_model, count_params
 from peer.p2ploop import P2PLoop
-from peer.shards import ShardCache, ShardSourceRef
+from peer.robust import RobustConfig
+from peer.shards import ShardSourceRef
 from peer.state import GlobalState, flat_params, load_flat
 from peer.statesync import StateServer, choose_donors, download_state
 from peer.trainer import InnerTrainer
@@ -54,6 +58,24 @@ class PeerConfig:
     slowdown: float = 1.0  # >1 throttles compute (heterogeneity benchmarks)
     tamper: bool = False  # start from perturbed parameters (tests of disagreement detection)
     join_timeout_s: float = 30.0  # finding the run in the DHT
+    codec: str = ""  # ask groups for a smaller update codec than the run's (slow uplink)
+    bandwidth_mbit: float = 0.0  # declared upload bandwidth, Mbit/s: parts reduced follow it (0 = unknown)
+    fault: str = ""  # protocol fault to inject when averaging (tests): nan, shape, oversize, stall
+    shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
+    token: Path | None = None  # membership token file (closed runs)
+    run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)
+    attack: str = ""  # tests and benchmarks only: behave as a Byzantine peer (peer/attacks.py)
+
+
+@dataclass
+class _Pending:
+    """An averaging round launched on the P2P loop, not yet applied."""
+
+    round: int
+    future: concurrent.futures.Future  # -> RoundOutcome
+    snapshot: torch.Tensor  # live params when the update was taken
+    weight: float  # samples the update carries
+    timing: RoundTiming
 
 
 class PeerDaemon:
@@ -61,18 +83,22 @@ class PeerDaemon:
         self.cfg = cfg
         self.stop_event = threading.Event()
         self.stats = PeerStats()
-        self.dht = self.loop = self.heartbeat = self.client = None
+        self.dht = self.loop = self.heartbeat = self.client = self.feed = None
+        self.auth = self.identity_lock = None
 
     # --- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
         cfg = self.cfg
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
+        identity = cfg.identity or cfg.cache_dir / "peer.id"
+        self.identity, self.identity_lock = open_identity(identity, default_location=cfg.identity is None)
         self.dht = start_dht(
             DHTOptions(
                 initial_peers=cfg.initial_peers,
                 listen=cfg.listen,
                 announce=cfg.announce,
-                identity=cfg.identity or cfg.cache_dir / "peer.id",
+                identity=identity,
+                extra=dht_extra(),
             )
         )
         self.peer_id = self.dht.peer_id.to_base58()
@@ -84,12 +110,26 @@ class PeerDaemon:
             raise PeerUnavailable(
                 f"coordinator serves run {self.manifest.run_id}, the DHT announced {rec.run_id}"
             )
+        self.auth = PeerAuth.join(self.manifest, self.identity, cache_dir=cfg.cache_dir, token_file=cfg.token,
+                                  run_key_fingerprint=cfg.run_key_fingerprint)
+        self.auth.attach_to_client(self.client)
+        self.auth.start(self.dht)
+        self.attack = Attacker(cfg.attack) if cfg.attack else None
         self.clock = RoundClock(genesis=genesis, round_s=self.manifest.training.round_s)
         self.info = pick_device(cfg.device, cfg.threads)
         run_cache = cfg.cache_dir / self.manifest.run_id
-        self.cache = ShardCache(run_cache / "shards")
+        self.loop = P2PLoop(self.dht)
         sources = [ShardSourceRef(name=f"coordinator {self.client.address}", fetch=self.client.fetch_shard)]
-        self.feed = ShardFeed(self.manifest, self.cache, sources, self.peer_id)
+        self.feed = ShardFeed.open(
+            dht=self.dht,
+            loop=self.loop,
+            manifest=self.manifest,
+            peer_id=self.peer_id,
+            cache_dir=run_cache,
+            sources=sources,
+            options=cfg.shards,
+        )
+        self.cache = self.feed.cache
         model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
         if cfg.tamper:
@@ -98,7 +138,6 @@ class PeerDaemon:
         self.trainer = InnerTrainer(model, self.manifest.training, self.info, slowdown=cfg.slowdown)
         self.trainer.fit(self.feed.sample)
         t = self.manifest.training
-        self.loop = P2PLoop(self.dht)
         self.averager = Averager(
             p2p=self.loop.p2p,
             dht=self.dht,
@@ -107,8 +146,13 @@ class PeerDaemon:
             codec=t.codec or "fp32",
             group_size=t.group_size or 32,
             topk_fraction=t.topk_fraction or 0.01,
+            ask_codec=cfg.codec,
+            bandwidth_bps=cfg.bandwidth_mbit * 1e6,
+            fault=cfg.fault,
+            auth=self.auth,
+            robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
         )
-        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id)
+        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
         self.loop.call(self.averager.register(), 10.0)
         self.loop.call(self.state_server.register(), 10.0)
         self.stats.update(
@@ -139,7 +183,7 @@ class PeerDaemon:
         """Download the swarm's latest agreed state from a peer that holds it; True if we did."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
         try:
-            beats = records.read_heartbeats(self.dht, self.manifest.run_id, timeout_s=5.0)
+            beats = records.read_heartbeats(self.dht, self.manifest.run_id, timeout_s=5.0, admit=self.auth.admits)
         except BarnraiseError:
             return False
         phash, rnd, donors = choose_donors(beats, self.peer_id)
@@ -149,7 +193,7 @@ class PeerDaemon:
         for donor in donors[:3]:
             try:
                 new = self.loop.call(
-                    download_state(self.loop.p2p, donor, self.manifest.run_id, numel, 60.0), 90.0
+                    download_state(self.loop.p2p, donor, self.manifest.run_id, numel, 60.0, auth=self.auth), 90.0
                 )
             except BarnraiseError as e:
                 log.warning("state download from %s failed: %s", donor[:12], e)
@@ -164,85 +208,104 @@ class PeerDaemon:
 
     # --- the round loop -----------------------------------------------------------------------
     def run(self) -> None:
-        t = self.manifest.training
-        carried_samples = 0
-        completed = 0
-        while not self.stop_event.is_set():
-            r = self.clock.round_at()
-            end = self.clock.end(r)
-            self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
-            window = self.trainer.train_until(end, self.feed.next_batch, self.stop_event.is_set)
-            if self.stop_event.is_set():
-                break
-            carried_samples += window.samples
-            if window.compute_s > 0:
-                sps = window.samples / window.compute_s
-                self.stats.update(
-                    samples_per_s=sps,
-                    loss=window.mean_loss,
-                    samples_total=self.stats.samples_total + window.samples,
-                )
-            self.stats.update(phase=heartbeat_pb2.PHASE_AVERAGING)
-            delta = self.state.params - flat_params(self.trainer.model)
-            timing = plan_timing(end, t.round_s)
-            outcome = self._average(r, delta, float(carried_samples), timing)
-            if outcome.ok:
-                self.state.outer_step(outcome.average, t.outer_lr, t.outer_momentum, r)
-                load_flat(self.trainer.model, self.state.params)
-                self._publish_state()
-                carried_samples = 0
-                completed += 1
-                self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
-                log.info(
-                    "round %d: loss %.3f, %.0f samples/s, averaged with %d peer(s) in %.2f s, params %s",
-                    r,
-                    window.mean_loss,
-                    self.stats.samples_per_s,
-                    len(outcome.members),
-                    outcome.duration_s,
-                    self.state.params_hash(),
-                )
-            else:
-                self.stats.update(
-                    rounds_missed=self.stats.rounds_missed + 1, last_exclusion=outcome.reason[:200]
-                )
-                log.warning(
-                    "round %d: not applied (%s); local progress carried to the next round", r, outcome.reason
-                )
-                if outcome.stale_base:
-                    self.sync_from_swarm(rebase=True)
-            if self.cfg.max_rounds and completed >= self.cfg.max_rounds:
-                log.info("completed %d rounds; leaving", completed)
-                break
+        """Train window after window; average each window's update with delay 0 or 1 round.
 
-    def _average(self, r: int, delta: torch.Tensor, weight: float, timing) -> RoundOutcome:
-        if not torch.isfinite(delta).all():
-            return RoundOutcome(round=r, reason="local update is not finite; not sent")
-        budget = timing.confirm_deadline - time.time() + 10.0
+        With delay 1 the averaging of round r runs on the P2P loop while round r+1 computes, and
+        its result is applied at the end of r+1: the global params move by the outer step and the
+        live params keep the progress made since the update was taken (a one-round-delayed outer
+        update), so a slow link does not idle the device.
+        """
+        t = self.manifest.training
+        carried = 0.0  # samples in the live params that no applied average has taken yet
+        pending: _Pending | None = None
+        completed = 0
+        last_end = time.time()
         try:
-            out = self.loop.call(
-                self.averager.average(
-                    r,
-                    delta,
-                    weight,
-                    self.state.params_hash(),
-                    timing,
-                    ttl_s=4 * self.manifest.training.round_s,
-                ),
-                max(5.0, budget),
-            )
-        except PeerUnavailable as e:
-            out = RoundOutcome(round=r, reason=str(e))
-        self.stats.update(bytes_sent=out.bytes_sent, bytes_received=out.bytes_received, codec_sent=out.codec)
+            while not self.stop_event.is_set():
+                r = self.clock.round_at()
+                end = self.clock.end(r)
+                self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
+                window = self.trainer.train_until(end, self.feed.next_batch, self.stop_event.is_set)
+                if self.stop_event.is_set():
+                    break
+                carried += window.samples
+                if pending is not None:
+                    applied, carried = self._apply(pending, carried)
+                    completed += applied
+                    pending = None
+                delta = self.state.params - flat_params(self.trainer.model)
+                budget = max(2.0, (0.5 if t.round_delay == 0 else 0.7) * t.round_s)
+                timing = plan_timing(end, t.round_s, reduce_budget_s=budget)
+                pending = self._launch(r, delta, carried, timing)
+                if t.round_delay == 0:
+                    applied, carried = self._apply(pending, carried)
+                    completed += applied
+                    pending = None
+                now = time.time()
+                wall = max(1e-9, now - last_end)
+                last_end = now
+                self._report(r, window, wall)
+                if self.cfg.max_rounds and completed >= self.cfg.max_rounds:
+                    log.info("completed %d rounds; leaving", completed)
+                    break
+        finally:
+            if pending is not None:
+                pending.future.cancel()
+
+    def _report(self, r: int, window, wall_s: float) -> None:
+        changes = {"compute_fraction": min(1.0, window.compute_s / wall_s), "round_wall_s": wall_s}
+        if window.compute_s > 0:
+            changes.update(samples_per_s=window.samples / window.compute_s, loss=window.mean_loss,
+                           samples_total=self.stats.samples_total + window.samples)
+        self.stats.update(**changes)
+        log.info("round %d: loss %.3f, %.0f samples/s, compute %.2f s of %.2f s", r, window.mean_loss,
+                 self.stats.samples_per_s, window.compute_s, wall_s)
+
+    def _launch(self, r: int, delta: torch.Tensor, weight: float, timing: RoundTiming) -> _Pending:
+        snapshot = flat_params(self.trainer.model)
+        if not torch.isfinite(delta).all():
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_result(RoundOutcome(round=r, reason="local update is not finite; not sent"))
+        else:
+            if self.attack is not None:  # tests and benchmarks only: send what a Byzantine peer would
+                delta, weight = self.attack.forge(r, delta, weight, base=self.state.params)
+            fut = self.loop.submit(
+                self.averager.average(r, delta, weight, self.state.params_hash(), timing,
+                                      ttl_s=4 * self.manifest.training.round_s, base_round=self.state.round))
+        return _Pending(round=r, future=fut, snapshot=snapshot, weight=weight, timing=timing)
+
+    def _apply(self, p: _Pending, carried: float) -> tuple[int, float]:
+        """Wait (bounded) for a launched round and apply it; returns (1 if applied, samples still carried)."""
+        t = self.manifest.training
+        self.stats.update(phase=heartbeat_pb2.PHASE_AVERAGING)
+        try:
+            out = p.future.result(timeout=max(1.0, p.timing.confirm_deadline - time.time() + 10.0))
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError) as e:
+            p.future.cancel()
+            out = RoundOutcome(round=p.round, reason=f"averaging did not finish in time ({type(e).__name__})")
+        self.stats.update(bytes_sent=out.bytes_sent, bytes_received=out.bytes_received, codec_sent=out.codec,
+                          codec_received=out.codec if out.ok else "",
+                          offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()])
         if out.offenders:
-            log.warning(
-                "round %d: misbehaving peers: %s",
-                r,
-                "; ".join(f"{p[:12]}: {why}" for p, why in out.offenders.items()),
-            )
-        if out.ok and not (out.average is not None and math.isfinite(float(out.average.abs().max()))):
-            out.ok, out.reason = False, "average is not finite"
-        return out
+            log.warning("round %d: misbehaving peers: %s", p.round,
+                        "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()))
+        if out.ok and out.average is not None and bool(torch.isfinite(out.average).all()):
+            local_progress = flat_params(self.trainer.model) - p.snapshot
+            self.state.outer_step(out.average, t.outer_lr, t.outer_momentum, p.round)
+            load_flat(self.trainer.model, self.state.params + local_progress)
+            self._publish_state()
+            self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
+            log.info("round %d: averaged with %d peer(s) in %.2f s, params %s", p.round, len(out.members),
+                     out.duration_s, self.state.params_hash())
+            return 1, max(0.0, carried - p.weight)
+        self.stats.update(rounds_missed=self.stats.rounds_missed + 1, last_exclusion=out.reason[:200])
+        log.warning("round %d: not applied (%s); local progress carried to the next round", p.round, out.reason)
+        if out.stale_base and not self.cfg.tamper:
+            # the group applies this round's average at its confirm deadline: sync after that, or we
+            # would download the state it is just leaving behind
+            time.sleep(max(0.0, min(p.timing.confirm_deadline + 0.5 - time.time(), self.manifest.training.round_s)))
+            self.sync_from_swarm(rebase=True)
+        return 0, carried
 
     # --- shutdown -------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -251,9 +314,12 @@ class PeerDaemon:
     def close(self) -> None:
         for what, fn in (
             ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop()),
+            ("shard feed", lambda: self.feed and self.feed.close()),  # releases leases: needs the DHT
             ("p2p", lambda: self.loop and self.loop.stop()),
             ("coordinator client", lambda: self.client and self.client.close()),
             ("dht", lambda: self.dht and self.dht.shutdown()),
+            ("auth", lambda: self.auth and self.auth.stop()),
+            ("identity lock", lambda: self.identity_lock and self.identity_lock.release()),
         ):
             try:
                 fn()

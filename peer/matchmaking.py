@@ -27,6 +27,8 @@ from protos import averaging_pb2
 log = logging.getLogger(__name__)
 
 JOIN_HANDLER = "barnraise.join"
+# Codecs from largest to smallest payload; a group uses the smallest its members asked for.
+CODEC_RANK = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2, "int4": 3, "topk": 4}
 MAX_CONTROL_BYTES = 64 * 1024
 
 
@@ -51,7 +53,7 @@ def plan_timing(compute_end: float, round_s: float, reduce_budget_s: float | Non
         join_at=join_at,
         close_at=close_at,
         reduce_deadline=reduce_deadline,
-        confirm_deadline=reduce_deadline + min(3.0, max(1.0, 0.2 * round_s)),
+        confirm_deadline=reduce_deadline + 3.5,  # the leader decides 3 s after the reduce deadline
     )
 
 
@@ -60,6 +62,31 @@ def split_groups(peer_ids: list[str], round_no: int, group_size: int) -> list[li
     order = sorted(peer_ids, key=lambda p: hashlib.sha256(f"{round_no}/{p}".encode()).digest())
     n_groups = max(1, math.ceil(len(order) / group_size))
     return [sorted(order[k::n_groups]) for k in range(n_groups)]
+
+
+def negotiate_codec(run_codec: str, requested: list[str]) -> str:
+    """The group's codec: the smallest any member asked for, never larger than the run's.
+
+    A peer on a slow link asks for a smaller codec; everyone in its group then sends that size,
+    because the slowest link bounds the round.
+    """
+    best = run_codec
+    for c in requested:
+        if c in CODEC_RANK and CODEC_RANK[c] > CODEC_RANK.get(best, 0):
+            best = c
+    return best
+
+
+def part_fractions(bandwidths_bps: list[float]) -> list[float]:
+    """Share of the vector each member reduces: by declared bandwidth when all declared one, else equal.
+
+    A member reducing part i receives and sends that part N-1 times, so a fast link should own more.
+    """
+    n = len(bandwidths_bps)
+    if n and all(b > 0 and math.isfinite(b) for b in bandwidths_bps):
+        total = sum(bandwidths_bps)
+        return [b / total for b in bandwidths_bps]
+    return [1.0 / n] * n if n else []
 
 
 @dataclass
@@ -78,15 +105,18 @@ class _LeaderRound:
 
 
 class Matchmaker:
-    def __init__(self, *, p2p, dht, run_id: str, peer_id: str, group_size: int, codec: str):
+    def __init__(self, *, p2p, dht, run_id: str, peer_id: str, group_size: int, codec: str, auth=None):
         self.p2p = p2p
         self.dht = dht
         self.run_id = run_id
         self.peer_id = peer_id
         self.group_size = group_size
         self.codec = codec
+        self.auth = auth  # peer.auth.PeerAuth: signs our joins, checks others' (None: no checks)
         self._rounds: dict[int, _LeaderRound] = defaultdict(_LeaderRound)
         self.current_round = 0  # requests for rounds far from this are refused
+        self.on_group = None  # called with (group, leader) when this peer closes a group it leads
+        self.penalties: dict[str, int] = {}  # peer -> last round it is left out of (misbehaved recently)
 
     async def register(self) -> None:
         await self.p2p.add_binary_stream_handler(JOIN_HANDLER, self._handle_join)
@@ -115,12 +145,16 @@ class Matchmaker:
         loop = asyncio.get_running_loop()
         try:
             entries = await loop.run_in_executor(
-                None, lambda: records.read_round_entries(self.dht, self.run_id, round_no, timeout_s=3.0)
+                None,
+                lambda: records.read_round_entries(
+                    self.dht, self.run_id, round_no, timeout_s=3.0, admit=self.auth.admits if self.auth else None
+                ),
             )
         except BarnraiseError as e:
             log.debug("round %d: DHT read failed (%s); assuming only ourselves", round_no, e)
             entries = []
-        ids = sorted({e.peer_id for e in entries} | {self.peer_id})
+        penalised = self.penalised(round_no)
+        ids = sorted({e.peer_id for e in entries if e.peer_id not in penalised} | {self.peer_id})
         group = next(g for g in split_groups(ids, round_no, self.group_size) if self.peer_id in g)
         leader = group[0]
         self.current_round = round_no
@@ -150,6 +184,8 @@ class Matchmaker:
             _, reader, writer = await asyncio.wait_for(
                 self.p2p.call_binary_stream_handler(PeerID.from_base58(leader), JOIN_HANDLER), timeout
             )
+            if self.auth is not None:
+                self.auth.attach(request, JOIN_HANDLER)
             await write_frame(writer, request, timeout)
             return await read_frame(reader, averaging_pb2.JoinReply, MAX_CONTROL_BYTES, timeout)
         except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError, Exception) as e:
@@ -171,15 +207,21 @@ class Matchmaker:
         return state.replies[self.peer_id]
 
     def _close(self, round_no: int, state: _LeaderRound, timing: RoundTiming) -> None:
-        """Decide the group: majority base (by weight), capped at twice the target size."""
+        """Decide the group: the base state most joiners hold (then the newest), capped at twice the target size.
+
+        Counting members, not samples, matters: a peer that fell behind carries many samples and
+        must not drag the group back to its stale base.
+        """
         state.closed = True
-        by_base: dict[str, float] = defaultdict(float)
+        votes: dict[str, int] = defaultdict(int)
+        base_round: dict[str, int] = {}
         for req in state.joins.values():
-            by_base[req.base_hash] += max(req.weight, 1e-9)
-        own = state.joins[self.peer_id].base_hash
-        base = max(by_base, key=lambda b: (by_base[b], b == own, b))
+            votes[req.base_hash] += 1
+            base_round[req.base_hash] = max(base_round.get(req.base_hash, -1), req.base_round)
+        base = max(votes, key=lambda b: (votes[b], base_round[b], b))
         accepted = sorted(p for p, r in state.joins.items() if r.base_hash == base)[: 2 * self.group_size]
-        codec = self.codec
+        codec = negotiate_codec(self.codec, [state.joins[p].codec for p in accepted])
+        fractions = part_fractions([state.joins[p].bandwidth_bps for p in accepted])
         group = averaging_pb2.Group(
             group_id=hashlib.sha256(f"{self.run_id}/{round_no}/{','.join(accepted)}".encode()).hexdigest()[
                 :16
@@ -189,8 +231,8 @@ class Matchmaker:
             base_hash=base,
             reduce_deadline=timing.reduce_deadline,
         )
-        for p in accepted:
-            group.members.add(peer_id=p, weight=state.joins[p].weight, part_fraction=1.0 / len(accepted))
+        for p, fraction in zip(accepted, fractions, strict=True):
+            group.members.add(peer_id=p, weight=state.joins[p].weight, part_fraction=fraction)
         for p, req in state.joins.items():
             if p in accepted:
                 state.replies[p] = averaging_pb2.JoinReply(
@@ -206,6 +248,8 @@ class Matchmaker:
                 state.replies[p] = averaging_pb2.JoinReply(
                     status=averaging_pb2.JOIN_REFUSED, reason="group full"
                 )
+        if accepted and self.on_group is not None:
+            self.on_group(group, self.peer_id)
         state.any_join.set()
         state.closed_ev.set()
 
@@ -213,7 +257,11 @@ class Matchmaker:
         remote = stream_info.peer_id.to_base58()
         try:
             req = await read_frame(reader, averaging_pb2.JoinRequest, MAX_CONTROL_BYTES, 10.0)
-            reply = await self._answer_join(remote, req)
+            refused = self.auth.refuse(req, JOIN_HANDLER, remote) if self.auth is not None else None
+            if refused is not None:
+                reply = averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=refused)
+            else:
+                reply = await self._answer_join(remote, req)
             await write_frame(writer, reply, 10.0)
         except BarnraiseError as e:
             log.debug("join from %s failed: %s", remote[:12], e)
@@ -237,6 +285,10 @@ class Matchmaker:
                 return averaging_pb2.JoinReply(
                     status=averaging_pb2.JOIN_WRONG_ROUND, reason="not in that round"
                 )
+        if remote in self.penalised(int(req.round)):
+            return averaging_pb2.JoinReply(
+                status=averaging_pb2.JOIN_REFUSED, reason="left out for a few rounds: misbehaved in a recent round"
+            )
         if not state.is_leader:
             return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_NOT_LEADER, leader=state.leader)
         if state.closed:
@@ -245,6 +297,13 @@ class Matchmaker:
         state.any_join.set()
         await state.closed_ev.wait()
         return state.replies.get(remote) or averaging_pb2.JoinReply(status=averaging_pb2.JOIN_TOO_LATE)
+
+    def penalise(self, peer_id: str, until_round: int) -> None:
+        if peer_id != self.peer_id:
+            self.penalties[peer_id] = max(self.penalties.get(peer_id, 0), until_round)
+
+    def penalised(self, round_no: int) -> set[str]:
+        return {p for p, until in self.penalties.items() if until >= round_no}
 
     def forget_before(self, round_no: int) -> None:
         for r in [r for r in self._rounds if r < round_no]:

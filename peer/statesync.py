@@ -24,9 +24,10 @@ CHUNK_BYTES = 1 << 20
 
 
 class StateServer:
-    def __init__(self, p2p, run_id: str):
+    def __init__(self, p2p, run_id: str, auth=None):
         self.p2p = p2p
         self.run_id = run_id
+        self.auth = auth  # peer.auth.PeerAuth: who may download our state (None: anyone)
         self._lock = threading.Lock()
         self._snapshot: tuple[int, str, bytes] | None = None
 
@@ -42,6 +43,10 @@ class StateServer:
     async def _handle(self, stream_info, reader, writer) -> None:
         try:
             req = await read_frame(reader, averaging_pb2.StateRequest, 4096, 10.0)
+            remote = stream_info.peer_id.to_base58()
+            if self.auth is not None and (refused := self.auth.refuse(req, STATE_HANDLER, remote)) is not None:
+                await write_frame(writer, averaging_pb2.StateHeader(ok=False, reason=refused), 5.0)
+                return
             with self._lock:
                 snap = self._snapshot
             if req.run_id != self.run_id or snap is None:
@@ -63,7 +68,7 @@ class StateServer:
             close_writer(writer)
 
 
-async def download_state(p2p, donor: str, run_id: str, numel: int, timeout_s: float) -> GlobalState:
+async def download_state(p2p, donor: str, run_id: str, numel: int, timeout_s: float, auth=None) -> GlobalState:
     from hivemind.p2p import PeerID
 
     writer = None
@@ -71,7 +76,10 @@ async def download_state(p2p, donor: str, run_id: str, numel: int, timeout_s: fl
         _, reader, writer = await asyncio.wait_for(
             p2p.call_binary_stream_handler(PeerID.from_base58(donor), STATE_HANDLER), 10.0
         )
-        await write_frame(writer, averaging_pb2.StateRequest(run_id=run_id), 5.0)
+        request = averaging_pb2.StateRequest(run_id=run_id)
+        if auth is not None:
+            auth.attach(request, STATE_HANDLER)
+        await write_frame(writer, request, 5.0)
         head = await read_frame(reader, averaging_pb2.StateHeader, 4096, 10.0)
         expected = 8 * numel + 64
         if not head.ok:

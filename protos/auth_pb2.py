@@ -24,21 +24,23 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/auth.proto\x12\x0c\x62\x61rnraise.v1\"n\n\x0fMembershipToken\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0fpeer_public_key\x18\x02 \x01(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x10\n\x08token_id\x18\x05 \x01(\x0c\"/\n\x0bSignedToken\x12\r\n\x05token\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"l\n\x0bRequestAuth\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.barnraise.v1.SignedToken\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"B\n\nRevocation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x0c\x12\x11\n\tissued_at\x18\x03 \x01(\x01\"9\n\x10SignedRevocation\x12\x12\n\nrevocation\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x11protos/auth.proto\x12\x0c\x62\x61rnraise.v1\"\x81\x01\n\x0fMembershipToken\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x17\n\x0fpeer_public_key\x18\x02 \x01(\x0c\x12\x12\n\nexpires_at\x18\x03 \x01(\x01\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x10\n\x08token_id\x18\x05 \x01(\x0c\x12\x11\n\tissued_at\x18\x06 \x01(\x01\"/\n\x0bSignedToken\x12\r\n\x05token\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"l\n\x0bRequestAuth\x12(\n\x05token\x18\x01 \x01(\x0b\x32\x19.barnraise.v1.SignedToken\x12\r\n\x05nonce\x18\x02 \x01(\x0c\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"[\n\nRevocation\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\ttoken_ids\x18\x02 \x03(\x0c\x12\x11\n\tissued_at\x18\x03 \x01(\x01\x12\x17\n\x0f\x62\x61nned_peer_ids\x18\x04 \x03(\t\"[\n\x0cSignedRecord\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12(\n\x05token\x18\x03 \x01(\x0b\x32\x19.barnraise.v1.SignedToken\"+\n\tLibp2pKey\x12\x10\n\x08key_type\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'protos.auth_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MEMBERSHIPTOKEN']._serialized_start=35
-  _globals['_MEMBERSHIPTOKEN']._serialized_end=145
-  _globals['_SIGNEDTOKEN']._serialized_start=147
-  _globals['_SIGNEDTOKEN']._serialized_end=194
-  _globals['_REQUESTAUTH']._serialized_start=196
-  _globals['_REQUESTAUTH']._serialized_end=304
-  _globals['_REVOCATION']._serialized_start=306
-  _globals['_REVOCATION']._serialized_end=372
-  _globals['_SIGNEDREVOCATION']._serialized_start=374
-  _globals['_SIGNEDREVOCATION']._serialized_end=431
+  _globals['_MEMBERSHIPTOKEN']._serialized_start=36
+  _globals['_MEMBERSHIPTOKEN']._serialized_end=165
+  _globals['_SIGNEDTOKEN']._serialized_start=167
+  _globals['_SIGNEDTOKEN']._serialized_end=214
+  _globals['_REQUESTAUTH']._serialized_start=216
+  _globals['_REQUESTAUTH']._serialized_end=324
+  _globals['_REVOCATION']._serialized_start=326
+  _globals['_REVOCATION']._serialized_end=417
+  _globals['_SIGNEDRECORD']._serialized_start=419
+  _globals['_SIGNEDRECORD']._serialized_end=510
+  _globals['_LIBP2PKEY']._serialized_start=512
+  _globals['_LIBP2PKEY']._serialized_end=555
 # @@protoc_insertion_point(module_scope)

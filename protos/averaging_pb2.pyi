@@ -55,7 +55,7 @@ class EncodedTensor(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., numel: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., indices: _Optional[bytes] = ..., block_size: _Optional[int] = ..., nnz: _Optional[int] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "auth")
+    __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "base_round", "auth")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +63,7 @@ class JoinRequest(_message.Message):
     BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
+    BASE_ROUND_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
@@ -71,8 +72,9 @@ class JoinRequest(_message.Message):
     base_hash: str
     codec: str
     bandwidth_bps: float
+    base_round: int
     auth: _auth_pb2.RequestAuth
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., base_round: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
 
 class GroupMember(_message.Message):
     __slots__ = ("peer_id", "weight", "part_fraction")

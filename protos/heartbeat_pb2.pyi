@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -19,7 +21,7 @@ PHASE_SYNCING: Phase
 PHASE_IDLE: Phase
 
 class Heartbeat(_message.Message):
-    __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch")
+    __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch", "compute_fraction", "offenders", "codec_received", "round_wall_s")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +44,10 @@ class Heartbeat(_message.Message):
     CODEC_SENT_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MICRO_BATCH_FIELD_NUMBER: _ClassVar[int]
+    COMPUTE_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    OFFENDERS_FIELD_NUMBER: _ClassVar[int]
+    CODEC_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    ROUND_WALL_S_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     version: str
     run_id: str
@@ -64,7 +70,11 @@ class Heartbeat(_message.Message):
     codec_sent: str
     batch_size: int
     micro_batch: int
-    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., link: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., loss: _Optional[float] = ..., params_hash: _Optional[str] = ..., hash_round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds_joined: _Optional[int] = ..., rounds_missed: _Optional[int] = ..., last_exclusion: _Optional[str] = ..., timestamp: _Optional[float] = ..., samples_total: _Optional[int] = ..., codec_sent: _Optional[str] = ..., batch_size: _Optional[int] = ..., micro_batch: _Optional[int] = ...) -> None: ...
+    compute_fraction: float
+    offenders: _containers.RepeatedScalarFieldContainer[str]
+    codec_received: str
+    round_wall_s: float
+    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., link: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., loss: _Optional[float] = ..., params_hash: _Optional[str] = ..., hash_round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds_joined: _Optional[int] = ..., rounds_missed: _Optional[int] = ..., last_exclusion: _Optional[str] = ..., timestamp: _Optional[float] = ..., samples_total: _Optional[int] = ..., codec_sent: _Optional[str] = ..., batch_size: _Optional[int] = ..., micro_batch: _Optional[int] = ..., compute_fraction: _Optional[float] = ..., offenders: _Optional[_Iterable[str]] = ..., codec_received: _Optional[str] = ..., round_wall_s: _Optional[float] = ...) -> None: ...
 
 class SignedHeartbeat(_message.Message):
     __slots__ = ("heartbeat", "public_key", "signature")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/manifest.proto\x12\x0c\x62\x61rnraise.v1\"r\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x0f\n\x07\x64_model\x18\x04 \x01(\r\x12\x0f\n\x07n_layer\x18\x05 \x01(\r\x12\x0e\n\x06n_head\x18\x06 \x01(\r\"\xef\x01\n\x0eTrainingConfig\x12\x10\n\x08inner_lr\x18\x01 \x01(\x02\x12\x1a\n\x12inner_weight_decay\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08outer_lr\x18\x04 \x01(\x02\x12\x16\n\x0eouter_momentum\x18\x05 \x01(\x02\x12\x0f\n\x07round_s\x18\x06 \x01(\x02\x12\x13\n\x0bround_delay\x18\x07 \x01(\r\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x15\n\rtopk_fraction\x18\t \x01(\x02\x12\x12\n\ngroup_size\x18\n \x01(\r\x12\x11\n\tgrad_clip\x18\x0b \x01(\x02\"P\n\tShardInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x10\n\x08n_tokens\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\r\"V\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0btoken_dtype\x18\x03 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x04\"\x1a\n\nMembership\x12\x0c\n\x04open\x18\x01 \x01(\x08\"\xcc\x02\n\x0bRunManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.barnraise.v1.ModelConfig\x12.\n\x08training\x18\x06 \x01(\x0b\x32\x1c.barnraise.v1.TrainingConfig\x12*\n\x07\x64\x61taset\x18\x07 \x01(\x0b\x32\x19.barnraise.v1.DatasetInfo\x12\'\n\x06shards\x18\x08 \x03(\x0b\x32\x17.barnraise.v1.ShardInfo\x12\x16\n\x0erun_public_key\x18\t \x01(\x0c\x12,\n\nmembership\x18\n \x01(\x0b\x32\x18.barnraise.v1.Membership\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15protos/manifest.proto\x12\x0c\x62\x61rnraise.v1\"r\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x0f\n\x07\x64_model\x18\x04 \x01(\r\x12\x0f\n\x07n_layer\x18\x05 \x01(\r\x12\x0e\n\x06n_head\x18\x06 \x01(\r\"\x83\x02\n\x0eTrainingConfig\x12\x10\n\x08inner_lr\x18\x01 \x01(\x02\x12\x1a\n\x12inner_weight_decay\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08outer_lr\x18\x04 \x01(\x02\x12\x16\n\x0eouter_momentum\x18\x05 \x01(\x02\x12\x0f\n\x07round_s\x18\x06 \x01(\x02\x12\x13\n\x0bround_delay\x18\x07 \x01(\r\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x15\n\rtopk_fraction\x18\t \x01(\x02\x12\x12\n\ngroup_size\x18\n \x01(\r\x12\x11\n\tgrad_clip\x18\x0b \x01(\x02\x12\x12\n\naggregator\x18\x0c \x01(\t\"P\n\tShardInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x10\n\x08n_tokens\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\r\"V\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0btoken_dtype\x18\x03 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x04\"\x1a\n\nMembership\x12\x0c\n\x04open\x18\x01 \x01(\x08\"\xcc\x02\n\x0bRunManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.barnraise.v1.ModelConfig\x12.\n\x08training\x18\x06 \x01(\x0b\x32\x1c.barnraise.v1.TrainingConfig\x12*\n\x07\x64\x61taset\x18\x07 \x01(\x0b\x32\x19.barnraise.v1.DatasetInfo\x12\'\n\x06shards\x18\x08 \x03(\x0b\x32\x17.barnraise.v1.ShardInfo\x12\x16\n\x0erun_public_key\x18\t \x01(\x0c\x12,\n\nmembership\x18\n \x01(\x0b\x32\x18.barnraise.v1.Membership\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,15 +34,15 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELCONFIG']._serialized_start=39
   _globals['_MODELCONFIG']._serialized_end=153
   _globals['_TRAININGCONFIG']._serialized_start=156
-  _globals['_TRAININGCONFIG']._serialized_end=395
-  _globals['_SHARDINFO']._serialized_start=397
-  _globals['_SHARDINFO']._serialized_end=477
-  _globals['_DATASETINFO']._serialized_start=479
-  _globals['_DATASETINFO']._serialized_end=565
-  _globals['_MEMBERSHIP']._serialized_start=567
-  _globals['_MEMBERSHIP']._serialized_end=593
-  _globals['_RUNMANIFEST']._serialized_start=596
-  _globals['_RUNMANIFEST']._serialized_end=928
-  _globals['_SIGNEDMANIFEST']._serialized_start=930
-  _globals['_SIGNEDMANIFEST']._serialized_end=983
+  _globals['_TRAININGCONFIG']._serialized_end=415
+  _globals['_SHARDINFO']._serialized_start=417
+  _globals['_SHARDINFO']._serialized_end=497
+  _globals['_DATASETINFO']._serialized_start=499
+  _globals['_DATASETINFO']._serialized_end=585
+  _globals['_MEMBERSHIP']._serialized_start=587
+  _globals['_MEMBERSHIP']._serialized_end=613
+  _globals['_RUNMANIFEST']._serialized_start=616
+  _globals['_RUNMANIFEST']._serialized_end=948
+  _globals['_SIGNEDMANIFEST']._serialized_start=950
+  _globals['_SIGNEDMANIFEST']._serialized_end=1003
 # @@protoc_insertion_point(module_scope)

@@ -23,7 +23,7 @@ class ModelConfig(_message.Message):
     def __init__(self, name: _Optional[str] = ..., vocab_size: _Optional[int] = ..., seq_len: _Optional[int] = ..., d_model: _Optional[int] = ..., n_layer: _Optional[int] = ..., n_head: _Optional[int] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("inner_lr", "inner_weight_decay", "batch_size", "outer_lr", "outer_momentum", "round_s", "round_delay", "codec", "topk_fraction", "group_size", "grad_clip")
+    __slots__ = ("inner_lr", "inner_weight_decay", "batch_size", "outer_lr", "outer_momentum", "round_s", "round_delay", "codec", "topk_fraction", "group_size", "grad_clip", "aggregator")
     INNER_LR_FIELD_NUMBER: _ClassVar[int]
     INNER_WEIGHT_DECAY_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -35,6 +35,7 @@ class TrainingConfig(_message.Message):
     TOPK_FRACTION_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     GRAD_CLIP_FIELD_NUMBER: _ClassVar[int]
+    AGGREGATOR_FIELD_NUMBER: _ClassVar[int]
     inner_lr: float
     inner_weight_decay: float
     batch_size: int
@@ -46,7 +47,8 @@ class TrainingConfig(_message.Message):
     topk_fraction: float
     group_size: int
     grad_clip: float
-    def __init__(self, inner_lr: _Optional[float] = ..., inner_weight_decay: _Optional[float] = ..., batch_size: _Optional[int] = ..., outer_lr: _Optional[float] = ..., outer_momentum: _Optional[float] = ..., round_s: _Optional[float] = ..., round_delay: _Optional[int] = ..., codec: _Optional[str] = ..., topk_fraction: _Optional[float] = ..., group_size: _Optional[int] = ..., grad_clip: _Optional[float] = ...) -> None: ...
+    aggregator: str
+    def __init__(self, inner_lr: _Optional[float] = ..., inner_weight_decay: _Optional[float] = ..., batch_size: _Optional[int] = ..., outer_lr: _Optional[float] = ..., outer_momentum: _Optional[float] = ..., round_s: _Optional[float] = ..., round_delay: _Optional[int] = ..., codec: _Optional[str] = ..., topk_fraction: _Optional[float] = ..., group_size: _Optional[int] = ..., grad_clip: _Optional[float] = ..., aggregator: _Optional[str] = ...) -> None: ...
 
 class ShardInfo(_message.Message):
     __slots__ = ("sha256", "size_bytes", "n_tokens", "index")

@@ -55,6 +55,17 @@ def register_init(sub) -> None:
     p.add_argument("--group-size", type=int, default=32, help="target averaging group size")
     p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument(
+        "--aggregator",
+        default="centered_clip",
+        help="how reducers combine updates: centered_clip (robust, default), median, trimmed_mean, mean",
+    )
+    p.add_argument(
+        "--closed", action="store_true", help="admit only peers holding a token (`barnraise token issue`)"
+    )
+    p.add_argument(
+        "--run-key", type=Path, default=None, help="sign with this Ed25519 key (PEM) instead of a new RUN_DIR/run.key"
+    )
     p.set_defaults(handler=cmd_init)
 
 
@@ -73,6 +84,7 @@ def cmd_init(args) -> int:
             inner_lr=args.inner_lr,
             outer_lr=args.outer_lr,
             group_size=args.group_size,
+            aggregator=args.aggregator,
         )
     except ValueError as e:
         raise ConfigError(str(e)) from e
@@ -85,8 +97,12 @@ def cmd_init(args) -> int:
         shard_bytes=args.shard_kib * 1024,
         seed=args.seed,
         source_options=options,
+        closed=args.closed,
+        run_key=args.run_key,
     )
     print(json.dumps(manifest_summary(manifest)))
+    if args.run_key is None:
+        print(f"run key: {args.run_dir / 'run.key'} (keep it private; it signs the manifest and tokens)")
     print(f"next: barnraise bootstrap --run {args.run_dir}")
     return 0
 
@@ -154,7 +170,41 @@ def register_peer(sub) -> None:
     p.add_argument("--max-rounds", type=int, default=0, help="leave after N completed rounds")
     p.add_argument("--slowdown", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--tamper", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--token", type=Path, default=None, help="membership token file (closed runs)")
+    p.add_argument(
+        "--run-key-fingerprint",
+        default="",
+        metavar="FP",
+        help="the run key to trust (printed by `barnraise init`); default: trust the first key seen",
+    )
+    p.add_argument("--attack", default="", help=argparse.SUPPRESS)  # tests/benchmarks: a Byzantine peer
+    p.add_argument(
+        "--cache-budget-mb", type=float, default=1024, help="disk for cached shards, MiB (default 1024)"
+    )
+    p.add_argument("--lease-s", type=float, default=60.0, help=argparse.SUPPRESS)  # shard lease length
+    p.add_argument("--ledger", type=Path, default=None, help=argparse.SUPPRESS)  # tests: trained ranges
+    p.add_argument("--serve-corrupt-shards", action="store_true", help=argparse.SUPPRESS)  # tests
+    p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
+    p.add_argument("--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)")
+    p.add_argument("--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS)
     p.set_defaults(handler=cmd_peer)
+
+
+def shard_options(args):
+    """``ShardOptions`` from the peer's flags; a bad value is a one-line ConfigError."""
+    from coordinator.leases import LeaseConfig
+    from peer.feed import ShardOptions
+    from peer.shardserver import ServeConfig
+
+    try:
+        return ShardOptions(
+            cache_budget_bytes=int(args.cache_budget_mb * (1 << 20)),
+            lease=LeaseConfig(lease_s=args.lease_s),
+            serve=ServeConfig(corrupt=args.serve_corrupt_shards),
+            ledger=args.ledger,
+        )
+    except ValueError as e:
+        raise ConfigError(f"peer: {e}") from e
 
 
 def cmd_peer(args) -> int:
@@ -172,7 +222,30 @@ def cmd_peer(args) -> int:
         max_rounds=args.max_rounds,
         slowdown=args.slowdown,
         tamper=args.tamper,
+        shards=shard_options(args),
+        codec=args.codec,
+        bandwidth_mbit=args.bandwidth_mbit,
+        fault=args.fault,
+        token=args.token,
+        run_key_fingerprint=args.run_key_fingerprint,
+        attack=args.attack,
     )
+    if args.attack:
+        from peer.attacks import ATTACKS
+
+        if args.attack not in ATTACKS:
+            raise ConfigError(f"unknown attack {args.attack!r}: choose one of {', '.join(ATTACKS)}")
+    if args.run_key_fingerprint:
+        from coordinator.keys import parse_fingerprint
+
+        parse_fingerprint(args.run_key_fingerprint)
+    if args.codec:
+        from peer import codecs
+
+        try:
+            codecs.check_codec(args.codec)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
     daemon = PeerDaemon(cfg)
     running = threading.Event()
 
@@ -205,6 +278,7 @@ def collect_report(initial_peers, run_id: str = "", timeout_s: float = 15.0) -> 
     from coordinator import records
     from coordinator.dhtnode import DHTOptions, start_dht
     from coordinator.health import build_report
+    from coordinator.signing import dht_validators
 
     dht = start_dht(
         DHTOptions(
@@ -212,6 +286,7 @@ def collect_report(initial_peers, run_id: str = "", timeout_s: float = 15.0) -> 
             listen=("/ip4/127.0.0.1/tcp/0",),
             client_mode=True,
             start_timeout_s=timeout_s,
+            extra={"record_validators": dht_validators()},  # drop answers holding forged records
         )
     )
     try:
@@ -241,4 +316,10 @@ def register_demo(sub) -> None:
     register(sub)
 
 
-REGISTRY = [register_init, register_bootstrap, register_peer, register_status, register_demo]
+def register_token(sub) -> None:
+    from peer.cli.membership import register
+
+    register(sub)
+
+
+REGISTRY = [register_init, register_bootstrap, register_peer, register_status, register_demo, register_token]

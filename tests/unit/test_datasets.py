@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator import datasets
+from coordinator import datasets, textsources, tokensource
 from coordinator.datasets import DOC_SEPARATOR, TokenSource, describe_formats, open_source, write_shards
 from coordinator.errors import ConfigError
 from protos import manifest_pb2
@@ -96,7 +96,7 @@ def test_text_dir_round_trip_skips_hidden_binary_and_special(tmp_path: Path, cap
 
 def test_text_dir_multi_block_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Files bigger than a read block: split multi-byte characters pass, a late NUL skips the whole file."""
-    monkeypatch.setattr(datasets, "READ_BLOCK", 16)
+    monkeypatch.setattr(textsources, "READ_BLOCK", 16)
     root = tmp_path / "corpus"
     root.mkdir()
     text = ("é✓x" * 40).encode()  # characters straddle every block boundary somewhere
@@ -140,7 +140,8 @@ def test_unreadable_file_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(datasets, "open", guarded_open, raising=False)
+    for module in (textsources, tokensource):  # the readers and the up-front readability probe
+        monkeypatch.setattr(module, "open", guarded_open, raising=False)
     refused(lambda: open_source(str(root)), "locked.txt", "Permission denied", "permissions")
     refused(lambda: open_source(str(jsonl)), "data.jsonl", "Permission denied", "permissions")
 
@@ -184,7 +185,7 @@ def test_jsonl_bad_line_names_file_and_line(tmp_path: Path, bad_line: str | byte
 
 
 def test_jsonl_overlong_line_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "MAX_JSONL_LINE_BYTES", 64)
+    monkeypatch.setattr(textsources, "MAX_JSONL_LINE_BYTES", 64)
     path = tmp_path / "array.jsonl"
     path.write_text('{"text": "ok"}\n' + json.dumps({"text": "x" * 100}) + "\n")
     refused(lambda: shard(path, tmp_path), "array.jsonl line 2", "one JSON object per line")
@@ -236,7 +237,7 @@ def test_bin_empty_is_refused(tmp_path: Path) -> None:
 
 
 def test_bin_token_out_of_vocab_names_position(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(datasets, "READ_BLOCK", 64)  # the bad token sits in a later block
+    monkeypatch.setattr(tokensource, "READ_BLOCK", 64)  # the bad token sits in a later block
     path = tmp_path / "train.bin"
     tokens = np.full(200, 7, dtype="<u2")
     tokens[123] = 1000

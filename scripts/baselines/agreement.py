@@ -1,0 +1,131 @@
+"""What each averaging round ended with, across every peer that ever lived in a run.
+
+Two sources, read after the run: the probe's ``snapshot`` events (round and hash of every global
+state a peer published, so also of peers killed later) and the peers' ``round N:`` log lines
+(whether the round's average was applied, and if not, why). A round *agreed* when every peer that
+published a state for it published the same hash; it *missed its deadline* when some peer that
+took part could not apply it (its averaging did not finish in time, the leader's verdict never
+came, or too few members assembled the same average).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+_APPLIED = re.compile(r"\bround (\d+): averaged with (\d+) peer\(s\)[^,]*, params (\w+)")
+_MISSED = re.compile(r"\bround (\d+): not applied \((.*)\); local progress")
+
+
+@dataclass
+class RoundAudit:
+    """One round across all peers."""
+
+    round: int
+    hashes: Counter[str] = field(default_factory=Counter)  # params hash -> peers that published it
+    applied: int = 0  # peers whose log says the round's average was applied
+    group_sizes: Counter[int] = field(default_factory=Counter)  # reported group size -> peers
+    missed: list[str] = field(default_factory=list)  # reasons of peers that could not apply it
+
+    @property
+    def agreed(self) -> bool:
+        return len(self.hashes) <= 1
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "hashes": dict(self.hashes),
+            "applied": self.applied,
+            "group_sizes": dict(self.group_sizes),
+            "missed": self.missed,
+            "agreed": self.agreed,
+        }
+
+
+def audit(events: Iterable[dict[str, Any]], logs: Sequence[Path]) -> list[RoundAudit]:
+    """Per-round audit from snapshot events and peer log files, oldest round first."""
+    rounds: dict[int, RoundAudit] = {}
+
+    def get(r: int) -> RoundAudit:
+        return rounds.setdefault(r, RoundAudit(round=r))
+
+    seen: set[tuple[str, int]] = set()  # (peer, round): a peer publishes a round once (plus resyncs)
+    for e in events:
+        if e.get("kind") == "snapshot" and e.get("round", -1) >= 0 and "hash" in e:
+            key = (e.get("source", ""), e["round"])
+            if key not in seen:
+                seen.add(key)
+                get(e["round"]).hashes[e["hash"]] += 1
+    for path in logs:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            if m := _APPLIED.search(line):
+                ra = get(int(m.group(1)))
+                ra.applied += 1
+                ra.group_sizes[int(m.group(2))] += 1
+            elif m := _MISSED.search(line):
+                get(int(m.group(1))).missed.append(m.group(2)[:160])
+    return [rounds[r] for r in sorted(rounds)]
+
+
+def reason_kind(reason: str) -> str:
+    """Coarse class of a "not applied" reason, for the summary table."""
+    text = reason.lower()
+    for key, kind in (
+        ("in time", "deadline"),
+        ("did not decide", "deadline"),
+        ("no verdict", "deadline"),
+        ("timed out", "deadline"),
+        ("unavailable", "member lost"),
+        ("failed", "member lost"),
+        ("only ", "no majority"),
+        ("differs from the group", "stale base"),
+        ("not in a group", "no group"),
+        ("group already closed", "no group"),
+    ):
+        if key in text:
+            return kind
+    return "other"
+
+
+def summarise(audits: Sequence[RoundAudit]) -> dict[str, Any]:
+    """Counts for the report: rounds, rounds missed, agreement, reasons."""
+    with_result = [a for a in audits if a.applied or a.hashes]
+    missed = [a for a in audits if a.missed]
+    kinds: Counter[str] = Counter(reason_kind(r) for a in audits for r in a.missed)
+    deadline_rounds = [a.round for a in audits if any(reason_kind(r) == "deadline" for r in a.missed)]
+    return {
+        "rounds": len(with_result),
+        "rounds_all_agreed": sum(1 for a in with_result if a.agreed),
+        "rounds_disagreed": [a.round for a in with_result if not a.agreed],
+        "rounds_with_misses": len(missed),
+        "rounds_missed_deadline": len(deadline_rounds),
+        "missed_deadline_rounds": deadline_rounds,
+        "miss_reasons": dict(kinds),
+        "peer_rounds_applied": sum(a.applied for a in audits),
+        "peer_rounds_missed": sum(len(a.missed) for a in audits),
+    }
+
+
+def final_state(events: Iterable[dict[str, Any]], before: float | None = None) -> dict[str, Any] | None:
+    """The latest round's majority state (with its snapshot file) published before ``before``."""
+    by_round: dict[int, Counter[str]] = defaultdict(Counter)
+    files: dict[str, str] = {}
+    for e in events:
+        if e.get("kind") != "snapshot" or e.get("round", -1) < 0 or (before is not None and e["t"] > before):
+            continue
+        by_round[e["round"]][e["hash"]] += 1
+        if e.get("file"):
+            files.setdefault(e["hash"], e["file"])
+    for r in sorted(by_round, reverse=True):
+        digest, _ = by_round[r].most_common(1)[0]
+        if digest in files:
+            return {"round": r, "hash": digest, "file": files[digest]}
+    return None

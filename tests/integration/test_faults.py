@@ -1,0 +1,93 @@
+"""Faults in a real swarm: bad parts, killed, frozen and late peers.
+
+Each test runs one swarm and checks the protocol's promises: rounds close by their deadline, the
+members that complete a round agree on `params_hash`, offenders are named, training goes on, and a
+newcomer or a peer that fell behind adopts the swarm's state before contributing.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import time
+
+import pytest
+
+from tests.conftest import init_run, wait_for
+
+pytestmark = pytest.mark.timeout(300)
+
+APPLIED = re.compile(r"round (\d+): averaged with (\d+) peer\(s\) in [0-9.]+ s, params (\w+)")
+SYNCED = re.compile(r"synced state of round (\d+) \(params (\w+)\)")
+
+
+def applied(child) -> dict[int, str]:
+    """round -> params hash after that round, from a peer's log."""
+    return {int(r): h for r, _, h in APPLIED.findall(child.log_path.read_text())}
+
+
+def agreed_rounds(*children) -> list[int]:
+    logs = [applied(c) for c in children]
+    common = set(logs[0]).intersection(*logs[1:])
+    return sorted(r for r in common if len({log[r] for log in logs}) == 1)
+
+
+def disagreeing_rounds(*children) -> list[int]:
+    logs = [applied(c) for c in children]
+    common = set(logs[0]).intersection(*logs[1:])
+    return sorted(r for r in common if len({log[r] for log in logs}) != 1)
+
+
+def test_bad_parts_are_left_out_and_named(swarm, tmp_path):
+    """NaN, wrong-shaped and oversized parts: honest members still agree; offenders are named."""
+    init_run(tmp_path / "run", "--round-s", "4", "--round-delay", "1")
+    swarm.start_bootstrap(tmp_path / "run")
+    honest = [swarm.start_peer(f"honest{i}", ["--threads", "1"]) for i in (1, 2)]
+    bad = {fault: swarm.start_peer(f"bad-{fault}", ["--threads", "1", "--fault", fault])
+           for fault in ("nan", "shape", "oversize")}
+    wait_for(lambda: len(agreed_rounds(*honest)) >= 3, 150, every_s=2, what="3 rounds the honest peers agree on")
+    assert not disagreeing_rounds(*honest)
+    text = "".join(c.log_path.read_text() for c in honest)
+    for fault, child in bad.items():
+        name = child.log_path.read_text()
+        peer_id = re.search(r"peer (\w+) joined run", name).group(1)
+        assert f"left {peer_id[:12]} out of part" in text, f"{fault} offender not named in honest logs"
+    assert "non-finite" in text and "elements where" in text and "exceeds the cap" in text
+
+
+def test_killed_frozen_and_late_peers(swarm, tmp_path):
+    """SIGKILL and SIGSTOP mid-round: survivors agree and go on; a late joiner and the frozen peer
+    (after SIGCONT) adopt the swarm's state."""
+    init_run(tmp_path / "run", "--round-s", "4")
+    swarm.start_bootstrap(tmp_path / "run")
+    p1, p2, victim, frozen = (swarm.start_peer(n, ["--threads", "1"]) for n in ("p1", "p2", "victim", "frozen"))
+    wait_for(lambda: len(agreed_rounds(p1, p2, victim, frozen)) >= 2, 120, every_s=1, what="4 peers agreeing")
+
+    def just_after_a_round_end():
+        n = len(applied(p1))
+        wait_for(lambda: "compute" in p1.log_path.read_text().splitlines()[-1], 20, every_s=0.05, what="round end")
+        return n
+
+    just_after_a_round_end()
+    time.sleep(0.3)  # inside matchmaking / all-reduce
+    swarm.signal(victim, signal.SIGKILL)
+    swarm.signal(frozen, signal.SIGSTOP)
+    t_fault = time.time()
+    last = max(applied(p1))
+    wait_for(lambda: len([r for r in agreed_rounds(p1, p2) if r > last]) >= 3, 90, every_s=1,
+             what="survivors agreeing on 3 rounds after the faults")
+    assert not [r for r in disagreeing_rounds(p1, p2) if r > last]
+    assert time.time() - t_fault < 90
+
+    late = swarm.start_peer("late", ["--threads", "1"])
+    wait_for(lambda: SYNCED.search(late.log_path.read_text()) and applied(late), 90, every_s=1,
+             what="the late peer to sync and then contribute")
+    r, h = SYNCED.search(late.log_path.read_text()).groups()
+    assert applied(p1).get(int(r)) == h, "late peer did not adopt the swarm's params"
+    text = late.log_path.read_text()
+    assert text.index("synced state") < text.index("averaged with")
+
+    swarm.signal(frozen, signal.SIGCONT)
+    wait_for(lambda: [r for r in agreed_rounds(p1, frozen) if r > max(applied(p1)) - 3 and r > last + 3], 90,
+             every_s=1, what="the frozen peer to catch up after SIGCONT")
+    assert frozen.proc.poll() is None, "the frozen peer restarted instead of catching up"
