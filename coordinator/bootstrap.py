@@ -45,6 +45,7 @@ class BootstrapConfig:
     identity: Path | None = None  # default: RUN_DIR/bootstrap.id
     grpc: str = ""  # HOST:PORT; default: the DHT listen host, any port
     initial_peers: tuple[str, ...] = ()  # join an existing swarm
+    metrics: str = ""  # [HOST:]PORT to serve Prometheus /metrics on; "": none
 
 
 def grpc_listen_address(cfg: BootstrapConfig) -> str:
@@ -83,6 +84,8 @@ class BootstrapNode:
         self.server = None
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.report: dict | None = None  # the latest health report (history loop), for /metrics
+        self.metrics = None
 
     def start(self) -> None:
         identity = self.cfg.identity or self.cfg.run_dir / "bootstrap.id"
@@ -110,6 +113,10 @@ class BootstrapNode:
             version=__version__,
         )
         self._publish()
+        if self.cfg.metrics:
+            from coordinator.metrics import serve_metrics
+
+            self.metrics = serve_metrics(self.cfg.metrics, lambda: self.report)
         for target in (self._publish_loop, self._history_loop):
             t = threading.Thread(target=target, daemon=True, name=target.__name__)
             t.start()
@@ -148,27 +155,30 @@ class BootstrapNode:
                 log.warning("could not publish coordinator record: %s", e)
 
     def _history_loop(self) -> None:
-        """Once per round, summarise live heartbeats into the round history."""
+        """A few times per round, build the health report (for /metrics) and keep the round's
+        summary (loss, samples/s, live peers) in the history the coordinator serves."""
+        from coordinator.health import RunInfo, build_report
+
         period = min(self.manifest.training.round_s, 5.0)
+        run = RunInfo.from_record(self.record, group_size=self.manifest.training.group_size)
         while not self._stop.wait(period):
+            rejected: list[str] = []
             try:
-                beats = [
-                    b
-                    for b in read_heartbeats(self.dht, self.manifest.run_id)
-                    if time.time() - b.timestamp < 15
-                ]
+                beats = read_heartbeats(self.dht, self.manifest.run_id, rejected=rejected)
             except Exception as e:
                 log.debug("history: heartbeat read failed: %s", e)
                 continue
-            if not beats:
+            self.report = report = build_report(run, beats, time.time(), rejected)
+            totals = report["totals"]
+            if not totals["peers_alive"]:
                 continue
             self.servicer.record_round(
                 coordinator_pb2.RoundSummary(
-                    round=self.clock.round_at(),
-                    loss=sum(b.loss for b in beats) / len(beats),
-                    samples_per_s=sum(b.samples_per_s for b in beats),
-                    peers=len(beats),
-                    timestamp=time.time(),
+                    round=report["round"],
+                    loss=totals["mean_loss"] or 0.0,
+                    samples_per_s=totals["samples_per_s"],
+                    peers=totals["peers_alive"],
+                    timestamp=report["generated_at"],
                 )
             )
 
@@ -177,6 +187,8 @@ class BootstrapNode:
 
     def stop(self) -> None:
         self._stop.set()
+        if self.metrics is not None:
+            self.metrics.stop()
         if self.server is not None:
             self.server.stop(grace=1.0)
         if self.dht is not None:

@@ -176,18 +176,51 @@ def wait_for_run(dht, run_id: str | None, timeout_s: float) -> coordinator_pb2.C
         time.sleep(0.5)
 
 
+MAX_ROUND = 1 << 40  # a round number past this is a lie (a 1 s round clock would need 35,000 years)
+MAX_COUNT = 1 << 53  # byte and sample counters beyond this are lies (and would lose JSON precision)
+MAX_TEXT = {  # longest text a heartbeat field may hold, characters
+    "version": 64,
+    "device": 128,
+    "link": 32,
+    "params_hash": 128,
+    "codec_sent": 32,
+    "codec_received": 32,
+    "last_exclusion": 400,
+    "init_hash": 128,
+}
+MAX_LISTED = 32  # entries in a heartbeat's repeated fields
+
+
 def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
     """Why a heartbeat cannot be shown, or None. Lies about numbers make a record invalid."""
     import math
 
     if not hb.peer_id or len(hb.peer_id) > 128:
         return "bad peer_id"
-    for name in ("samples_per_s", "loss", "timestamp"):
+    for name in ("samples_per_s", "loss", "timestamp", "compute_fraction", "round_wall_s"):
         v = getattr(hb, name)
         if not math.isfinite(v) or v < 0:
             return f"bad {name}"
-    if hb.samples_per_s > 1e9 or hb.round > 1 << 40:
+    if hb.samples_per_s > 1e9 or hb.round > MAX_ROUND or hb.compute_fraction > 1.0 or hb.round_wall_s > 1e7:
         return "absurd numbers"
+    if hb.group_size > 1 << 20:
+        return "absurd numbers"
+    if not -1 <= hb.hash_round <= MAX_ROUND or hb.exclusion_round > MAX_ROUND or hb.late_round > MAX_ROUND:
+        return "absurd round"
+    for name in ("samples_total", "bytes_sent", "bytes_received", "device_memory_bytes"):
+        if getattr(hb, name) > MAX_COUNT:
+            return f"absurd {name}"
+    for name, limit in MAX_TEXT.items():
+        if len(getattr(hb, name)) > limit:
+            return f"oversized {name}"
+    if max(len(hb.offenders), len(hb.recent_hashes), len(hb.recent_losses)) > MAX_LISTED:
+        return "too many list entries"
+    if any(len(o) > 400 for o in hb.offenders):
+        return "oversized offenders"
+    if any(not -1 <= h.round <= MAX_ROUND or len(h.params_hash) > 128 for h in hb.recent_hashes):
+        return "bad recent_hashes"
+    if any(not math.isfinite(v) or v < 0 for v in hb.recent_losses):
+        return "bad recent_losses"
     return None
 
 
@@ -195,23 +228,63 @@ Admit = Callable[[str, object], bool]  # (peer id, its membership token or None)
 
 
 def read_heartbeats(
-    dht, run_id: str, timeout_s: float = DHT_TIMEOUT_S, admit: Admit | None = None
+    dht,
+    run_id: str,
+    timeout_s: float = DHT_TIMEOUT_S,
+    admit: Admit | None = None,
+    rejected: list[str] | None = None,
 ) -> list[heartbeat_pb2.Heartbeat]:
     """Valid heartbeats of a run, each sealed by the peer it names (a forgery is dropped).
 
     ``admit`` (closed runs) also drops heartbeats of peers without a valid membership token.
+    ``rejected``, if given, receives one short reason per record dropped after its seal was checked.
     """
     from coordinator.signing import open_heartbeat
 
     beats = []
     for subkey, opened in get_opened(dht, heartbeats_key(run_id), timeout_s).items():
         hb = open_heartbeat(opened.record)
-        if hb is None or hb.peer_id != subkey or hb.run_id != run_id or heartbeat_problem(hb):
-            continue
-        if opened.owner is None or (admit is not None and not admit(subkey, opened.token)):
+        why = heartbeat_rejection(hb, subkey, run_id)
+        if why is None and (opened.owner is None or (admit is not None and not admit(subkey, opened.token))):
+            why = "not a member"
+        if why is not None:
+            if rejected is not None:
+                rejected.append(why)
             continue
         beats.append(hb)
     return beats
+
+
+def heartbeat_rejection(hb: heartbeat_pb2.Heartbeat | None, subkey: str, run_id: str) -> str | None:
+    """Why a heartbeat read under ``subkey`` of ``run_id``'s key is dropped, or None."""
+    if hb is None:
+        return "malformed or oversized"
+    if hb.peer_id != subkey or hb.run_id != run_id:
+        return "names another peer or run"
+    return heartbeat_problem(hb)
+
+
+RUN_BEACONS_KEY = "barnraise/runs/peers"
+RUN_BEACON_TTL_S = 30.0
+
+
+def publish_beacon(dht, peer_id: str, beacon: heartbeat_pb2.RunBeacon, timeout_s: float = 5.0) -> bool:
+    """Say which run this peer trains (sealed by the peer), for a status CLI without a bootstrap."""
+    return store(dht, RUN_BEACONS_KEY, peer_id, beacon.SerializeToString(), RUN_BEACON_TTL_S, timeout_s)
+
+
+def read_beacons(dht, timeout_s: float = DHT_TIMEOUT_S) -> list[heartbeat_pb2.RunBeacon]:
+    """Run beacons sealed by the peers that published them, with a sane clock."""
+    import math
+
+    found = []
+    for opened in get_opened(dht, RUN_BEACONS_KEY, timeout_s).values():
+        b = parse_record(opened.record, heartbeat_pb2.RunBeacon)
+        if b is None or opened.owner is None or not 0 < len(b.run_id) <= 128:
+            continue
+        if math.isfinite(b.genesis) and math.isfinite(b.round_s) and 0 < b.round_s < 1e6:
+            found.append(b)
+    return found
 
 
 def read_round_entries(

@@ -78,6 +78,35 @@ def verify_manifest(signed: manifest_pb2.SignedManifest) -> manifest_pb2.RunMani
     return manifest
 
 
+def run_authority(
+    run_dir: Path, manifest: manifest_pb2.RunManifest, path: Path | None = None
+) -> Ed25519PrivateKey | None:
+    """The run key for a bootstrap node, registered for sealing its coordinator record and revocations.
+
+    ``path`` defaults to ``RUN_DIR/run.key``; if that file is absent (the owner keeps the key
+    elsewhere) the node runs without it, logging what it cannot do. A key that did not sign the
+    manifest is a ConfigError.
+    """
+    from coordinator.errors import ConfigError
+
+    key_path = path or run_dir / keys.RUN_KEY_FILE
+    if path is None and not key_path.exists():
+        log.warning(
+            "no run key at %s: the coordinator record goes out unsealed and revocations are not "
+            "published (pass --run-key FILE)",
+            key_path,
+        )
+        return None
+    key = keys.load_run_key(key_path)
+    if keys.public_bytes(key) != manifest.run_public_key:
+        raise ConfigError(
+            f"run key {key_path} (fingerprint {keys.fingerprint(keys.public_bytes(key))}) did not sign "
+            f"this manifest (fingerprint {keys.fingerprint(manifest.run_public_key)})"
+        )
+    register_signer(key)
+    return key
+
+
 # --- who owns a subkey, and the keys this process signs with -----------------------------------
 
 

@@ -99,11 +99,17 @@ def decode_token(text: str) -> auth_pb2.SignedToken:
     if not text.startswith(TOKEN_TEXT_PREFIX):
         raise ConfigError(f"not a barnraise token (it should start with {TOKEN_TEXT_PREFIX!r})")
     try:
-        raw = base64.urlsafe_b64decode(text[len(TOKEN_TEXT_PREFIX) :])
+        body = text[len(TOKEN_TEXT_PREFIX) :].replace("-", "+").replace("_", "/")
+        raw = base64.b64decode(body, validate=True)
         if len(raw) > MAX_TOKEN_BYTES:
             raise ValueError("too long")
         signed = auth_pb2.SignedToken.FromString(raw)
-        auth_pb2.MembershipToken.FromString(signed.token)
+        token = auth_pb2.MembershipToken.FromString(signed.token)
+        if (
+            len(signed.signature) != keys.SIGNATURE_BYTES
+            or len(token.peer_public_key) != keys.PUBLIC_KEY_BYTES
+        ):
+            raise ValueError("incomplete")
     except Exception as e:
         raise ConfigError(f"the token is damaged ({e}): ask the run's owner for a new one") from e
     return signed

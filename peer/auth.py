@@ -39,6 +39,7 @@ from coordinator.tokens import (
     RequestVerifier,
     load_token_file,
     read_revocation,
+    read_token,
     request_body,
     sign_request,
 )
@@ -54,9 +55,11 @@ REVOCATION_REFRESH_S = 10.0
 class BanPolicy:
     """When a peer whose updates keep getting clipped is reported, then banned."""
 
-    window: int = 6  # rounds of history kept per peer
+    # A clipped peer is also left out of the next few rounds (matchmaking penalties), so it can be
+    # clipped at most every few rounds: the window must be long.
+    window: int = 20  # rounds of history kept per peer
     suspect_after: int = 2  # clipped in this many rounds of the window: reported in the heartbeat
-    ban_after: int = 4  # clipped in this many rounds of the window: refused for the rest of the run
+    ban_after: int = 3  # clipped in this many rounds of the window: refused for the rest of the run
 
     def __post_init__(self) -> None:
         if not 1 <= self.suspect_after <= self.ban_after <= self.window:
@@ -206,8 +209,12 @@ class PeerAuth:
                 len(rev.token_ids),
                 len(rev.banned_peer_ids),
             )
-            if self.peer_id in rev.banned_peer_ids:
-                log.error("this peer is banned from run %s by its owner", self.run_id)
+            own = read_token(self.token) if self.token is not None else None
+            if self.peer_id in rev.banned_peer_ids or (own is not None and own.token_id in rev.token_ids):
+                log.error(
+                    "the owner of run %s withdrew this peer's membership: other peers will refuse it",
+                    self.run_id,
+                )
 
     def start(self, dht, every_s: float = REVOCATION_REFRESH_S) -> None:
         def loop() -> None:

@@ -132,6 +132,8 @@ class PeerDaemon:
         self.cache = self.feed.cache
         model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
+        self.stats.update(init_hash=self.state.params_hash(), genesis=genesis, round_s=self.manifest.training.round_s,
+                          group_size=self.manifest.training.group_size or 32)
         if cfg.tamper:
             self.state.params.add_(torch.randn_like(self.state.params) * 1e-3)
             load_flat(model, self.state.params)
@@ -272,6 +274,7 @@ class PeerDaemon:
             fut = self.loop.submit(
                 self.averager.average(r, delta, weight, self.state.params_hash(), timing,
                                       ttl_s=4 * self.manifest.training.round_s, base_round=self.state.round))
+        self.stats.watch_deadline(r, fut, timing.confirm_deadline)
         return _Pending(round=r, future=fut, snapshot=snapshot, weight=weight, timing=timing)
 
     def _apply(self, p: _Pending, carried: float) -> tuple[int, float]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from coordinator import leases as lease_rules
+from coordinator import records
 from coordinator.errors import BarnraiseError, ConfigError, IntegrityError
 from peer.leasing import HeldLease, LeaseClient, LeaseKeeper
 from peer.shards import (
@@ -38,7 +39,7 @@ from protos import manifest_pb2
 log = logging.getLogger(__name__)
 
 MAX_PROBES = 16  # shards tried per look for a free one (each try is a DHT read)
-UNOBTAINABLE_BACKOFF_S = 30.0  # a shard no source could serve is not tried again for this long
+UNOBTAINABLE_BACKOFF_S = 10.0  # a shard no source could serve (all busy, gone, or bad) rests this long
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,9 +122,9 @@ class ShardFeed:
         self.shards = sorted(manifest.shards, key=lambda s: s.index)
         self.start_at = lease_rules.start_position(peer_id, len(self.shards))
         self.current: _Current | None = None
-        self.first_shard_s: float | None = None  # seconds from start to the first shard in hand
+        self.first_shard_s: float | None = None  # seconds from the first request to the first shard in hand
         self.failed: set[int] = set()  # shards no source could serve, ever (refuse to train if all)
-        self._t0 = time.monotonic()
+        self._asked_at: float | None = None  # monotonic time of the trainer's first request
         self._closers: list = []
         self._set_epoch(leases.read_epoch_hint())
         keeper.start(self.epoch)
@@ -150,11 +151,13 @@ class ShardFeed:
         count as trained (ledger, lease offset).
         """
         deadline = time.monotonic() + self.idle_wait_s
+        if self._asked_at is None:
+            self._asked_at = time.monotonic()
         while True:
             cur = self.current
             if cur is not None:
                 self._confirm(cur)
-                if cur.held.lost:
+                if cur.held.lost or records.dht_time() >= cur.held.expires_at:  # not renewed in time
                     log.warning(
                         "lost the lease on shard %d (epoch %d) at token %d; moving on",
                         cur.info.index,
@@ -245,8 +248,8 @@ class ShardFeed:
                 ) from e
             return False
         if self.first_shard_s is None:
-            self.first_shard_s = time.monotonic() - self._t0
-            log.info("first shard in hand %.2f s after start", self.first_shard_s)
+            self.first_shard_s = time.monotonic() - (self._asked_at or time.monotonic())
+            log.info("first shard in hand %.2f s after the trainer asked", self.first_shard_s)
         if got.source != "cache":
             log.info(
                 "shard %d: %d bytes from %s in %.2f s", info.index, len(got.data), got.source, got.seconds
@@ -275,6 +278,7 @@ class ShardFeed:
 
     def close(self) -> None:
         """Confirm the last step, release the lease with its offset, stop background work."""
+        t0 = time.monotonic()
         if self.current is not None:
             self._confirm(self.current)
             self._release(finished=False)
@@ -285,6 +289,7 @@ class ShardFeed:
                 log.debug("closing the shard feed: %s", e)
         if self.ledger is not None:
             self.ledger.close()
+        log.debug("shard feed closed in %.2f s", time.monotonic() - t0)
 
     # --- wiring -------------------------------------------------------------------------------
     @classmethod

@@ -7,8 +7,10 @@ stalls compute. Heartbeats expire after ``HEARTBEAT_TTL_S``: a dead peer disappe
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from coordinator import __version__, records
@@ -18,6 +20,9 @@ from protos import heartbeat_pb2
 log = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 2.0
+RECENT_HASHES = 4  # states listed in a heartbeat, so status can compare peers a round apart
+RECENT_LOSSES = 8  # per-round losses listed in a heartbeat, for the swarm's loss trend
+BEACON_EVERY = 5  # heartbeats between two run beacons (one every 10 s, they live 30 s)
 
 
 @dataclass
@@ -42,12 +47,47 @@ class PeerStats:
     codec_sent: str = ""
     batch_size: int = 0
     micro_batch: int = 0
+    compute_fraction: float = 0.0
+    offenders: list[str] = field(default_factory=list)
+    codec_received: str = ""
+    round_wall_s: float = 0.0
+    init_hash: str = ""  # hash of the seeded initial state, before anything touched it
+    recent_hashes: deque = field(default_factory=lambda: deque(maxlen=RECENT_HASHES))  # (round, hash)
+    recent_losses: deque = field(default_factory=lambda: deque(maxlen=RECENT_LOSSES))
+    exclusion_round: int = 0
+    rounds_late: int = 0
+    late_round: int = 0
+    genesis: float = 0.0  # the run's clock (unix s) and round length (s), for the run beacon
+    round_s: float = 0.0
+    group_size: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, **changes) -> None:
+        """Set fields. A new state, a new loss or an exclusion also lands in the short histories a
+        heartbeat carries, so the training loop needs no extra book-keeping."""
         with self.lock:
             for k, v in changes.items():
                 setattr(self, k, v)
+            if "params_hash" in changes:
+                entry = (int(self.hash_round), str(self.params_hash))
+                if not self.recent_hashes or self.recent_hashes[-1] != entry:
+                    self.recent_hashes.append(entry)
+            if "loss" in changes and math.isfinite(self.loss):
+                self.recent_losses.append(float(self.loss))
+            if "last_exclusion" in changes and "exclusion_round" not in changes:
+                self.exclusion_round = self.round
+
+    def watch_deadline(self, round_no: int, future, deadline: float) -> None:
+        """Count ``round_no`` as late if its averaging ``future`` is not done by ``deadline`` (unix s);
+        a future cancelled after a timed-out wait counts too."""
+
+        def done(_future) -> None:
+            if time.time() > deadline:
+                with self.lock:
+                    self.rounds_late += 1
+                    self.late_round = round_no
+
+        future.add_done_callback(done)
 
     def to_proto(self, peer_id: str, run_id: str) -> heartbeat_pb2.Heartbeat:
         with self.lock:
@@ -74,6 +114,32 @@ class PeerStats:
                 codec_sent=self.codec_sent,
                 batch_size=self.batch_size,
                 micro_batch=self.micro_batch,
+                compute_fraction=self.compute_fraction,
+                offenders=self.offenders,
+                codec_received=self.codec_received,
+                round_wall_s=self.round_wall_s,
+                init_hash=self.init_hash,
+                recent_hashes=[
+                    heartbeat_pb2.RoundHash(round=r, params_hash=h) for r, h in self.recent_hashes
+                ],
+                recent_losses=list(self.recent_losses),
+                exclusion_round=self.exclusion_round,
+                rounds_late=self.rounds_late,
+                late_round=self.late_round,
+                group_size=self.group_size,
+            )
+
+    def beacon(self, run_id: str) -> heartbeat_pb2.RunBeacon | None:
+        """The run beacon to publish, once the daemon has set the run's clock."""
+        with self.lock:
+            if self.round_s <= 0:
+                return None
+            return heartbeat_pb2.RunBeacon(
+                run_id=run_id,
+                genesis=self.genesis,
+                round_s=self.round_s,
+                group_size=self.group_size,
+                timestamp=time.time(),
             )
 
 
@@ -98,11 +164,15 @@ class HeartbeatPublisher:
         )
 
     def _loop(self) -> None:
+        beats = 0
         while not self._stop.is_set():
             try:
                 self.publish_now()
+                if beats % BEACON_EVERY == 0 and (beacon := self.stats.beacon(self.run_id)) is not None:
+                    records.publish_beacon(self.dht, self.peer_id, beacon)
             except Exception as e:  # DHT hiccup: the next beat retries
                 log.debug("heartbeat not published: %s", e)
+            beats += 1
             self._stop.wait(self.every_s)
 
     def stop(self) -> None:

@@ -25,6 +25,12 @@ RELEASE_TRIES = 20  # attempts to write a done record or a release before giving
 DHT_CALL_TIMEOUT_S = 5.0
 
 
+def dht_alive(dht) -> bool:
+    """False once the DHT process is gone (SIGTERM to the process group reaches it first)."""
+    is_alive = getattr(dht, "is_alive", None)
+    return bool(is_alive()) if callable(is_alive) else True
+
+
 @dataclass
 class HeldLease:
     """A lease this peer holds. ``offset`` is written by the training thread, the rest by the keeper."""
@@ -35,7 +41,7 @@ class HeldLease:
     claim_time: float  # DHT time of our claim; kept across renewals
     expires_at: float  # DHT time until which our last stored renewal holds
     offset: int  # tokens of the shard trained so far this epoch (ours and previous owners')
-    renewed_at: float = 0.0  # DHT time of the last renewal attempt
+    renewed_at: float = 0.0  # DHT time of the last renewal that landed (or of the claim)
     lost: bool = False  # set by the keeper: stop training this shard
 
 
@@ -49,22 +55,23 @@ class LeaseClient:
         self.n_tokens = [s.n_tokens for s in sorted(manifest.shards, key=lambda s: s.index)]
         self.peer_id = peer_id
         self.cfg = cfg
+        self.timeout_s = DHT_CALL_TIMEOUT_S  # per DHT call; lowered while the peer shuts down
 
     # --- reads --------------------------------------------------------------------------------
     def read_leases(self, epoch: int, shard: int) -> list[shards_pb2.ShardLease]:
-        raw = records.get_dict(self.dht, records.lease_key(self.run_id, epoch, shard), DHT_CALL_TIMEOUT_S)
+        raw = records.get_dict(self.dht, records.lease_key(self.run_id, epoch, shard), self.timeout_s)
         return leases.parse_leases(
             raw, epoch=epoch, shard=shard, n_tokens=self.n_tokens[shard], now=records.dht_time()
         )
 
     def read_done(self, epoch: int) -> set[int]:
-        raw = records.get_dict(self.dht, records.done_key(self.run_id, epoch), DHT_CALL_TIMEOUT_S)
+        raw = records.get_dict(self.dht, records.done_key(self.run_id, epoch), self.timeout_s)
         return set(leases.parse_done(raw, epoch=epoch, n_shards=self.n_shards))
 
     def read_epoch_hint(self) -> int:
         """The highest epoch any peer reports; 0 if none or the DHT does not answer."""
         try:
-            raw = records.get_dict(self.dht, records.epoch_key(self.run_id), DHT_CALL_TIMEOUT_S)
+            raw = records.get_dict(self.dht, records.epoch_key(self.run_id), self.timeout_s)
         except BarnraiseError as e:
             log.debug("epoch marks unreadable: %s", e)
             return 0
@@ -78,7 +85,7 @@ class LeaseClient:
             self.peer_id,
             lease.SerializeToString(),
             self.cfg.lease_retention_s,
-            timeout_s=DHT_CALL_TIMEOUT_S,
+            timeout_s=self.timeout_s,
         )
 
     def store_held(self, held: HeldLease, *, expires_at: float, released: bool = False) -> bool:
@@ -100,8 +107,8 @@ class LeaseClient:
         Store our claim, wait ``settle_s`` so that a concurrent claim lands too, read all claims
         back and apply ``leases.holder``; a loser releases its claim at once.
         """
-        now = records.dht_time()
         found = self.read_leases(epoch, shard)
+        now = records.dht_time()
         current = leases.holder(found, now)
         if current is not None and current.peer_id != self.peer_id:
             return None
@@ -116,11 +123,13 @@ class LeaseClient:
             renewed_at=now,
         )
         if not self.store_held(held, expires_at=held.expires_at):
+            self.store_held(held, expires_at=records.dht_time(), released=True)  # in case some node took it
             return None
         if self.cfg.settle_s:
             time.sleep(self.cfg.settle_s)
+        asked = records.dht_time()  # judge the claims as they stood when we asked for them
         found = self.read_leases(epoch, shard)
-        winner = leases.holder(found, records.dht_time())
+        winner = leases.holder(found, asked)
         if winner is None or winner.peer_id != self.peer_id:
             log.debug("lost the race for shard %d to %s", shard, winner.peer_id[:12] if winner else "nobody")
             self.store_held(held, expires_at=records.dht_time(), released=True)
@@ -129,16 +138,19 @@ class LeaseClient:
         return held
 
     def renew(self, held: HeldLease) -> bool:
-        """Extend a held lease with its current offset; False (and ``held.lost``) if it is gone."""
+        """Extend a held lease with its current offset; False (and ``held.lost``) if it is gone.
+
+        A renewal that does not land is retried at the keeper's next tick, not a period later.
+        """
         now = records.dht_time()
-        held.renewed_at = now
         if now >= held.expires_at:
             log.warning("lease on shard %d expired before it could be renewed; letting it go", held.shard)
             held.lost = True
             return False
         new_expiry = now + self.cfg.lease_s
-        if self.store_held(held, expires_at=new_expiry):
-            held.expires_at = new_expiry
+        if not self.store_held(held, expires_at=new_expiry):
+            return True
+        held.expires_at, held.renewed_at = new_expiry, now
         winner = leases.holder(self.read_leases(held.epoch, held.shard), records.dht_time())
         if winner is not None and winner.peer_id != self.peer_id:
             log.warning("shard %d is now held by %s; letting it go", held.shard, winner.peer_id[:12])
@@ -154,7 +166,7 @@ class LeaseClient:
             str(shard),
             done.SerializeToString(),
             self.cfg.done_retention_s,
-            timeout_s=DHT_CALL_TIMEOUT_S,
+            timeout_s=self.timeout_s,
         )
 
     def publish_epoch(self, epoch: int) -> bool:
@@ -165,7 +177,7 @@ class LeaseClient:
             self.peer_id,
             mark.SerializeToString(),
             self.cfg.epoch_mark_ttl_s,
-            timeout_s=DHT_CALL_TIMEOUT_S,
+            timeout_s=self.timeout_s,
         )
 
 
@@ -281,20 +293,24 @@ class LeaseKeeper:
                 with self._lock:
                     self._epoch_published = time.monotonic()
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Release held leases (offsets recorded), flush owed writes, stop the thread."""
+    def close(self, timeout_s: float = 3.0) -> None:
+        """Release held leases (offsets recorded) and flush owed writes, within ``timeout_s``.
+
+        Best effort: on Ctrl-C or SIGTERM to the process group the DHT process is gone already,
+        and then the leases simply expire.
+        """
         with self._lock:
             held = list(self._held.values())
         for h in held:
             self.drop(h)
         self._stop.set()
         self._wake.set()
-        if self._thread.is_alive():
-            self._thread.join(timeout=timeout_s)
-        deadline = time.monotonic() + timeout_s
-        while self._owed and time.monotonic() < deadline:
+        if not dht_alive(self.client.dht):
+            return  # nothing can be written; the keeper thread is a daemon and dies with us
+        self._thread.join(timeout=timeout_s)
+        if self._owed and not self._thread.is_alive():
+            self.client.timeout_s = min(self.client.timeout_s, timeout_s / 2)
             try:
                 self._settle_owed()
             except Exception as e:
                 log.debug("final lease release failed: %s", e)
-                break

@@ -4,13 +4,17 @@ A reducer cannot trust what members send: a claimed sample count may be inflated
 scaled, flipped, noise, or crafted to sit just inside the honest spread (ALIE). Before combining,
 each contribution's weight is capped at ``weight_cap`` x the group's median weight (a liar's
 claim is bounded by what the group actually does: heartbeats are self-reported, the median of the
-claims is not controlled by a minority) and its norm at ``norm_cap`` x the median norm. Then:
+claims is not controlled by a minority; with the default cap of 1 everyone at or above the median
+counts the same, as in DiLoCo's uniform average, and slower peers count less) and its norm at
+``norm_cap`` x the median norm. Then:
 
-- ``centered_clip`` (default; Karimireddy et al., the rule BTARD uses): start from the
-  coordinate-wise median, then a few times move to the weighted mean of the contributions, each
-  clipped to radius tau around the current point. tau is ``clip_tau`` x the median distance to the
-  start, so honest contributions are not clipped and the result equals the mean when nobody
-  attacks, while a far-off contribution moves the result by at most tau x its weight share.
+- ``centered_clip`` (default; Karimireddy et al., the rule BTARD uses): start from the weighted
+  medoid (the contribution closest to all others: an honest one while honest members are the
+  majority), then a few times move to the weighted mean of the contributions, each clipped to
+  radius tau around the current point, tau being ``clip_tau`` x the median distance to it. Once the
+  point has settled near the honest mean, honest contributions lie within tau and count in full,
+  so without attackers the result is (nearly) the mean, while a far-off contribution moves it by
+  at most tau x its weight share.
 - ``median``: coordinate-wise weighted median.
 - ``trimmed_mean``: coordinate-wise weighted mean of what is left after dropping ``trim``
   of the weight at each end.
@@ -31,7 +35,10 @@ import torch
 
 from coordinator.manifest import AGGREGATORS, DEFAULT_AGGREGATOR
 
-CLIPPED_BELOW = 0.5  # a contribution scaled by less than this counts as clipped (reported)
+# A contribution scaled by less than this counts as clipped (reported as an offender). Honest
+# updates that differ in size (peers that ran more steps) are scaled by 0.5 at worst in practice;
+# sign-flipped or noise updates by well under 0.1.
+CLIPPED_BELOW = 0.25
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -39,9 +46,9 @@ class RobustConfig:
     """How a reducer bounds and combines contributions."""
 
     aggregator: str = DEFAULT_AGGREGATOR  # centered_clip, median, trimmed_mean or mean
-    weight_cap: float = 2.0  # a weight is capped at this multiple of the group's (lower) median weight
+    weight_cap: float = 1.0  # a weight is capped at this multiple of the group's (lower) median weight
     norm_cap: float = 3.0  # an update's norm is capped at this multiple of the median norm
-    clip_tau: float = 2.0  # CenteredClip radius, as a multiple of the median distance to the median
+    clip_tau: float = 1.0  # CenteredClip radius, as a multiple of the median distance to the median
     clip_iters: int = 3  # CenteredClip iterations
     trim: float = 0.25  # trimmed mean: share of the weight dropped at each end
     min_robust: int = 3  # fewer contributions than this: bounded mean
@@ -78,10 +85,15 @@ def bound_weights(w: torch.Tensor, cap: float) -> torch.Tensor:
 
 def bound_norms(x: torch.Tensor, cap: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale rows whose norm exceeds ``cap`` x the median row norm down to it; returns (rows, factors)."""
-    norms = x.norm(dim=1)
+    norms = torch.linalg.vector_norm(x, dim=1)
     limit = cap * norms.median()
     factors = torch.where(norms > limit, limit / norms.clamp_min(1e-30), torch.ones_like(norms))
-    return x * factors.unsqueeze(1), factors
+    over = (factors < 1.0).nonzero().flatten()
+    if over.numel() == 0:
+        return x, factors
+    x = x.clone()  # only when someone is over the limit: the common case copies nothing
+    x[over] *= factors[over].unsqueeze(1)
+    return x, factors
 
 
 def weighted_median(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -110,20 +122,30 @@ def trimmed_mean(x: torch.Tensor, w: torch.Tensor, trim: float) -> torch.Tensor:
 def centered_clip(
     x: torch.Tensor, w: torch.Tensor, tau_mult: float, iters: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """CenteredClip from the coordinate-wise median; returns (value, clip factor per row)."""
-    v = weighted_median(x, w)
-    share = w / w.sum()
-    dist = (x - v).norm(dim=1)
-    tau = tau_mult * dist.median()
-    factors = torch.ones_like(w)
-    if not tau > 0:
-        return v, factors
+    """CenteredClip from the weighted medoid; returns (value, clip factor per row).
+
+    Distances come from dot products (a members x members Gram matrix, then one matrix-vector
+    product per iteration), so no members x elements temporary is made and the cost is a few
+    passes over the contributions. tau is ``tau_mult`` x the weighted median distance to the
+    current point, recomputed each iteration: it shrinks to the honest spread as the point
+    settles, and a majority of honest members keeps it there.
+    """
+    share = (w / w.sum()).double()
+    gram = (x @ x.T).double()
+    sq = gram.diagonal()
+    pair = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0.0).sqrt()
+    medoid = int((pair * share[None, :]).sum(dim=1).argmin())
+    v = x[medoid].clone()
+    factors = torch.ones_like(share)
     for _ in range(iters):
-        diff = x - v
-        dist = diff.norm(dim=1)
+        dist = (sq - 2 * (x @ v).double() + float(torch.dot(v, v))).clamp_min(0.0).sqrt()
+        tau = tau_mult * float(weighted_median(dist[:, None], share.float()).squeeze())
+        if not tau > 0:
+            break
         factors = torch.clamp(tau / dist.clamp_min(1e-30), max=1.0)
-        v = v + (share * factors) @ diff
-    return v, factors
+        coef = share * factors
+        v = (1.0 - float(coef.sum())) * v + coef.float() @ x
+    return v, factors.float()
 
 
 def aggregate(x: torch.Tensor, w: torch.Tensor, cfg: RobustConfig) -> Aggregate:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from coordinator import records
 from coordinator.errors import BarnraiseError, PeerUnavailable, ProtocolError
+from peer.leasing import dht_alive
 from peer.p2ploop import P2PLoop
 from peer.shards import ShardCache, ShardSourceRef
 from peer.wire import close_writer, read_frame, read_frame_bytes, write_frame
@@ -43,7 +44,9 @@ MAX_BAD_COPIES = 3  # a peer that served this many bad copies is not asked again
 class ServeConfig:
     """How this peer serves and announces its cached shards."""
 
-    max_uploads: int = 4  # concurrent shard uploads; more requests get FETCH_BUSY
+    # concurrent shard uploads; more requests get FETCH_BUSY and try the next holder. One: on a home
+    # uplink two uploads at once each take twice as long, while another holder's uplink sits idle
+    max_uploads: int = 1
     announce_every_s: float = 10.0  # seconds between cache announcements (and right after a change)
     corrupt: bool = False  # tests only: flip bytes of every shard served, to prove downloaders check
 
@@ -249,7 +252,8 @@ class CacheAnnouncer:
     def stop(self) -> None:
         self._stop.set()
         self._changed.set()
-        self._thread.join(timeout=6.0)
+        if dht_alive(self.dht):  # else it may be stuck in a DHT call; a daemon thread, it dies with us
+            self._thread.join(timeout=2.0)
 
 
 class PeerShardSources:

@@ -2,7 +2,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Iterable as _Iterable
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -21,7 +21,7 @@ PHASE_SYNCING: Phase
 PHASE_IDLE: Phase
 
 class Heartbeat(_message.Message):
-    __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch", "compute_fraction", "offenders", "codec_received", "round_wall_s")
+    __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch", "compute_fraction", "offenders", "codec_received", "round_wall_s", "init_hash", "recent_hashes", "recent_losses", "exclusion_round", "rounds_late", "late_round", "group_size")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,13 @@ class Heartbeat(_message.Message):
     OFFENDERS_FIELD_NUMBER: _ClassVar[int]
     CODEC_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     ROUND_WALL_S_FIELD_NUMBER: _ClassVar[int]
+    INIT_HASH_FIELD_NUMBER: _ClassVar[int]
+    RECENT_HASHES_FIELD_NUMBER: _ClassVar[int]
+    RECENT_LOSSES_FIELD_NUMBER: _ClassVar[int]
+    EXCLUSION_ROUND_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_LATE_FIELD_NUMBER: _ClassVar[int]
+    LATE_ROUND_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     version: str
     run_id: str
@@ -74,7 +81,36 @@ class Heartbeat(_message.Message):
     offenders: _containers.RepeatedScalarFieldContainer[str]
     codec_received: str
     round_wall_s: float
-    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., link: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., loss: _Optional[float] = ..., params_hash: _Optional[str] = ..., hash_round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds_joined: _Optional[int] = ..., rounds_missed: _Optional[int] = ..., last_exclusion: _Optional[str] = ..., timestamp: _Optional[float] = ..., samples_total: _Optional[int] = ..., codec_sent: _Optional[str] = ..., batch_size: _Optional[int] = ..., micro_batch: _Optional[int] = ..., compute_fraction: _Optional[float] = ..., offenders: _Optional[_Iterable[str]] = ..., codec_received: _Optional[str] = ..., round_wall_s: _Optional[float] = ...) -> None: ...
+    init_hash: str
+    recent_hashes: _containers.RepeatedCompositeFieldContainer[RoundHash]
+    recent_losses: _containers.RepeatedScalarFieldContainer[float]
+    exclusion_round: int
+    rounds_late: int
+    late_round: int
+    group_size: int
+    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., link: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., loss: _Optional[float] = ..., params_hash: _Optional[str] = ..., hash_round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds_joined: _Optional[int] = ..., rounds_missed: _Optional[int] = ..., last_exclusion: _Optional[str] = ..., timestamp: _Optional[float] = ..., samples_total: _Optional[int] = ..., codec_sent: _Optional[str] = ..., batch_size: _Optional[int] = ..., micro_batch: _Optional[int] = ..., compute_fraction: _Optional[float] = ..., offenders: _Optional[_Iterable[str]] = ..., codec_received: _Optional[str] = ..., round_wall_s: _Optional[float] = ..., init_hash: _Optional[str] = ..., recent_hashes: _Optional[_Iterable[_Union[RoundHash, _Mapping]]] = ..., recent_losses: _Optional[_Iterable[float]] = ..., exclusion_round: _Optional[int] = ..., rounds_late: _Optional[int] = ..., late_round: _Optional[int] = ..., group_size: _Optional[int] = ...) -> None: ...
+
+class RoundHash(_message.Message):
+    __slots__ = ("round", "params_hash")
+    ROUND_FIELD_NUMBER: _ClassVar[int]
+    PARAMS_HASH_FIELD_NUMBER: _ClassVar[int]
+    round: int
+    params_hash: str
+    def __init__(self, round: _Optional[int] = ..., params_hash: _Optional[str] = ...) -> None: ...
+
+class RunBeacon(_message.Message):
+    __slots__ = ("run_id", "genesis", "round_s", "group_size", "timestamp")
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    GENESIS_FIELD_NUMBER: _ClassVar[int]
+    ROUND_S_FIELD_NUMBER: _ClassVar[int]
+    GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    run_id: str
+    genesis: float
+    round_s: float
+    group_size: int
+    timestamp: float
+    def __init__(self, run_id: _Optional[str] = ..., genesis: _Optional[float] = ..., round_s: _Optional[float] = ..., group_size: _Optional[int] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class SignedHeartbeat(_message.Message):
     __slots__ = ("heartbeat", "public_key", "signature")

@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 from coordinator.errors import ConfigError
@@ -122,6 +121,7 @@ def register_bootstrap(sub) -> None:
         "--grpc", default="", metavar="HOST:PORT", help="coordinator gRPC address (default: listen host)"
     )
     p.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR", help="join an existing swarm")
+    p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
     p.set_defaults(handler=cmd_bootstrap)
 
 
@@ -136,13 +136,20 @@ def cmd_bootstrap(args) -> int:
             identity=args.identity,
             grpc=args.grpc,
             initial_peers=tuple(args.initial_peers),
+            metrics=args.metrics_port,
         )
     )
+    if args.metrics_port:
+        from coordinator.metrics import parse_metrics_address
+
+        parse_metrics_address(args.metrics_port)
     done = threading.Event()
     stop_on_signals(done.set)
     node.start()
     try:
         print(f"run {node.manifest.run_id}: coordinator at {', '.join(node.grpc_addrs)}")
+        if node.metrics is not None:
+            print(f"metrics at {node.metrics.url}")
         print(f"peer id {node.record.peer_id}; listening on:")
         for m in node.maddrs:
             print(f"  {m}")
@@ -187,6 +194,7 @@ def register_peer(sub) -> None:
     p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
     p.add_argument("--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)")
     p.add_argument("--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS)
+    p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
     p.set_defaults(handler=cmd_peer)
 
 
@@ -196,6 +204,8 @@ def shard_options(args):
     from peer.feed import ShardOptions
     from peer.shardserver import ServeConfig
 
+    if not args.cache_budget_mb >= 0:
+        raise ConfigError(f"--cache-budget-mb must be 0 or more MiB, got {args.cache_budget_mb:g}")
     try:
         return ShardOptions(
             cache_budget_bytes=int(args.cache_budget_mb * (1 << 20)),
@@ -246,8 +256,13 @@ def cmd_peer(args) -> int:
             codecs.check_codec(args.codec)
         except ValueError as e:
             raise ConfigError(str(e)) from e
+    if args.metrics_port:
+        from coordinator.metrics import parse_metrics_address
+
+        parse_metrics_address(args.metrics_port)
     daemon = PeerDaemon(cfg)
     running = threading.Event()
+    metrics = None
 
     def stop() -> None:
         if not running.is_set():  # still joining: abort start-up at once
@@ -258,10 +273,22 @@ def cmd_peer(args) -> int:
     try:
         daemon.start()
         running.set()
+        if args.metrics_port:
+            metrics = serve_peer_metrics(daemon, args.metrics_port)
         daemon.run()
     finally:
+        if metrics is not None:
+            metrics.stop()
         daemon.close()
     return 0
+
+
+def serve_peer_metrics(daemon, address: str):
+    """/metrics of the swarm as this peer's DHT sees it (read at scrape time, at most every 5 s)."""
+    from coordinator.health import query_report
+    from coordinator.metrics import serve_metrics
+
+    return serve_metrics(address, lambda: query_report(daemon.dht, daemon.manifest.run_id, 5.0), cache_s=5.0)
 
 
 # --- status -----------------------------------------------------------------------------------
@@ -269,44 +296,63 @@ def register_status(sub) -> None:
     p = sub.add_parser("status", help="show swarm health (needs only the DHT)")
     p.add_argument("--initial-peers", nargs="+", required=True, metavar="MADDR")
     p.add_argument("--run-id", default="")
-    p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object on stdout (schema: coordinator/status_schema.json)",
+    )
+    p.add_argument(
+        "--watch",
+        action="store_true",
+        help="redraw a live view until Ctrl-C (with --json: a JSON line per refresh)",
+    )
+    p.add_argument("--interval", type=float, default=2.0, help="seconds between --watch refreshes")
+    p.add_argument(
+        "--plot", type=Path, default=None, metavar="FILE.png", help="draw loss and samples/s per round"
+    )
     p.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the DHT")
     p.set_defaults(handler=cmd_status)
 
 
 def collect_report(initial_peers, run_id: str = "", timeout_s: float = 15.0) -> dict:
-    from coordinator import records
-    from coordinator.dhtnode import DHTOptions, start_dht
-    from coordinator.health import build_report
-    from coordinator.signing import dht_validators
+    from peer.cli.status_watch import StatusClient
 
-    dht = start_dht(
-        DHTOptions(
-            initial_peers=tuple(initial_peers),
-            listen=("/ip4/127.0.0.1/tcp/0",),
-            client_mode=True,
-            start_timeout_s=timeout_s,
-            extra={"record_validators": dht_validators()},  # drop answers holding forged records
-        )
-    )
-    try:
-        runs = [r for r in records.find_runs(dht, timeout_s) if not run_id or r.run_id == run_id]
-        run = runs[0] if runs else None
-        rid = run_id or (run.run_id if run else "")
-        beats = records.read_heartbeats(dht, rid, timeout_s) if rid else []
-        return build_report(run, beats, time.time())
-    finally:
-        dht.shutdown()
+    with StatusClient(initial_peers, run_id, timeout_s) as client:
+        return client.report()
 
 
 def cmd_status(args) -> int:
-    from peer.cli.status_view import render_text
+    from peer.cli.status_watch import StatusClient, check_interval, watch
 
-    report = collect_report(args.initial_peers, args.run_id, args.timeout)
-    if args.json:
-        print(json.dumps(report))
-    else:
-        sys.stdout.write(render_text(report))
+    if args.plot is not None and (args.json or args.watch):
+        raise ConfigError("--plot does not combine with --json or --watch")
+    if args.watch:
+        check_interval(args.interval)
+    if args.plot is not None:
+        from peer.cli.status_plot import check_output, plot_status
+
+        check_output(args.plot)
+    with StatusClient(args.initial_peers, args.run_id, args.timeout) as client:
+        if args.watch:
+            stop = threading.Event()
+            stop_on_signals(stop.set)
+            return watch(client, args.interval, stop, as_json=args.json)
+        report = client.report()
+        if args.plot is not None:
+            print(plot_status(report, args.plot, args.timeout))
+        elif args.json:
+            print(json.dumps(report), flush=True)
+        elif sys.stdout.isatty():
+            from rich.console import Console
+
+            from peer.cli.status_view import render_rich
+
+            Console().print(render_rich(report))
+        else:
+            from peer.cli.status_view import render_text
+
+            sys.stdout.write(render_text(report))
+            sys.stdout.flush()
     return 0
 
 

@@ -1,38 +1,182 @@
-"""Plain-text rendering of a health report (the status table)."""
+"""The status table: a health report (``coordinator/health.py``) as plain text or as rich renderables.
+
+Plain text is for pipes and logs; rich is for a terminal (``status`` on a TTY, ``status --watch``).
+Both show the same things: swarm totals, peers sorted by contribution, findings. The report's
+strings were sanitised when it was built; ``clean`` runs again here so that a report assembled
+elsewhere (a JSON file, a test) cannot put escapes on the terminal either.
+"""
 
 from __future__ import annotations
 
-import re
+import time
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+from coordinator.findings import short_id
+from coordinator.health import sanitize
+
+MAX_FINDINGS = 12  # findings listed; the rest are counted
+SEVERE = {"params_disagree", "params_split", "reported_offender", "version_mismatch"}
 
 
 def clean(text: object, width: int = 40) -> str:
     """Strip control characters (terminal escapes from hostile records) and bound the width."""
-    s = _CONTROL.sub("?", str(text))
-    return s if len(s) <= width else s[: width - 1] + "…"
+    return sanitize(text, width)
 
 
-def render_text(report: dict) -> str:
-    lines = []
+def utc_clock(t: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(t))
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
+
+
+def summary_lines(report: dict) -> list[str]:
+    """Two lines of swarm totals: who and how fast; how training goes."""
     t = report["totals"]
-    if not report["run_id"] and not report["peers"]:
-        return "no run found in this swarm: no peers (is a bootstrap running with `barnraise bootstrap`?)\n"
-    lines.append(
-        f"run {clean(report['run_id'])}  round {report['round']}  peers alive {t['peers_alive']}"
-        f"  samples/s {t['samples_per_s']:.1f}  mean loss {t['mean_loss'] if t['mean_loss'] is not None else '-'}"
+    first = [f"run {clean(report['run_id'])}", f"round {report['round']}"]
+    if report["round_s"]:
+        actual = f", {t['round_wall_s']:.1f} s actual" if t["round_wall_s"] else ""
+        first[-1] += f" ({report['round_s']:g} s rounds{actual})"
+    first.append(
+        f"peers alive {t['peers_alive']}" + (f" ({t['peers_dead']} dead)" if t["peers_dead"] else "")
     )
+    first.append(f"samples/s {t['samples_per_s']:.1f}")
+    if t["mean_loss"] is None:
+        second = ["mean loss -"]
+    else:
+        trend = f" ({t['loss_trend']:+.4f}/round)" if t["loss_trend"] is not None else ""
+        second = [f"mean loss {t['mean_loss']:.3f} {t['loss_trend_label']}{trend}"]
+    if t["agreement"]:
+        a = t["agreement"]
+        second.append(f"params agree {a['peers']}/{a['of']} at round {a['round']}")
+    return ["  ".join(first), "  ".join(second)]
+
+
+def empty_message(report: dict) -> str | None:
+    if not report["run_id"] and not report["peers"]:
+        return "no run found in this swarm: no peers (is a bootstrap running with `barnraise bootstrap`?)"
     if not report["peers"]:
-        lines.append("no peers: nobody is training in this run yet (start one with `barnraise peer`)")
+        return "no peers: nobody is training in this run yet (start one with `barnraise peer`)"
+    return None
+
+
+def params_cell(p: dict) -> str:
+    return f"{clean(p['params_hash'], 16)}@{p['hash_round']}" if p["params_hash"] else "-"
+
+
+def status_cell(p: dict) -> str:
+    if not p["alive"]:
+        return "DEAD"
+    marks = [m for m, on in (("DISAGREES", p["disagrees"]), ("straggler", p["straggler"])) if on]
+    return ",".join(marks) or "ok"
+
+
+def finding_line(f: dict) -> str:
+    who = f"{short_id(clean(f['peer_id'], 64))}: " if f["peer_id"] else ""
+    return f"{f['kind']}: {who}{clean(f['detail'], 160)}"
+
+
+def render_text(report: dict, max_rows: int | None = None) -> str:
+    """The report as plain text lines (no colours, no escapes)."""
+    lines = []
+    message = empty_message(report)
+    if report["run_id"] or report["peers"]:
+        lines += summary_lines(report)
+    if message:
+        lines.append(message)
         return "\n".join(lines) + "\n"
-    header = f"{'peer':14} {'device':18} {'round':>6} {'phase':9} {'loss':>7} {'samples/s':>10} {'params':16} {'seen':>6}"
-    lines.append(header)
-    for p in report["peers"]:
-        mark = "" if p["alive"] else " DEAD"
+    lines.append(
+        f"{'peer':12} {'device':18} {'round':>6} {'phase':9} {'loss':>7} {'samples/s':>10} {'share':>6} "
+        f"{'sent':>9} {'params':22} {'j/m':>7} {'seen':>6} status"
+    )
+    shown = report["peers"] if max_rows is None else report["peers"][:max_rows]
+    for p in shown:
         lines.append(
-            f"{clean(p['peer_id'], 14):14} {clean(p['device'], 18):18} {p['round']:>6} {p['phase']:9} "
-            f"{p['loss']:>7.3f} {p['samples_per_s']:>10.1f} {clean(p['params_hash'], 16):16} {p['last_seen_s']:>5.1f}s{mark}"
+            f"{short_id(clean(p['peer_id'], 64)):12} {clean(p['device'], 18):18} {p['round']:>6} "
+            f"{p['phase']:9} {p['loss']:>7.3f} {p['samples_per_s']:>10.1f} {p['contribution']:>6.0%} "
+            f"{human_bytes(p['bytes_sent']):>9} {params_cell(p):22} "
+            f"{p['rounds_joined']:>3}/{p['rounds_missed']:<3} {p['last_seen_s']:>5.1f}s {status_cell(p)}"
         )
-    for f in report.get("findings", []):
-        lines.append(f"! {f['kind']}: {clean(f['peer_id'], 14)} {clean(f['detail'], 120)}")
+    if len(shown) < len(report["peers"]):
+        lines.append(f"... and {len(report['peers']) - len(shown)} more peers")
+    findings = report["findings"]
+    for f in findings[:MAX_FINDINGS]:
+        lines.append(f"! {finding_line(f)}")
+    if len(findings) > MAX_FINDINGS:
+        lines.append(f"! ... and {len(findings) - MAX_FINDINGS} more findings (see --json)")
+    if not findings:
+        lines.append("no findings: the swarm looks healthy")
     return "\n".join(lines) + "\n"
+
+
+def render_rich(report: dict, *, footer: str = "", error: str = "", max_rows: int | None = None):
+    """The report as a rich renderable (a Group): summary, peers table, findings, footer."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    parts: list = []
+    if report["run_id"] or report["peers"]:
+        parts.append(Text("\n".join(summary_lines(report)), style="bold"))
+    message = empty_message(report)
+    if message:
+        parts.append(Text(message, style="yellow"))
+    else:
+        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+        for name, justify in (
+            ("peer", "left"),
+            ("device", "left"),
+            ("round", "right"),
+            ("phase", "left"),
+            ("loss", "right"),
+            ("samples/s", "right"),
+            ("share", "right"),
+            ("sent", "right"),
+            ("params", "left"),
+            ("joined/missed", "right"),
+            ("seen", "right"),
+            ("status", "left"),
+        ):
+            table.add_column(name, justify=justify, no_wrap=True)
+        shown = report["peers"] if max_rows is None else report["peers"][:max_rows]
+        for p in shown:
+            style = (
+                "dim"
+                if not p["alive"]
+                else ("red" if p["disagrees"] else ("yellow" if p["straggler"] else ""))
+            )
+            table.add_row(
+                short_id(clean(p["peer_id"], 64)),
+                clean(p["device"], 24),
+                str(p["round"]),
+                p["phase"],
+                f"{p['loss']:.3f}",
+                f"{p['samples_per_s']:.1f}",
+                f"{p['contribution']:.0%}",
+                human_bytes(p["bytes_sent"]),
+                params_cell(p),
+                f"{p['rounds_joined']}/{p['rounds_missed']}",
+                f"{p['last_seen_s']:.1f}s",
+                status_cell(p),
+                style=style,
+            )
+        parts.append(table)
+        if len(shown) < len(report["peers"]):
+            parts.append(Text(f"... and {len(report['peers']) - len(shown)} more peers", style="dim"))
+        findings = report["findings"]
+        for f in findings[:MAX_FINDINGS]:
+            style = "red" if f["kind"] in SEVERE else ("dim" if f["kind"] == "records_ignored" else "yellow")
+            parts.append(Text(f"! {finding_line(f)}", style=style))
+        if len(findings) > MAX_FINDINGS:
+            parts.append(Text(f"! ... and {len(findings) - MAX_FINDINGS} more findings (see --json)"))
+        if not findings:
+            parts.append(Text("no findings: the swarm looks healthy", style="green"))
+    if error:
+        parts.append(Text(f"last refresh failed: {clean(error, 200)}", style="red"))
+    if footer:
+        parts.append(Text(footer, style="dim"))
+    return Group(*parts)

@@ -14,6 +14,8 @@ writes parameter snapshots that one evaluator scores on the same held-out bytes 
 - ``cpucap``: a CPU quota per emulated machine, so "one peer" means the same compute everywhere.
 - ``systems``: each system started inside a ``netsim_lib.NetSim`` and its raw results collected.
 - ``metrics``: time to target, utilisation, bytes per parameter, all-reduce time vs the limit.
+- ``figures``: from raw runs to the benchmark's figures and the issue's targets.
+- ``agreement``: per round, which states each group's members ended with and who missed it.
 - ``report``: machine description, tables, result files and the plot.
 
 Workers are run as modules with ``scripts/`` on ``PYTHONPATH``; they import only stdlib, torch,

@@ -2,10 +2,12 @@
 
 Two sources, read after the run: the probe's ``snapshot`` events (round and hash of every global
 state a peer published, so also of peers killed later) and the peers' ``round N:`` log lines
-(whether the round's average was applied, and if not, why). A round *agreed* when every peer that
-published a state for it published the same hash; it *missed its deadline* when some peer that
-took part could not apply it (its averaging did not finish in time, the leader's verdict never
-came, or too few members assembled the same average).
+(whether the round's average was applied, and if not, why), joined with the probe's
+``allreduce`` events that say which group each peer was in. A round *agreed* when, in every group
+of that round, the members that published a state for it published the same hash (two groups of
+one round legitimately end with different states); it *missed its deadline* for a peer that
+could not apply it because some step came too late (joined after the group closed, averaging did
+not finish in time, the leader's verdict never came).
 """
 
 from __future__ import annotations
@@ -27,12 +29,15 @@ class RoundAudit:
 
     round: int
     hashes: Counter[str] = field(default_factory=Counter)  # params hash -> peers that published it
+    group_hashes: dict[str, set[str]] = field(default_factory=dict)  # group id -> hashes its members hold
     applied: int = 0  # peers whose log says the round's average was applied
     group_sizes: Counter[int] = field(default_factory=Counter)  # reported group size -> peers
     missed: list[str] = field(default_factory=list)  # reasons of peers that could not apply it
 
     @property
     def agreed(self) -> bool:
+        if self.group_hashes:
+            return all(len(h) <= 1 for h in self.group_hashes.values())
         return len(self.hashes) <= 1
 
     def as_dict(self) -> dict[str, Any]:
@@ -41,6 +46,7 @@ class RoundAudit:
             "hashes": dict(self.hashes),
             "applied": self.applied,
             "group_sizes": dict(self.group_sizes),
+            "groups": {g: sorted(h) for g, h in self.group_hashes.items()},
             "missed": self.missed,
             "agreed": self.agreed,
         }
@@ -53,13 +59,21 @@ def audit(events: Iterable[dict[str, Any]], logs: Sequence[Path]) -> list[RoundA
     def get(r: int) -> RoundAudit:
         return rounds.setdefault(r, RoundAudit(round=r))
 
+    events = list(events)
+    group_of: dict[tuple[str, int], str] = {}  # (peer, round) -> group it completed an exchange in
+    for e in events:
+        if e.get("kind") == "allreduce" and e.get("ok") and "group" in e and "round" in e:
+            group_of[(e.get("source", ""), e["round"])] = e["group"]
     seen: set[tuple[str, int]] = set()  # (peer, round): a peer publishes a round once (plus resyncs)
     for e in events:
         if e.get("kind") == "snapshot" and e.get("round", -1) >= 0 and "hash" in e:
             key = (e.get("source", ""), e["round"])
             if key not in seen:
                 seen.add(key)
-                get(e["round"]).hashes[e["hash"]] += 1
+                ra = get(e["round"])
+                ra.hashes[e["hash"]] += 1
+                if key in group_of:  # a state synced from a donor has no group: it is not a vote
+                    ra.group_hashes.setdefault(group_of[key], set()).add(e["hash"])
     for path in logs:
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
@@ -79,6 +93,8 @@ def reason_kind(reason: str) -> str:
     """Coarse class of a "not applied" reason, for the summary table."""
     text = reason.lower()
     for key, kind in (
+        ("too_late", "deadline"),
+        ("already closed", "deadline"),
         ("in time", "deadline"),
         ("did not decide", "deadline"),
         ("no verdict", "deadline"),
@@ -88,7 +104,6 @@ def reason_kind(reason: str) -> str:
         ("only ", "no majority"),
         ("differs from the group", "stale base"),
         ("not in a group", "no group"),
-        ("group already closed", "no group"),
     ):
         if key in text:
             return kind
@@ -103,6 +118,7 @@ def summarise(audits: Sequence[RoundAudit]) -> dict[str, Any]:
     deadline_rounds = [a.round for a in audits if any(reason_kind(r) == "deadline" for r in a.missed)]
     return {
         "rounds": len(with_result),
+        "groups_per_round": max((len(a.group_hashes) for a in audits), default=0),
         "rounds_all_agreed": sum(1 for a in with_result if a.agreed),
         "rounds_disagreed": [a.round for a in with_result if not a.agreed],
         "rounds_with_misses": len(missed),
@@ -112,6 +128,26 @@ def summarise(audits: Sequence[RoundAudit]) -> dict[str, Any]:
         "peer_rounds_applied": sum(a.applied for a in audits),
         "peer_rounds_missed": sum(len(a.missed) for a in audits),
     }
+
+
+def majority_snapshots(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events with, for each round, only the snapshots of the state most peers published.
+
+    When a swarm splits, several states of one round coexist; the curve follows the one most
+    peers hold instead of zigzagging between them. Events without a round pass unchanged.
+    """
+    events = list(events)
+    votes: dict[int, Counter[str]] = defaultdict(Counter)
+    for e in events:
+        if e.get("kind") == "snapshot" and "round" in e and "hash" in e:
+            votes[e["round"]][e["hash"]] += 1
+    winner = {r: c.most_common(1)[0][0] for r, c in votes.items()}
+    return [
+        e
+        for e in events
+        if not (e.get("kind") == "snapshot" and "round" in e and "hash" in e)
+        or winner[e["round"]] == e["hash"]
+    ]
 
 
 def final_state(events: Iterable[dict[str, Any]], before: float | None = None) -> dict[str, Any] | None:

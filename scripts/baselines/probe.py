@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import functools
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -37,6 +39,8 @@ def _cache_dir(peer_argv: list[str]) -> Path:
 
 def install(events_path: Path, snapshots: Path | None) -> None:
     """Wrap the three methods; raises RuntimeError naming any that this barnraise lacks."""
+    import torch
+
     from baselines.events import EventLog, save_snapshot
     from peer import allreduce, daemon, trainer
 
@@ -81,6 +85,8 @@ def install(events_path: Path, snapshots: Path | None) -> None:
                 "allreduce",
                 t0=t0,
                 t1=time.time(),
+                round=int(group.round),
+                group=group.group_id,
                 members=len(group.members),
                 codec=group.codec,
                 numel=int(update.numel()),
@@ -90,6 +96,15 @@ def install(events_path: Path, snapshots: Path | None) -> None:
             )
 
     orig_publish = daemon.PeerDaemon._publish_state
+    writes: queue.Queue[tuple[Path, torch.Tensor]] = queue.Queue()
+
+    def writer() -> None:  # disk writes off the training thread: the peer does not wait for them
+        while True:
+            path, params = writes.get()
+            save_snapshot(path, params)
+
+    if snapshots is not None:
+        threading.Thread(target=writer, name="probe-snapshots", daemon=True).start()
 
     @functools.wraps(orig_publish)
     def publish(self):
@@ -98,7 +113,8 @@ def install(events_path: Path, snapshots: Path | None) -> None:
         fields = {"t": time.time(), "round": int(self.state.round), "hash": digest}
         if snapshots is not None:
             path = snapshots / f"state-{digest}.pt"
-            save_snapshot(path, self.state.params)
+            if not path.exists():
+                writes.put((path, self.state.params.clone()))
             fields["file"] = str(path)
         events.write("snapshot", **fields)
 

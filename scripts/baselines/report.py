@@ -132,6 +132,6 @@ def fmt(value: Any, spec: str = ".2f", none: str = "-") -> str:
     """Format a figure for a table; None (not measured) prints as ``none``."""
     if value is None:
         return none
-    if isinstance(value, float):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         return format(value, spec)
     return str(value)

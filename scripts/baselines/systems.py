@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from netsim_lib import HostSpec, NetSim, Scenario, Swarm, SwarmConfig
+from netsim_lib import HostSpec, NetSim, NetSimError, Scenario, Swarm, SwarmConfig
 from netsim_lib.swarm import swarm_hosts
 
 from baselines import cpucap
@@ -140,13 +140,12 @@ def run_barnraise(env: BenchEnv, name: str, *, mbit: float | None, peers: int, b
         NetSim(hosts=swarm_hosts(scenario), subnet=env.subnet, prefix=env.prefix) as net,
     ):
         swarm = Swarm(config, net)
-        swarm.processes["boot"] = swarm.start_bootstrap()
-        for n in names:
-            proc = swarm.start_peer(n)
-            caps.assign(n, proc.pid)
-            swarm.processes[n] = proc
-        procs = {n: swarm.processes[n] for n in names}
+        procs: dict[str, subprocess.Popen[Any]] = {}
         try:
+            swarm.processes["boot"] = swarm.start_bootstrap()
+            for n in names:
+                procs[n] = swarm.processes[n] = swarm.start_peer(n)
+                caps.assign(n, procs[n].pid)
             _wait_for(
                 lambda: all(any(e["kind"] == "window" for e in read_all([p])) for p in events_paths),
                 env.startup_timeout_s,
@@ -160,7 +159,7 @@ def run_barnraise(env: BenchEnv, name: str, *, mbit: float | None, peers: int, b
             stop, t_to = _counters(net, names), time.time()
             res.up_bytes = {n: stop[n] - start[n] for n in names}
             res.span, res.span_s = (t_from, t_to), t_to - t_from
-        except (RuntimeError, TimeoutError) as e:
+        except (RuntimeError, TimeoutError, NetSimError) as e:
             res.error = str(e)
             logger.error("%s: %s", name, e)
         res.exit_codes = {n: p.poll() for n, p in procs.items()}
@@ -247,7 +246,7 @@ def _run_workers(
             res.exit_codes = _wait_exit(procs, env.grace_s)
             if _dead(procs):
                 res.error = _dead(procs)
-        except (RuntimeError, TimeoutError) as e:
+        except (RuntimeError, TimeoutError, NetSimError) as e:
             res.error = str(e)
             logger.error("%s: %s", res.name, e)
             res.exit_codes = {h: p.poll() for h, p in procs.items()}
@@ -317,6 +316,10 @@ def run_hivemind(
             f"{matchmaking_s:g}",
             "--averaging-timeout-s",
             f"{averaging_timeout_s:g}",
+            "--workers",
+            str(peers),
+            "--ready-timeout-s",
+            f"{env.startup_timeout_s:g}",
             *extra,
         ]
 

@@ -4,8 +4,9 @@ A baseline worker trains exactly what a barnraise peer trains: the run manifest'
 the run seed, batches of ``batch_size`` sequences of the run directory's shards (each checked
 against the manifest's sha256), AdamW with the manifest's inner learning rate, weight decay and
 gradient clipping. Workers of one system split the shards between them (worker i of n takes every
-n-th shard of a seeded shuffle), as barnraise's shard leases keep its peers off each other's shards. Only what happens around the step differs (nothing,
-DDP's all-reduce, hivemind.Optimizer), so differences in the results come from that.
+n-th shard of a seeded shuffle), as barnraise's shard leases keep its peers off each other's
+shards. Only what happens around the step differs (nothing, DDP's all-reduce, hivemind.Optimizer),
+so differences in the results come from that.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ class WorkerConfig:
 
     run_dir: Path  # barnraise run directory (manifest.pb + shards/)
     out_dir: Path  # this worker's events.jsonl; snapshots go to out_dir/../snapshots
-    name: str  # worker name; also picks its shard order
+    name: str  # worker name, in events and snapshot file names
     budget_s: float  # seconds of training from the first step
     threads: int = 1  # torch CPU threads
     snapshot_every_s: float = 8.0  # seconds between parameter snapshots (0: none)
@@ -64,14 +65,14 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
 def worker_config(args: argparse.Namespace, *, snapshots: bool = True) -> WorkerConfig:
     slot, _, slots = args.slot.partition("/")
     return WorkerConfig(
-        slot=int(slot),
-        slots=int(slots or 1),
         run_dir=args.run_dir,
         out_dir=args.out_dir,
         name=args.name,
         budget_s=args.budget_s,
         threads=args.threads,
         snapshot_every_s=args.snapshot_every_s if snapshots else 0.0,
+        slot=int(slot),
+        slots=int(slots or 1),
     )
 
 

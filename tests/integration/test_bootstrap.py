@@ -40,14 +40,33 @@ def small_corpus(tmp_path, n_bytes: int = 200_000):
     return src
 
 
-def edit_manifest(run, edit) -> None:
+def edit_manifest(run, edit, resign: bool) -> None:
+    """Change the manifest on disk; with ``resign`` the run authority signs the edit (a bad run)."""
+    from coordinator import keys
+    from coordinator.signing import sign_manifest
     from protos import manifest_pb2
 
     signed = manifest_pb2.SignedManifest.FromString((run / "manifest.pb").read_bytes())
     m = manifest_pb2.RunManifest.FromString(signed.manifest)
     edit(m)
-    signed.manifest = m.SerializeToString()
+    if resign:
+        signed = sign_manifest(m, keys.load_run_key(run / keys.RUN_KEY_FILE))
+    else:
+        signed.manifest = m.SerializeToString()
     (run / "manifest.pb").write_bytes(signed.SerializeToString())
+
+
+def test_edited_manifest_is_refused_by_the_bootstrap(tmp_path):
+    run = tmp_path / "run"
+    init_run(run, "--shard-kib", "64", "--dataset", str(small_corpus(tmp_path, 100_000)))
+
+    def edit(m):
+        m.shards[0].sha256 = "f" * 64
+
+    edit_manifest(run, edit, resign=False)
+    res = run_cli("bootstrap", "--run", str(run), "--listen", "/ip4/127.0.0.1/tcp/0", timeout=60)
+    assert res.returncode != 0
+    assert "signature does not verify" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_corrupted_shard_and_edited_hash_are_never_trained_on(swarm, tmp_path):
@@ -62,18 +81,12 @@ def test_corrupted_shard_and_edited_hash_are_never_trained_on(swarm, tmp_path):
     def edit(m):
         m.shards[-1].sha256 = edited
 
-    edit_manifest(run, edit)
+    edit_manifest(run, edit, resign=True)
     swarm.start_bootstrap(run)
     peer = swarm.start_peer("peer1", ["--threads", "1"])
-    wait_for(
-        lambda: (
-            peer.log_path.read_text().count("skipping this shard") >= 2
-            and "averaged with" in peer.log_path.read_text()
-        ),
-        120,
-        what="the peer to skip both bad shards and train",
-    )
-    swarm.close()
+    wait_for(lambda: peer.log_path.read_text().count("skipping this shard") >= 2 and
+             "averaged with" in peer.log_path.read_text(), 120, what="the peer to skip both bad shards and train")
+    swarm.close(grace_s=2.0)
     boot_log = (tmp_path / "bootstrap.log").read_text()
     assert "does not match its sha256" in boot_log
     cached = {p.name for p in (tmp_path / "peer1").rglob("*") if p.is_file()}

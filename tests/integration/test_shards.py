@@ -24,7 +24,10 @@ from tests.conftest import init_run, wait_for
 SEQ_LEN = 64  # gpt-nano's context
 STEP = 4 * SEQ_LEN  # tokens per step at --batch-size 4
 STEPS_LEFT = 3  # kill a peer with at least this many steps of its shard left: it surely holds a lease
-PEER_FLAGS = ["--threads", "1", "--lease-s", "4", "--slowdown", "5"]
+LEASE_S = 5.0  # short, so a dead peer's shard comes back soon; renewals every LEASE_S / 3
+RECORDED_AFTER_S = LEASE_S / 3 + 1.5  # a renewal has recorded progress this long into a shard
+PATIENCE_S = 30.0  # on a machine too fast for that, settle for a peer halfway through a shard
+PEER_FLAGS = ["--threads", "1", "--lease-s", str(LEASE_S), "--slowdown", "5"]
 
 
 def corpus(tmp_path: Path, n_bytes: int = 34_000) -> Path:
@@ -94,18 +97,28 @@ def test_killed_peer_shards_are_re_leased_and_the_epoch_is_covered_once(swarm, t
     run, manifest = make_run(tmp_path)
     swarm.start_bootstrap(run)
     names = ("p1", "p2", "p3")
-    peers = {n: swarm.start_peer(n, [*PEER_FLAGS, "--ledger", str(tmp_path / f"{n}.ledger")]) for n in names}
+    flags = [*PEER_FLAGS, "--slowdown", "10"]
+    peers = {n: swarm.start_peer(n, [*flags, "--ledger", str(tmp_path / f"{n}.ledger")]) for n in names}
     sizes = {s.get("index", 0): int(s["n_tokens"]) for s in manifest["shards"]}
 
+    began = time.monotonic()
+
     def mid_shard():
-        # a victim that has trained a few steps of a shard it has not finished: it holds a lease
+        # a peer in the middle of a shard (it holds a lease), ideally one whose progress a renewal
+        # has recorded already; returns (peer, whether a renewal surely recorded progress)
         for n in names:
             rows = ledger(tmp_path / f"{n}.ledger")
-            if len(rows) >= 3 and rows[-1]["end"] < trainable(sizes[rows[-1]["shard"]]) - STEPS_LEFT * STEP:
-                return n
+            if not rows or rows[-1]["end"] >= trainable(sizes[rows[-1]["shard"]]) - STEPS_LEFT * STEP:
+                continue
+            here = [r for r in rows if (r["epoch"], r["shard"]) == (rows[-1]["epoch"], rows[-1]["shard"])]
+            if time.time() - here[0]["t"] > RECORDED_AFTER_S:
+                return n, True
+            halfway = rows[-1]["end"] >= trainable(sizes[rows[-1]["shard"]]) // 2
+            if halfway and time.monotonic() - began > PATIENCE_S:
+                return n, False
         return None
 
-    victim = wait_for(mid_shard, 90, 0.1, "a peer in the middle of a shard")
+    victim, recorded = wait_for(mid_shard, 90, 0.1, "a peer in the middle of a shard")
     swarm.signal(peers[victim], signal.SIGKILL)
     killed_at = time.time()
     peers[victim].proc.wait(timeout=10)
@@ -118,7 +131,7 @@ def test_killed_peer_shards_are_re_leased_and_the_epoch_is_covered_once(swarm, t
         1.0,
         f"epoch {epoch} to complete without {victim}",
     )
-    swarm.close()
+    swarm.close(grace_s=1.0)  # ledgers are flushed line by line: no need for a clean exit
 
     rows = [r for n in names for r in ledger(tmp_path / f"{n}.ledger")]
     victim_id = ledger(tmp_path / f"{victim}.ledger")[0]["peer"]
@@ -136,6 +149,8 @@ def test_killed_peer_shards_are_re_leased_and_the_epoch_is_covered_once(swarm, t
     assert taken_over, "the killed peer's shard was never re-leased"
     assert min(r["t"] for r in taken_over) > killed_at, "re-leased before the victim died"
     assert 0 <= resumed_at <= last["end"]
+    if recorded:
+        assert resumed_at > 0, "the next owner did not resume from the offset the victim recorded"
     # duplicates only where the victim trained past the offset it last recorded
     for (shard, t), who in dup_who.items():
         assert victim_id in who and shard == last["shard"] and resumed_at <= t < last["end"], (shard, t, who)
@@ -163,7 +178,7 @@ def test_corrupted_copy_from_a_peer_is_discarded_and_fetched_elsewhere(swarm, tm
 
     shards = wait_for(refetched, 90, 0.5, "a bad copy from the liar, then a good one from the coordinator")
     wait_for(lambda: {r["shard"] for r in ledger(tmp_path / "honest.ledger")} & set(shards), 30, 0.5)
-    swarm.close()
+    swarm.close(grace_s=1.0)
     digests = {s.get("index", 0): s["sha256"] for s in manifest["shards"]}
     rows = ledger(tmp_path / "honest.ledger")
     assert rows and all(r["sha256"] == digests[r["shard"]] for r in rows), (
@@ -197,7 +212,7 @@ def test_peers_keep_getting_shards_from_each_other_without_the_coordinator(swarm
         0.5,
         "two shards from the seeder with the coordinator gone",
     )
-    swarm.close()
+    swarm.close(grace_s=1.0)
     assert not re.search(r"bytes from coordinator", after_stop()), (
         "the coordinator served shards after it died"
     )
@@ -205,3 +220,58 @@ def test_peers_keep_getting_shards_from_each_other_without_the_coordinator(swarm
     rows = [r for r in ledger(tmp_path / "new.ledger") if r["t"] > stopped_at]
     assert len({r["shard"] for r in rows}) >= 2
     assert all(r["sha256"] == digests[r["shard"]] for r in rows)
+
+
+@pytest.mark.timeout(90)
+def test_claims_race_on_a_real_dht_with_one_winner_and_expired_leases_resume(tmp_path):
+    """Three DHT nodes claim one shard at the same moment: exactly one wins; the offset it
+    recorded survives its silence, and the next owner resumes from it after expiry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from coordinator import keys, signing
+    from coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
+    from coordinator.leases import LeaseConfig
+    from peer.auth import dht_extra
+    from peer.leasing import LeaseClient
+    from protos import manifest_pb2
+
+    def node(i: int, entry: tuple[str, ...] = ()):
+        """A DHT node whose identity signs the lease records it stores, as a peer daemon's does."""
+        path = tmp_path / f"node{i}.id"
+        signing.register_signer(keys.ensure_identity(path, replace_foreign=False))
+        local = ("/ip4/127.0.0.1/tcp/0",)
+        return start_dht(DHTOptions(initial_peers=entry, listen=local, identity=path, extra=dht_extra()))
+
+    nodes = [node(0)]
+    try:
+        entry = tuple(visible_maddrs(nodes[0])[:1])
+        nodes += [node(i, entry) for i in (1, 2)]
+        shards = [
+            manifest_pb2.ShardInfo(sha256=f"{i:064x}", size_bytes=4000, n_tokens=4000, index=i)
+            for i in range(3)
+        ]
+        manifest = manifest_pb2.RunManifest(run_id="race", seed=1, shards=shards)
+        cfg = LeaseConfig(lease_s=3.0, settle_s=0.3)
+        clients = [LeaseClient(n, manifest, n.peer_id.to_base58(), cfg) for n in nodes]
+
+        with ThreadPoolExecutor(len(clients)) as pool:
+            held = list(pool.map(lambda c: c.claim(0, 1), clients))
+        winners = [i for i, h in enumerate(held) if h is not None]
+        assert len(winners) == 1, f"{len(winners)} peers hold shard 1"
+        w = winners[0]
+        losers = [c for i, c in enumerate(clients) if i != w]
+        lease = held[w]
+        lease.offset = 1280
+        assert clients[w].renew(lease) and not lease.lost
+        assert all(c.claim(0, 1) is None for c in losers)  # held: nobody else gets it
+
+        time.sleep(cfg.lease_s + 0.5)  # the holder goes silent past its expiry
+        taken = losers[0].claim(0, 1)
+        assert taken is not None and taken.offset == 1280
+        assert not clients[w].renew(lease) and lease.lost  # the old holder learns it lost the shard
+
+        assert losers[0].mark_done(0, 1) and clients[w].read_done(0) == {1}
+        assert clients[w].publish_epoch(4) and losers[1].read_epoch_hint() == 4
+    finally:
+        for n in nodes:
+            n.shutdown()

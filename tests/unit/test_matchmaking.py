@@ -1,0 +1,69 @@
+"""Leader-side group decisions, without sockets."""
+
+from __future__ import annotations
+
+import asyncio
+
+from peer.matchmaking import Matchmaker, _LeaderRound, negotiate_codec, part_fractions, plan_timing
+from protos import averaging_pb2
+
+
+def test_codec_negotiation_takes_the_smallest_request_never_larger_than_the_run():
+    assert negotiate_codec("fp32", ["", "fp32", "int8"]) == "int8"
+    assert negotiate_codec("int4", ["fp32", "fp16"]) == "int4"
+    assert negotiate_codec("fp16", ["topk", "int8"]) == "topk"
+    assert negotiate_codec("fp32", ["bogus"]) == "fp32"
+
+
+def test_part_fractions_follow_bandwidth_only_when_all_declared():
+    assert part_fractions([10e6, 30e6]) == [0.25, 0.75]
+    assert part_fractions([10e6, 0.0]) == [0.5, 0.5]
+    assert part_fractions([]) == []
+
+
+def test_timing_is_ordered():
+    t = plan_timing(100.0, 10.0)
+    assert 100.0 < t.join_at < t.close_at < t.reduce_deadline < t.confirm_deadline
+
+
+def join(peer: str, base: str, weight: float, base_round: int = 3, codec: str = "") -> averaging_pb2.JoinRequest:
+    return averaging_pb2.JoinRequest(run_id="r", round=4, peer_id=peer, weight=weight, base_hash=base,
+                                     base_round=base_round, codec=codec)
+
+
+def test_leader_keeps_the_base_most_members_hold_not_the_heaviest():
+    async def go():
+        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32")
+        formed = []
+        m.on_group = lambda g, leader: formed.append((g, leader))
+        state = _LeaderRound()
+        state.joins = {
+            "a": join("a", "fresh", 100),
+            "b": join("b", "fresh", 100, codec="int8"),
+            "c": join("c", "stale", 10_000, base_round=1),  # fell behind, carries many samples
+        }
+        m._close(4, state, plan_timing(0.0, 10.0))
+        return state, formed
+
+    state, formed = asyncio.run(go())
+    assert state.replies["a"].status == averaging_pb2.JOIN_ACCEPTED
+    assert state.replies["c"].status == averaging_pb2.JOIN_STALE_BASE
+    group = state.replies["b"].group
+    assert [mem.peer_id for mem in group.members] == ["a", "b"] and group.base_hash == "fresh"
+    assert group.codec == "int8"
+    assert formed and formed[0][1] == "a"
+
+
+def test_leader_that_is_stale_still_closes_the_group_for_the_others():
+    async def go():
+        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32")
+        formed = []
+        m.on_group = lambda g, leader: formed.append(g)
+        state = _LeaderRound()
+        state.joins = {"a": join("a", "old", 5, base_round=1), "b": join("b", "new", 5), "c": join("c", "new", 5)}
+        m._close(4, state, plan_timing(0.0, 10.0))
+        return state, formed
+
+    state, formed = asyncio.run(go())
+    assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE
+    assert [mem.peer_id for mem in formed[0].members] == ["b", "c"]
