@@ -6,6 +6,7 @@
     ├── AuthError             a signature, token or membership check failed
     ├── IntegrityError        content does not match its hash (shard, state, manifest)
     └── PeerUnavailable       a remote party did not answer in time or could not be reached
+        └── StreamClosed      the connection ended early (a transport fault, not misbehaviour)
 
 Catch these only where tolerating the fault is the design (drop a peer, retry a source, close a
 round); everything else reaches the CLI, which turns it into a message and an exit code.
@@ -38,3 +39,7 @@ class IntegrityError(BarnraiseError):
 
 class PeerUnavailable(BarnraiseError):
     """A remote party did not answer in time or could not be reached."""
+
+
+class StreamClosed(PeerUnavailable):
+    """The stream ended before a whole message arrived: a transport fault, not a protocol offence."""

@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from coordinator.errors import BarnraiseError, ProtocolError
+from coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
 from peer import codecs
 from peer.robust import CLIPPED_BELOW, RobustConfig, aggregate
-from peer.wire import close_writer, read_frame, write_frame
+from peer.wire import close_writer, finish_stream, read_frame, write_frame
 from protos import averaging_pb2
 
 log = logging.getLogger(__name__)
@@ -61,6 +61,7 @@ class PartReducer:
     clipped: dict[str, float] = field(default_factory=dict)  # sender -> factor its update was scaled by
     done: asyncio.Event = field(default_factory=asyncio.Event)
     result: averaging_pb2.ReducedPart | None = None
+    bytes_in: int = 0  # contributions received over the network
     reduce_s: float = 0.0  # seconds spent combining (robust aggregation's cost)
     _rows: torch.Tensor | None = None  # one row per contributor, in ``contributors`` order
     _weights: list[float] = field(default_factory=list)
@@ -200,9 +201,12 @@ class AllReduce:
         bounds = part_bounds(update.numel(), group)
         kwargs = {"topk_fraction": self.topk_fraction} if group.codec == "topk" else {}
         encoded = [codecs.encode(update[s:e], group.codec, **kwargs) for s, e in bounds]
-        transmitted = torch.cat(
-            [codecs.decode(enc, e - s, group.codec) for enc, (s, e) in zip(encoded, bounds, strict=True)]
-        )
+        if group.codec == "fp32":  # lossless: what we send is the update itself
+            transmitted = update.detach().float().cpu()
+        else:
+            transmitted = torch.cat(
+                [codecs.decode(enc, e - s, group.codec) for enc, (s, e) in zip(encoded, bounds, strict=True)]
+            )
         s, e = bounds[me]
         reducer = PartReducer(
             group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction, robust=self.robust
@@ -233,6 +237,9 @@ class AllReduce:
             closer.cancel()
             self._reducers.pop(group.group_id, None)
         own = reducer.result
+        stats.bytes_received += reducer.bytes_in
+        remote_contributors = [p for p in reducer.contributors if p != self.peer_id]
+        stats.bytes_sent += len(remote_contributors) * (own.ByteSize() + 4)  # one reply each
         for p, factor in reducer.clipped.items():
             stats.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
         if self.auth is not None:
@@ -265,9 +272,11 @@ class AllReduce:
             )
             if self.auth is not None:
                 self.auth.attach(header, REDUCE_HANDLER)
-            stats.bytes_sent += await write_frame(writer, header, timeout)
+            sent = await write_frame(writer, header, timeout)
+            stats.bytes_sent += sent  # (not `+= await`: concurrent sends would overwrite each other)
             payload = faulty_part(self.fault, enc, group.codec, numel) if self.fault else enc
-            stats.bytes_sent += await write_frame(writer, payload, timeout)
+            sent = await write_frame(writer, payload, timeout)
+            stats.bytes_sent += sent
             timeout = max(0.5, group.reduce_deadline - time.time() + 2.0)
             reply = await read_frame(reader, averaging_pb2.ReducedPart, cap, timeout)
             stats.bytes_received += reply.ByteSize() + 4
@@ -279,6 +288,8 @@ class AllReduce:
         except ProtocolError as e:
             stats.offenders.setdefault(peer, f"sent an invalid reduced part: {e}")
             return f"reducer {peer[:12]} sent an invalid part: {e}"
+        except StreamClosed as e:  # a transport fault: the round fails, nobody is blamed
+            return f"reducer {peer[:12]} unavailable: {e}"
         except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError) as e:
             stats.offenders.setdefault(peer, f"did not return its reduced part: {e}")
             return f"reducer {peer[:12]} unavailable: {e}"
@@ -323,6 +334,7 @@ class AllReduce:
             timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 1.0)
             try:
                 msg.tensor.CopyFrom(await read_frame(reader, averaging_pb2.EncodedTensor, cap, timeout))
+                reducer.bytes_in += msg.ByteSize() + 8  # header and tensor frames
                 weight, tensor = reducer.validate(msg, remote)
                 reducer.add(remote, weight, tensor)
             except ProtocolError as e:
@@ -335,5 +347,7 @@ class AllReduce:
             )
         except BarnraiseError as e:
             log.debug("part from %s failed: %s", remote[:12], e)
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle_part handler failed")
         finally:
-            close_writer(writer)
+            await finish_stream(reader, writer)

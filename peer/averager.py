@@ -27,7 +27,7 @@ from peer.allreduce import AllReduce, ExchangeStats
 from peer.codecs import ErrorFeedback
 from peer.matchmaking import MAX_CONTROL_BYTES, Matchmaker, RoundTiming
 from peer.robust import RobustConfig
-from peer.wire import close_writer, read_frame, write_frame
+from peer.wire import close_writer, finish_stream, read_frame, write_frame
 from protos import averaging_pb2
 
 log = logging.getLogger(__name__)
@@ -270,5 +270,7 @@ class Averager:
             await write_frame(writer, verdict, 5.0)
         except BarnraiseError as e:
             log.debug("confirm from %s failed: %s", remote[:12], e)
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle_confirm handler failed")
         finally:
-            close_writer(writer)
+            await finish_stream(reader, writer)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from coordinator import records
 from coordinator.errors import BarnraiseError
-from peer.wire import close_writer, read_frame, write_frame
+from peer.wire import close_writer, finish_stream, read_frame, write_frame
 from protos import averaging_pb2
 
 log = logging.getLogger(__name__)
@@ -265,8 +265,10 @@ class Matchmaker:
             await write_frame(writer, reply, 10.0)
         except BarnraiseError as e:
             log.debug("join from %s failed: %s", remote[:12], e)
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle_join handler failed")
         finally:
-            close_writer(writer)
+            await finish_stream(reader, writer)
 
     async def _answer_join(self, remote: str, req: averaging_pb2.JoinRequest) -> averaging_pb2.JoinReply:
         if req.peer_id != remote or req.run_id != self.run_id:

@@ -26,7 +26,7 @@ from coordinator.errors import BarnraiseError, PeerUnavailable, ProtocolError
 from peer.leasing import dht_alive
 from peer.p2ploop import P2PLoop
 from peer.shards import ShardCache, ShardSourceRef
-from peer.wire import close_writer, read_frame, read_frame_bytes, write_frame
+from peer.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
 from protos import manifest_pb2, shards_pb2
 
 log = logging.getLogger(__name__)
@@ -139,8 +139,10 @@ class ShardServer:
                 self.active -= 1
         except BarnraiseError as e:
             log.debug("shard request from %s failed: %s", who, e)
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle handler failed")
         finally:
-            close_writer(writer)
+            await finish_stream(reader, writer)
 
     async def _refuse(self, writer, status: int) -> None:
         await write_frame(writer, shards_pb2.ShardFetchReply(status=status), REPLY_TIMEOUT_S)

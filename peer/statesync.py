@@ -14,7 +14,7 @@ from collections import Counter
 
 from coordinator.errors import BarnraiseError, IntegrityError, PeerUnavailable
 from peer.state import GlobalState, tensor_hash
-from peer.wire import close_writer, read_frame, read_frame_bytes, write_frame
+from peer.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
 from protos import averaging_pb2, heartbeat_pb2
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,10 @@ class StateServer:
                 await write_frame(writer, blob[i : i + CHUNK_BYTES], 60.0)
         except BarnraiseError as e:
             log.debug("state request from %s failed: %s", stream_info.peer_id.to_base58()[:12], e)
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle handler failed")
         finally:
-            close_writer(writer)
+            await finish_stream(reader, writer)
 
 
 async def download_state(p2p, donor: str, run_id: str, numel: int, timeout_s: float, auth=None) -> GlobalState:

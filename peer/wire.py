@@ -12,7 +12,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from coordinator.errors import PeerUnavailable, ProtocolError
+from coordinator.errors import PeerUnavailable, ProtocolError, StreamClosed
 
 HEADER = 4  # big-endian frame length
 M = TypeVar("M", bound=Message)
@@ -42,9 +42,9 @@ async def read_frame_bytes(reader: asyncio.StreamReader, max_bytes: int, timeout
     except (asyncio.TimeoutError, TimeoutError) as e:
         raise PeerUnavailable(f"no complete frame within {timeout_s:.1f} s") from e
     except asyncio.IncompleteReadError as e:
-        raise PeerUnavailable("stream closed mid-frame") from e
+        raise StreamClosed("stream closed mid-frame") from e
     except (ConnectionError, OSError) as e:
-        raise PeerUnavailable(f"connection lost while receiving: {e}") from e
+        raise StreamClosed(f"connection lost while receiving: {e}") from e
 
 
 async def read_frame(reader: asyncio.StreamReader, cls: type[M], max_bytes: int, timeout_s: float) -> M:
@@ -60,3 +60,15 @@ def close_writer(writer: asyncio.StreamWriter) -> None:
         writer.close()
     except Exception:  # already closed by the remote side
         pass
+
+
+async def finish_stream(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float = 5.0) -> None:
+    """Server side: let the caller close first (it does once it has read our reply), then close.
+
+    Closing right after the last write can cut off the reply while the p2p daemon still holds it.
+    """
+    try:
+        await asyncio.wait_for(reader.read(), timeout_s)
+    except Exception:  # timeout or reset: close anyway
+        pass
+    close_writer(writer)

@@ -12,7 +12,9 @@ without root the bytes and all-reduce figures are null and the rest still runs).
    way; ``bytes_per_param`` is (sent + received) / 2 per peer per round, divided by that factor
    and by the parameter count, so a protocol with no overhead scores exactly the codec's ideal
    size (payload + scales + indices, ``peer.codecs.ideal_bytes``). Targets: int4 <= 0.55,
-   topk (1%, int8 values, delta-coded indices) <= 0.05.
+   topk (1%, int8 values, delta-coded indices) <= 0.05. Rounds of a 1024-value update show the
+   fixed traffic of a round (DHT entries, join, result check): ``control_bytes_per_peer_round``.
+   A round that fails (reported with its reason) is left out of the figures.
 2. All-reduce time of the fp32 update among 4 peers: ours against hivemind's DecentralizedAverager
    (NoCompression, so equal bytes) on the same tensors, rounds interleaved so both see the same
    machine load. ``allreduce_s_*`` runs from the group being formed to the average in hand (ours

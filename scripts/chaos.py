@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     summary["machine"] = machine
     summary["curves"] = {k: [(round(p.t_s, 2), round(p.loss, 4)) for p in s[2]] for k, s in scored.items()}
     text = render(summary)
-    stem = f"chaos-{report.stamp()}{'-quick' if a.quick else ''}"
+    stem = f"chaos-{report.stamp()}-{cfg.duration_s:.0f}s"
     report.plot_curves(
         report.RESULTS_DIR / f"{stem}.png",
         {k: s[2] for k, s in scored.items()},

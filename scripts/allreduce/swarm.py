@@ -275,6 +275,7 @@ def summarize(run: SwarmRun, phase: Phase, peers: int) -> dict:
             v = b["received"] - idle["received_Bps"] * r["window_s"]
             wire.append((s + v) / 2)
             sent.append(s)
+        # what the protocol itself reports (RoundOutcome), for comparison with the interface counters
         app += [(a["app_bytes_sent"] + a["app_bytes_received"]) / 2 for a in r["workers"]]
     out |= {
         "allreduce_s": statistics.median(max(a["allreduce_s"] for a in r["workers"]) for r in good),

@@ -31,6 +31,7 @@ class RunSpec:
     codec: str  # barnraise update codec, e.g. "int8"
     batch_size: int  # sequences per inner step, for every system alike
     seed: int  # initial parameters, identical in every system
+    outer_lr: float | None = None  # barnraise outer Nesterov learning rate; None: barnraise's default
     heldout_bytes: int = 256 * 1024  # tail of the corpus kept out of training, in bytes
 
     def __post_init__(self) -> None:
@@ -76,6 +77,7 @@ def prepare_run(work_dir: Path, spec: RunSpec, barnraise: Sequence[str], timeout
         str(spec.batch_size),
         "--seed",
         str(spec.seed),
+        *(["--outer-lr", f"{spec.outer_lr:g}"] if spec.outer_lr is not None else []),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:
