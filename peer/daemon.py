@@ -315,9 +315,14 @@ class PeerDaemon:
         self.stop_event.set()
 
     def close(self) -> None:
+        """Leave cleanly and quickly. When a signal to the whole process group already ended the
+        DHT process, steps that would only wait on it are cut short."""
+        dht_alive = self.dht is not None and self.dht.is_alive()
+        if self.feed is not None and not dht_alive:
+            log.info("the DHT process is gone: leases expire by themselves")
         for what, fn in (
-            ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop()),
-            ("shard feed", lambda: self.feed and self.feed.close()),  # releases leases: needs the DHT
+            ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop(wait=dht_alive)),
+            ("shard feed", lambda: self.feed and dht_alive and self.feed.close()),  # releases leases via the DHT
             ("p2p", lambda: self.loop and self.loop.stop()),
             ("coordinator client", lambda: self.client and self.client.close()),
             ("dht", lambda: self.dht and self.dht.shutdown()),

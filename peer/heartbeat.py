@@ -175,6 +175,8 @@ class HeartbeatPublisher:
             beats += 1
             self._stop.wait(self.every_s)
 
-    def stop(self) -> None:
+    def stop(self, wait: bool = True) -> None:
+        """Stop publishing; ``wait=False`` when the DHT is gone and a beat in flight would only time out."""
         self._stop.set()
-        self._thread.join(timeout=6.0)
+        if wait:
+            self._thread.join(timeout=6.0)
