@@ -264,6 +264,7 @@ def table(s: dict) -> str:
         "fp32_allreduce_limit_s": "2(N-1)/N x 4 bytes x params / link rate",
         "window_compute_s": "median compute seconds of a round (window)",
         "compute_speed_vs_solo": "samples/s while computing, swarm peer vs solo peer (same CPU cap)",
+        "ideal_speedup_vs_solo": "solo's time / the ideal's: what data parallelism gains at all here",
         "allreduce_s": "median exchange seconds at the link rate",
         "allreduce_limit_s": "its physical limit",
         "allreduce_s_unlimited": "median exchange seconds on unlimited links (CPU and protocol)",

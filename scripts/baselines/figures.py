@@ -171,6 +171,10 @@ def summarise(
     out["speedup_vs_ddp"] = metrics.speedup(times[DDP_SLOW].t_s, ours)
     out["speedup_vs_solo"] = metrics.speedup(times[SOLO].t_s, ours)
     out["vs_ideal"] = metrics.speedup(times[IDEAL].t_s, ours)
+    # How much data parallelism itself gains over one peer at this stage of training: near 1, a
+    # bigger batch does not train faster yet, and no pooling method can beat the solo peer.
+    if times[IDEAL].basis == "measured" and times[SOLO].basis == "measured":
+        out["ideal_speedup_vs_solo"] = metrics.speedup(times[SOLO].t_s, times[IDEAL].t_s)
     slow = link_figures(runs.get(OURS), numel)
     free = link_figures(runs.get(OURS_FREE), numel)
     out.update(slow)

@@ -34,7 +34,7 @@ def _env(**extra: str) -> dict[str, str]:
 def _worker(module: str, run_dir: Path, out: Path, name: str, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", f"baselines.{module}", "--run-dir", str(run_dir), "--out-dir", str(out / name),
-        "--name", name, "--budget-s", "4", "--snapshot-every-s", "1", *extra,
+        "--name", name, "--budget-s", "3", "--snapshot-every-s", "1", *extra,
     ]  # fmt: skip
 
 
