@@ -187,8 +187,14 @@ def test_requests_without_valid_membership_are_refused_with_a_clear_line(closed,
             err.value.code() == grpc.StatusCode.PERMISSION_DENIED
             and "no membership token" in err.value.details()
         )
-    boot_log = (closed["tmp"] / "bootstrap.log").read_text()
-    assert re.search(r"refused FetchShard from \S+: no membership token", boot_log)
+    wait_for(  # the bootstrap's output reaches its log file through a copying thread
+        lambda: re.search(
+            r"refused FetchShard from \S+: no membership token", (closed["tmp"] / "bootstrap.log").read_text()
+        ),
+        10,
+        every_s=0.2,
+        what="the bootstrap's refusal line",
+    )
 
 
 def records_grpc_addr(closed) -> str:
