@@ -1,20 +1,25 @@
 """Butterfly all-reduce within a group: member i reduces part i of the vector for everyone.
 
 Each member sends part j of its (encoded) update to member j and gets back part j of the group's
-robust average, so each sends and receives about 2(N-1)/N of the payload. A reducer validates
-every contribution before use (sender is a member and is who the transport says it is, weight as
-announced at join, codec, size, finite values); an invalid or late contribution is left out of
-that part and its sender named, never a crash. It then combines what it kept with the run's
-robust aggregator (peer/robust.py: weights and norms bounded, CenteredClip by default) and names
-the senders whose updates it had to clip. The result of a part is encoded once and sent to every
-member, so all members assemble byte-identical averages.
+robust average, so each sends and receives about 2(N-1)/N of the payload. Parts stream in chunks
+(``peer/partreducer.py``): a member encodes chunk c+1 while chunk c is on the wire, the reducer
+combines chunk c once every member still in has delivered it and sends it straight back, and the
+member decodes and hashes it on arrival. Reduce-scatter and all-gather so overlap, and no stage
+holds a whole part in flight (hivemind pipelines its all-reduce the same way).
+
+One stream per (member, reducer): a header frame (``PartMessage`` without a tensor), then one
+``EncodedTensor`` frame per chunk; the reducer answers one ``ReducedPart`` frame per reduced chunk
+(status OK, tensor set) and a closing ``ReducedPart`` without a tensor naming who is in and who is
+out, or a single ``ReducedPart`` with status REJECTED/FAILED that ends the stream. Every frame has a
+hard cap read before its body. Each member hashes the values it decodes, part by part; the leader
+compares these hashes (``peer/averager.py``), so a partially averaged round is never applied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -22,119 +27,29 @@ import torch
 
 from coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
 from peer import codecs
-from peer.robust import CLIPPED_BELOW, RobustConfig, aggregate
+from peer.partreducer import PartReducer, chunk_bounds, part_bounds
+from peer.robust import RobustConfig
 from peer.wire import close_writer, finish_stream, read_frame, write_frame
 from protos import averaging_pb2
+
+__all__ = ["AllReduce", "ExchangeStats", "PartReducer", "faulty_part", "part_bounds", "result_hash"]
 
 log = logging.getLogger(__name__)
 
 REDUCE_HANDLER = "barnraise.reduce"
 MAX_HEADER_BYTES = 4096
-WEIGHT_TOLERANCE = 1e-6
+MAX_SUMMARY_BYTES = 1 << 16  # the closing ReducedPart: member ids and exclusion reasons
+FRAME_SLACK = 4096  # protobuf fields around a chunk's encoded values
 
 
-def part_bounds(numel: int, group: averaging_pb2.Group) -> list[tuple[int, int]]:
-    """[start, end) of each member's part, by its ``part_fraction`` (normalised)."""
-    fractions = [max(m.part_fraction, 0.0) for m in group.members]
-    total = sum(fractions) or 1.0
-    bounds, start, acc = [], 0, 0.0
-    for i, f in enumerate(fractions):
-        acc += f / total
-        end = numel if i == len(fractions) - 1 else min(numel, round(acc * numel))
-        bounds.append((start, end))
-        start = end
-    return bounds
+def result_hash(part_digests: list[bytes]) -> str:
+    """The round's result hash: over each part's digest of its decoded values, in part order."""
+    return hashlib.sha256(b"".join(part_digests)).hexdigest()[:16]
 
 
-@dataclass
-class PartReducer:
-    """Collects contributions to the one part this member reduces, then combines them robustly."""
-
-    group: averaging_pb2.Group
-    index: int
-    numel: int
-    topk_fraction: float
-    robust: RobustConfig = field(default_factory=RobustConfig)
-    weight: float = 0.0  # sum of the weights contributors claimed
-    contributors: list[str] = field(default_factory=list)
-    excluded: dict[str, str] = field(default_factory=dict)
-    clipped: dict[str, float] = field(default_factory=dict)  # sender -> factor its update was scaled by
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    result: averaging_pb2.ReducedPart | None = None
-    bytes_in: int = 0  # contributions received over the network
-    reduce_s: float = 0.0  # seconds spent combining (robust aggregation's cost)
-    _rows: torch.Tensor | None = None  # one row per contributor, in ``contributors`` order
-    _weights: list[float] = field(default_factory=list)
-
-    def add(self, sender: str, weight: float, tensor: torch.Tensor) -> None:
-        if self.done.is_set():
-            raise ProtocolError("part already reduced (too late)")
-        if self._rows is None:
-            self._rows = torch.empty(len(self.group.members), self.numel)
-        self._rows[len(self.contributors)].copy_(tensor)
-        self._weights.append(weight)
-        self.weight += weight
-        self.contributors.append(sender)
-        if len(self.contributors) + len(self.excluded) >= len(self.group.members):
-            self.finish()
-
-    def validate(self, msg: averaging_pb2.PartMessage, remote: str) -> tuple[float, torch.Tensor]:
-        members = {m.peer_id: m for m in self.group.members}
-        if msg.sender != remote or remote not in members:
-            raise ProtocolError(f"sender {remote[:12]} is not a member of group {self.group.group_id}")
-        if remote in self.contributors or remote in self.excluded:
-            raise ProtocolError("duplicate contribution")
-        if msg.part_index != self.index:
-            raise ProtocolError(f"part {msg.part_index} sent to the reducer of part {self.index}")
-        if not (
-            math.isfinite(msg.weight)
-            and abs(msg.weight - members[remote].weight) <= WEIGHT_TOLERANCE * max(1.0, msg.weight)
-        ):
-            raise ProtocolError(
-                f"weight {msg.weight} differs from the {members[remote].weight} announced at join"
-            )
-        return msg.weight, codecs.decode(msg.tensor, self.numel, self.group.codec)
-
-    def exclude(self, sender: str, reason: str) -> None:
-        if sender in self.contributors or sender in self.excluded:
-            return
-        self.excluded[sender] = reason
-        log.warning("round %d: left %s out of part %d: %s", self.group.round, sender[:12], self.index, reason)
-        if len(self.contributors) + len(self.excluded) >= len(self.group.members):
-            self.finish()
-
-    def finish(self) -> None:
-        """Close the part: robust combination of what arrived (late members are excluded)."""
-        if self.done.is_set():
-            return
-        for m in self.group.members:
-            if m.peer_id not in self.contributors and m.peer_id not in self.excluded:
-                self.excluded[m.peer_id] = "late: no contribution by the deadline"
-        if self._rows is None or self.weight <= 0:
-            self.result = averaging_pb2.ReducedPart(
-                status=averaging_pb2.PART_FAILED, reason="no valid contribution"
-            )
-        else:
-            t0 = time.perf_counter()
-            n = len(self.contributors)
-            agg = aggregate(self._rows[:n], torch.tensor(self._weights, dtype=torch.float32), self.robust)
-            self.reduce_s = time.perf_counter() - t0
-            for sender, factor in zip(self.contributors, agg.clip.tolist(), strict=True):
-                if factor < CLIPPED_BELOW:
-                    self.clipped[sender] = factor
-            self._rows = None
-            self.result = averaging_pb2.ReducedPart(
-                status=averaging_pb2.PART_OK,
-                tensor=codecs.encode(agg.value, self.group.codec, **self._codec_kwargs()),
-                contributors=sorted(self.contributors),
-                total_weight=float(agg.weights.sum()),
-                excluded=list(self.excluded),
-                exclusions=[f"{p[:12]}: {r}" for p, r in self.excluded.items()],
-            )
-        self.done.set()
-
-    def _codec_kwargs(self) -> dict:
-        return {"topk_fraction": self.topk_fraction} if self.group.codec == "topk" else {}
+def _chunk_cap(codec: str, numel: int) -> int:
+    """The largest frame a chunk of ``numel`` values may take in ``codec``: read before the body."""
+    return codecs.max_encoded_bytes(codec, numel) + FRAME_SLACK
 
 
 def faulty_part(fault: str, enc: averaging_pb2.EncodedTensor, codec: str, numel: int) -> bytes:
@@ -158,6 +73,7 @@ class ExchangeStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     offenders: dict[str, str] = field(default_factory=dict)
+    result_hash: str = ""  # of the assembled average, set when the exchange succeeded
 
 
 class AllReduce:
@@ -192,22 +108,29 @@ class AllReduce:
             self._reducers[group_id] = asyncio.get_running_loop().create_future()
         return self._reducers[group_id]
 
+    def _codec_kwargs(self, codec: str) -> dict:
+        return {"topk_fraction": self.topk_fraction} if codec == "topk" else {}
+
     async def run(
         self, group: averaging_pb2.Group, update: torch.Tensor, weight: float, stats: ExchangeStats
     ) -> tuple[torch.Tensor | None, torch.Tensor, str]:
-        """Exchange ``update`` with the group; returns (average or None, what we transmitted, failure reason)."""
+        """Exchange ``update`` with the group; returns (average or None, what we transmitted, failure reason).
+
+        On success ``stats.result_hash`` holds the hash of the average, for the group's result check.
+        """
         ids = [m.peer_id for m in group.members]
         me = ids.index(self.peer_id)
+        update = update.detach().float().cpu().reshape(-1).contiguous()
         bounds = part_bounds(update.numel(), group)
-        kwargs = {"topk_fraction": self.topk_fraction} if group.codec == "topk" else {}
-        encoded = [codecs.encode(update[s:e], group.codec, **kwargs) for s, e in bounds]
-        if group.codec == "fp32":  # lossless: what we send is the update itself
-            transmitted = update.detach().float().cpu()
-        else:
-            transmitted = torch.cat(
-                [codecs.decode(enc, e - s, group.codec) for enc, (s, e) in zip(encoded, bounds, strict=True)]
-            )
+        # What the others will read of our update: the update itself for fp32; for lossy codecs
+        # each chunk is overwritten with its decoded encoding as it is sent (error feedback keeps
+        # the difference), so a chunk never sent counts as sent in full rather than as garbage.
+        transmitted = update if group.codec == "fp32" else update.clone()
+        average = torch.empty_like(update)
         s, e = bounds[me]
+        if group.codec != "fp32":  # our own part goes through the codec like everyone's
+            for lo, hi in chunk_bounds(e - s):
+                self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
         reducer = PartReducer(
             group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction, robust=self.robust
         )
@@ -221,70 +144,119 @@ class AllReduce:
             reducer.finish()
 
         closer = asyncio.create_task(finish_at_deadline())
-        tasks = [
-            asyncio.create_task(self._send_part(group, j, ids[j], weight, encoded[j], bounds[j], stats))
+        jobs = [
+            self._own_part(reducer, average, s)
+            if j == me
+            else self._exchange_part(group, j, ids[j], weight, update, transmitted, average, bounds[j], stats)
             for j in range(len(ids))
-            if j != me
         ]
         try:
-            await reducer.done.wait()
-            parts: dict[int, torch.Tensor | str] = {}
-            for j, res in zip(
-                [j for j in range(len(ids)) if j != me], await asyncio.gather(*tasks), strict=True
-            ):
-                parts[j] = res
+            outcomes = await asyncio.gather(*jobs)
         finally:
             closer.cancel()
             self._reducers.pop(group.group_id, None)
         own = reducer.result
         stats.bytes_received += reducer.bytes_in
-        remote_contributors = [p for p in reducer.contributors if p != self.peer_id]
-        stats.bytes_sent += len(remote_contributors) * (own.ByteSize() + 4)  # one reply each
+        remote = [p for p in reducer.contributors if p != self.peer_id]
+        reply_bytes = sum(c.ByteSize() + 8 for c in reducer.chunks) + own.ByteSize() + 4
+        stats.bytes_sent += len(remote) * reply_bytes  # the same replies to each member
         for p, factor in reducer.clipped.items():
             stats.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
         if self.auth is not None:
             self.auth.note_clipped(int(group.round), reducer.clipped)
         if own.status != averaging_pb2.PART_OK:
             return None, transmitted, f"own part failed: {own.reason}"
-        parts[me] = codecs.decode(own.tensor, e - s, group.codec)
         for p in own.excluded:
             stats.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
-        failures = [f"part {j}: {v}" for j, v in sorted(parts.items()) if isinstance(v, str)]
+        failures = [f"part {j}: {v}" for j, v in enumerate(outcomes) if isinstance(v, str)]
         if failures:
             return None, transmitted, "; ".join(failures)
-        return torch.cat([parts[j] for j in range(len(ids))]), transmitted, ""
+        stats.result_hash = result_hash(outcomes)
+        return average, transmitted, ""
 
-    async def _send_part(
-        self, group, j: int, peer: str, weight: float, enc, bounds: tuple[int, int], stats: ExchangeStats
-    ) -> torch.Tensor | str:
+    def _encode_chunk(
+        self, codec: str, update: torch.Tensor, transmitted: torch.Tensor, lo: int, hi: int
+    ) -> averaging_pb2.EncodedTensor:
+        enc = codecs.encode(update[lo:hi], codec, **self._codec_kwargs(codec))
+        if codec != "fp32":
+            transmitted[lo:hi] = codecs.decode(enc, hi - lo, codec)
+        return enc
+
+    async def _own_part(self, reducer: PartReducer, average: torch.Tensor, start: int) -> bytes | str:
+        """Our own part, as the other members will decode it; returns its digest or why it failed."""
+        digest = hashlib.sha256()
+        for c, (lo, hi) in enumerate(reducer.bounds):
+            enc = await reducer.wait_chunk(c)
+            if enc is None:
+                break
+            values = codecs.decode(enc, hi - lo, reducer.group.codec, out=average[start + lo : start + hi])
+            digest.update(values.numpy())
+        await reducer.done.wait()
+        if reducer.result.status != averaging_pb2.PART_OK:
+            return f"own part failed: {reducer.result.reason}"
+        return digest.digest()
+
+    async def _exchange_part(
+        self,
+        group,
+        j: int,
+        peer: str,
+        weight: float,
+        update: torch.Tensor,
+        transmitted: torch.Tensor,
+        average: torch.Tensor,
+        bounds: tuple[int, int],
+        stats: ExchangeStats,
+    ) -> bytes | str:
+        """Stream our part j to its reducer and read the reduced part back; returns its digest or why not."""
         from hivemind.p2p import PeerID
 
-        numel = bounds[1] - bounds[0]
-        cap = codecs.max_encoded_bytes(group.codec, numel) + 4096
-        writer = None
+        start, end = bounds
+        chunks = chunk_bounds(end - start)
+        writer, sender = None, None
+
+        def deadline_in(extra: float) -> float:
+            return max(0.5, group.reduce_deadline - time.time() + extra)
+
+        async def send_chunks() -> None:
+            for c, (lo, hi) in enumerate(chunks):
+                enc = self._encode_chunk(group.codec, update, transmitted, start + lo, start + hi)
+                payload = faulty_part(self.fault, enc, group.codec, hi - lo) if self.fault and c == 0 else enc
+                sent = await write_frame(writer, payload, deadline_in(1.0))
+                stats.bytes_sent += sent  # (not `+= await`: concurrent sends would overwrite each other)
+
         try:
-            timeout = max(0.5, group.reduce_deadline - time.time() + 1.0)
             _, reader, writer = await asyncio.wait_for(
-                self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), REDUCE_HANDLER), timeout
+                self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), REDUCE_HANDLER),
+                deadline_in(1.0),
             )
             header = averaging_pb2.PartMessage(
                 group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight
             )
             if self.auth is not None:
                 self.auth.attach(header, REDUCE_HANDLER)
-            sent = await write_frame(writer, header, timeout)
-            stats.bytes_sent += sent  # (not `+= await`: concurrent sends would overwrite each other)
-            payload = faulty_part(self.fault, enc, group.codec, numel) if self.fault else enc
-            sent = await write_frame(writer, payload, timeout)
+            sent = await write_frame(writer, header, deadline_in(1.0))
             stats.bytes_sent += sent
-            timeout = max(0.5, group.reduce_deadline - time.time() + 2.0)
-            reply = await read_frame(reader, averaging_pb2.ReducedPart, cap, timeout)
-            stats.bytes_received += reply.ByteSize() + 4
-            if reply.status != averaging_pb2.PART_OK:
-                return f"reducer {peer[:12]}: {reply.reason or 'failed'}"
-            for p, why in zip(reply.excluded, reply.exclusions, strict=False):
+            sender = asyncio.create_task(send_chunks())
+            digest = hashlib.sha256()
+            for lo, hi in chunks:
+                reply = await read_frame(
+                    reader, averaging_pb2.ReducedPart, _chunk_cap(group.codec, hi - lo), deadline_in(2.0)
+                )
+                stats.bytes_received += reply.ByteSize() + 4
+                if reply.status != averaging_pb2.PART_OK or not reply.HasField("tensor"):
+                    return f"reducer {peer[:12]}: {reply.reason or 'failed'}"
+                values = codecs.decode(
+                    reply.tensor, hi - lo, group.codec, out=average[start + lo : start + hi]
+                )
+                digest.update(values.numpy())
+            summary = await read_frame(reader, averaging_pb2.ReducedPart, MAX_SUMMARY_BYTES, deadline_in(2.0))
+            stats.bytes_received += summary.ByteSize() + 4
+            if summary.status != averaging_pb2.PART_OK or summary.HasField("tensor"):
+                return f"reducer {peer[:12]}: {summary.reason or 'failed'}"
+            for p, why in zip(summary.excluded, summary.exclusions, strict=False):
                 stats.offenders.setdefault(p, why)
-            return codecs.decode(reply.tensor, numel, group.codec)
+            return digest.digest()
         except ProtocolError as e:
             stats.offenders.setdefault(peer, f"sent an invalid reduced part: {e}")
             return f"reducer {peer[:12]} sent an invalid part: {e}"
@@ -297,12 +269,19 @@ class AllReduce:
             stats.offenders.setdefault(peer, f"did not return its reduced part: {type(e).__name__}")
             return f"reducer {peer[:12]} failed: {type(e).__name__}: {e}"
         finally:
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                # A send that failed once the reducer had answered (e.g. it rejected us and closed)
+                # changes nothing: the answer above decides.
+                await asyncio.gather(sender, return_exceptions=True)
             if writer is not None:
                 close_writer(writer)
 
     async def _handle_part(self, stream_info, reader, writer) -> None:
-        """A member's contribution: a small header frame, then the tensor frame capped by the group's codec."""
+        """A member's contribution: a header frame, then its chunks, each capped by the group's codec."""
         remote = stream_info.peer_id.to_base58()
+        replier = None
 
         async def reject(reason: str) -> None:
             await write_frame(
@@ -311,7 +290,10 @@ class AllReduce:
 
         try:
             msg = await read_frame(reader, averaging_pb2.PartMessage, MAX_HEADER_BYTES, 30.0)
-            if self.auth is not None and (refused := self.auth.refuse(msg, REDUCE_HANDLER, remote)) is not None:
+            if (
+                self.auth is not None
+                and (refused := self.auth.refuse(msg, REDUCE_HANDLER, remote)) is not None
+            ):
                 known = self._reducers.get(msg.group_id)
                 if known is not None and known.done():  # a member we refuse: do not wait for it
                     if remote in {m.peer_id for m in known.result().group.members}:
@@ -327,27 +309,63 @@ class AllReduce:
             except (asyncio.TimeoutError, TimeoutError):
                 await reject("unknown group")
                 return
-            if remote not in {m.peer_id for m in reducer.group.members}:
+            if remote not in reducer.members:
                 await reject("not a member of this group")
                 return
-            cap = codecs.max_encoded_bytes(reducer.group.codec, reducer.numel) + 4096
-            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 1.0)
             try:
-                msg.tensor.CopyFrom(await read_frame(reader, averaging_pb2.EncodedTensor, cap, timeout))
-                reducer.bytes_in += msg.ByteSize() + 8  # header and tensor frames
-                weight, tensor = reducer.validate(msg, remote)
-                reducer.add(remote, weight, tensor)
+                reducer.begin(remote, reducer.validate_header(msg, remote))
             except ProtocolError as e:
                 reducer.exclude(remote, str(e))
                 await reject(str(e))
                 return
-            await reducer.done.wait()
-            await write_frame(
-                writer, reducer.result, max(1.0, reducer.group.reduce_deadline - time.time() + 5.0)
+            replier = asyncio.create_task(self._reply(reducer, remote, writer))
+            await self._receive(reducer, remote, reader)
+            await asyncio.wait_for(
+                asyncio.shield(replier), max(1.0, reducer.group.reduce_deadline - time.time() + 10.0)
             )
         except BarnraiseError as e:
             log.debug("part from %s failed: %s", remote[:12], e)
+        except (asyncio.TimeoutError, TimeoutError):
+            log.debug("reply to %s did not finish in time", remote[:12])
         except Exception:  # a bug here must not pass for a closed stream on the other side
             log.exception("handle_part handler failed")
         finally:
+            if replier is not None and not replier.done():
+                replier.cancel()
             await finish_stream(reader, writer)
+
+    async def _receive(self, reducer: PartReducer, remote: str, reader) -> None:
+        """Read ``remote``'s chunks into the reducer; a bad or missing chunk excludes it at once."""
+        for c, (lo, hi) in enumerate(reducer.bounds):
+            cap = _chunk_cap(reducer.group.codec, hi - lo)
+            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 1.0)
+            try:
+                enc = await read_frame(reader, averaging_pb2.EncodedTensor, cap, timeout)
+                reducer.bytes_in += enc.ByteSize() + 4
+                reducer.receive_chunk(remote, c, enc)
+            except ProtocolError as e:
+                reducer.exclude(remote, str(e))
+                return
+            except BarnraiseError as e:  # stream closed or silent: waiting longer only delays the others
+                reducer.exclude(remote, f"no chunk {c + 1} of {len(reducer.bounds)}: {e}")
+                return
+
+    async def _reply(self, reducer: PartReducer, remote: str, writer) -> None:
+        """Send ``remote`` each reduced chunk as soon as it exists, then the closing summary."""
+        for c in range(len(reducer.bounds)):
+            enc = await reducer.wait_chunk(c, remote)
+            if enc is None:
+                break
+            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 5.0)
+            await write_frame(writer, reducer.frame(c), timeout)
+        else:
+            await reducer.done.wait()
+        if remote in reducer.excluded:
+            reply = averaging_pb2.ReducedPart(
+                status=averaging_pb2.PART_REJECTED, reason=reducer.excluded[remote]
+            )
+        elif reducer.result is None:
+            return
+        else:
+            reply = reducer.result
+        await write_frame(writer, reply, max(1.0, reducer.group.reduce_deadline - time.time() + 5.0))

@@ -14,7 +14,6 @@ and is told to sync state at the next round (JOIN_STALE_BASE), so the swarm heal
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import time
 from collections import Counter
@@ -54,10 +53,6 @@ class RoundOutcome:
     offenders: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     codec: str = ""
-
-
-def result_hash(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
 
 
 @dataclass
@@ -158,7 +153,7 @@ class Averager:
                 stats.bytes_received,
                 stats.offenders,
             )
-            own_hash = result_hash(average) if average is not None else ""
+            own_hash = stats.result_hash if average is not None else ""
             verdict = await self._confirm(leader, group, own_hash, failure, stats, timing)
             for p in verdict.offenders:
                 out.offenders.setdefault(p, REPORTED)

@@ -371,11 +371,11 @@ def _check_finite(out: torch.Tensor) -> None:
         raise ProtocolError("non-finite values (NaN or Inf)")
 
 
-def _decode_float(data: bytes, numel: int, codec: str) -> torch.Tensor:
+def _decode_float(data: bytes, numel: int, codec: str, out: torch.Tensor | None = None) -> torch.Tensor:
     dtype = _FLOAT_CODECS[codec]
     itemsize = torch.tensor([], dtype=dtype).element_size()
     _expect_len(f"{codec} data", len(data), numel * itemsize)
-    out = torch.empty(numel, dtype=torch.float32)
+    out = torch.empty(numel, dtype=torch.float32) if out is None else out
     if codec == "fp32":
         out.numpy()[:] = np.frombuffer(data, dtype=np.float32)
     elif codec == "bf16":
@@ -478,13 +478,29 @@ def _decode_topk(msg: averaging_pb2.EncodedTensor, numel: int) -> torch.Tensor:
     return out
 
 
-def decode(msg: averaging_pb2.EncodedTensor, numel: int, codec: str) -> torch.Tensor:
+def decode(
+    msg: averaging_pb2.EncodedTensor, numel: int, codec: str, out: torch.Tensor | None = None
+) -> torch.Tensor:
     """Decode and validate an untrusted tensor that must hold ``numel`` values in ``codec``.
 
-    Returns a CPU fp32 tensor of ``numel`` values (topk: dense, zeros where nothing was sent).
-    Raises ``ProtocolError`` naming the problem: wrong codec, sizes, counts, scales, indices, or
-    non-finite values. Nothing is allocated beyond the output before the sizes have been checked.
+    Returns a CPU fp32 tensor of ``numel`` values (topk: dense, zeros where nothing was sent),
+    written into ``out`` (contiguous fp32, ``numel`` values) when given: the all-reduce decodes
+    straight into its buffers. Raises ``ProtocolError`` naming the problem: wrong codec, sizes,
+    counts, scales, indices, or non-finite values (``out`` may then hold partial values).
+    Nothing is allocated beyond the output before the sizes have been checked.
     """
+    if out is not None and (out.numel() != numel or out.dtype != torch.float32 or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous fp32 tensor of {numel} values")
+    result = _decode(msg, numel, codec, out)
+    if out is not None and result is not out:
+        out.copy_(result)
+        return out
+    return result
+
+
+def _decode(
+    msg: averaging_pb2.EncodedTensor, numel: int, codec: str, out: torch.Tensor | None
+) -> torch.Tensor:
     if msg.codec != codec:
         raise ProtocolError(f"codec {msg.codec[:32]!r} where {codec!r} was agreed")
     if codec not in CODECS:
@@ -495,7 +511,7 @@ def decode(msg: averaging_pb2.EncodedTensor, numel: int, codec: str) -> torch.Te
         raise ProtocolError(f"{numel} elements exceed the codec limit of {MAX_NUMEL}")
     if codec in _FLOAT_CODECS:
         _fail_if_set(msg, codec, "scales", "indices", "block_size", "nnz")
-        out = _decode_float(msg.data, numel, codec)
+        out = _decode_float(msg.data, numel, codec, out)
     elif codec == "topk":
         return _decode_topk(msg, numel)
     else:
@@ -571,10 +587,14 @@ class ErrorFeedback:
         self.residual: torch.Tensor | None = None
 
     def compensate(self, update: torch.Tensor) -> torch.Tensor:
+        """``update`` plus what was dropped before (``update`` itself, not a copy, when nothing was)."""
         if self.residual is None or self.residual.shape != update.shape:
-            return update.clone()
+            return update
         return update + self.residual.to(device=update.device, dtype=update.dtype)
 
     def remember(self, compensated: torch.Tensor, transmitted: torch.Tensor) -> None:
+        if transmitted is compensated:  # sent losslessly: nothing dropped
+            self.residual = None
+            return
         transmitted = transmitted.to(device=compensated.device, dtype=compensated.dtype)
         self.residual = compensated - transmitted.reshape(compensated.shape)

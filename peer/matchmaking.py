@@ -151,8 +151,15 @@ class Matchmaker:
                 ),
             )
         except BarnraiseError as e:
-            log.debug("round %d: DHT read failed (%s); assuming only ourselves", round_no, e)
-            entries = []
+            # Averaging alone would move our params away from a swarm we merely failed to see,
+            # and cost a full state sync next round; keep the local progress for the next round.
+            log.warning("round %d: could not read who takes part (%s); not averaging this round", round_no, e)
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=f"DHT read failed: {e}")
+        if self.peer_id not in {e.peer_id for e in entries}:
+            # The lookup missed even the entry we stored a moment ago: it saw too little of the
+            # swarm to form the same groups as everyone else.
+            log.warning("round %d: the DHT lookup missed our own round entry; not averaging this round", round_no)
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason="incomplete DHT lookup")
         penalised = self.penalised(round_no)
         ids = sorted({e.peer_id for e in entries if e.peer_id not in penalised} | {self.peer_id})
         group = next(g for g in split_groups(ids, round_no, self.group_size) if self.peer_id in g)

@@ -174,7 +174,7 @@ def reduce_round(
             excluded[p] = excluded.get(p, 0) + (j == 0)
         if reducer.result.status != averaging_pb2.PART_OK:
             return None, reduce_s / n
-        parts.append(codecs.decode(reducer.result.tensor, e - s, codec))
+        parts.append(reducer.value())
     return torch.cat(parts), reduce_s / n
 
 
