@@ -9,6 +9,7 @@ it is carried into the next round's update.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import logging
 import threading
@@ -36,7 +37,7 @@ from peer.model import build_model, count_params
 from peer.p2ploop import P2PLoop
 from peer.robust import RobustConfig
 from peer.shards import ShardSourceRef
-from peer.state import GlobalState, flat_params, load_flat
+from peer.state import GlobalState, all_finite, flat_params, load_flat
 from peer.statesync import StateServer, choose_donors, download_state
 from peer.trainer import InnerTrainer
 from protos import heartbeat_pb2
@@ -85,6 +86,7 @@ class PeerDaemon:
         self.stats = PeerStats()
         self.dht = self.loop = self.heartbeat = self.client = self.feed = None
         self.auth = self.identity_lock = None
+        self._sync: concurrent.futures.Future | None = None  # a state download running on the P2P loop
 
     # --- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -135,6 +137,7 @@ class PeerDaemon:
         self.stats.update(init_hash=self.state.params_hash(), genesis=genesis, round_s=self.manifest.training.round_s,
                           group_size=self.manifest.training.group_size or 32)
         if cfg.tamper:
+            self.state = GlobalState.initial(model)  # a fresh state: no cached hash
             self.state.params.add_(torch.randn_like(self.state.params) * 1e-3)
             load_flat(model, self.state.params)
         self.trainer = InnerTrainer(model, self.manifest.training, self.info, slowdown=cfg.slowdown)
@@ -185,27 +188,61 @@ class PeerDaemon:
         """Download the swarm's latest agreed state from a peer that holds it; True if we did."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
         try:
-            beats = records.read_heartbeats(self.dht, self.manifest.run_id, timeout_s=5.0, admit=self.auth.admits)
+            found = self.loop.call(self._fetch_state(0.0), 200.0)
+        except BarnraiseError as e:
+            log.warning("state sync failed: %s", e)
+            return False
+        if found is not None:
+            self._adopt(*found, rebase=rebase)
+        return found is not None
+
+    async def _fetch_state(self, not_before: float) -> tuple[GlobalState, str] | None:
+        """On the P2P loop: (the swarm's latest agreed state, its donor), or None if we hold it already.
+
+        ``not_before``: a group applies its average at its confirm deadline; syncing earlier would
+        fetch the state it is just leaving behind.
+        """
+        await asyncio.sleep(max(0.0, not_before - time.time()))
+        run_id, me = self.manifest.run_id, self.peer_id
+        try:
+            beats = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: records.read_heartbeats(self.dht, run_id, timeout_s=5.0, admit=self.auth.admits)
+            )
         except BarnraiseError:
-            return False
-        phash, rnd, donors = choose_donors(beats, self.peer_id)
+            return None
+        phash, rnd, donors = choose_donors(beats, me)
         if not donors or (phash == self.state.params_hash() and rnd == self.state.round):
-            return False
+            return None
         numel = self.state.params.numel()
         for donor in donors[:3]:
             try:
-                new = self.loop.call(
-                    download_state(self.loop.p2p, donor, self.manifest.run_id, numel, 60.0, auth=self.auth), 90.0
-                )
+                return await download_state(self.loop.p2p, donor, run_id, numel, 60.0, auth=self.auth), donor
             except BarnraiseError as e:
                 log.warning("state download from %s failed: %s", donor[:12], e)
-                continue
-            local_delta = self.state.params - flat_params(self.trainer.model) if rebase else None
-            self.state = new
-            load_flat(self.trainer.model, new.params if local_delta is None else new.params - local_delta)
-            self._publish_state()
-            log.info("synced state of round %d (params %s) from %s", new.round, new.params_hash(), donor[:12])
+        return None
+
+    def _adopt(self, new: GlobalState, donor: str, rebase: bool) -> None:
+        """Take ``new`` as our global state; with ``rebase`` the live params keep their progress."""
+        local_delta = self.state.params - flat_params(self.trainer.model) if rebase else None
+        self.state = new
+        load_flat(self.trainer.model, new.params if local_delta is None else new.params - local_delta)
+        self._publish_state()
+        log.info("synced state of round %d (params %s) from %s", new.round, new.params_hash(), donor[:12])
+
+    def _finish_sync(self) -> bool:
+        """Adopt a background sync's state if it has arrived; True while one is still running."""
+        if self._sync is None:
+            return False
+        if not self._sync.done():
             return True
+        try:
+            found = self._sync.result()
+        except Exception as e:  # a failed download: the next stale round starts another
+            log.warning("state sync failed: %s", e)
+            found = None
+        self._sync = None
+        if found is not None:
+            self._adopt(*found, rebase=True)
         return False
 
     # --- the round loop -----------------------------------------------------------------------
@@ -235,10 +272,15 @@ class PeerDaemon:
                     applied, carried = self._apply(pending, carried)
                     completed += applied
                     pending = None
-                delta = self.state.params - flat_params(self.trainer.model)
+                if self._finish_sync():  # our base is stale and the new one is on its way: a
+                    now = time.time()  # round with the old base would only be refused
+                    self._report(r, window, max(1e-9, now - last_end))
+                    last_end = now
+                    continue
+                live = flat_params(self.trainer.model)
                 budget = max(2.0, (0.5 if t.round_delay == 0 else 0.7) * t.round_s)
                 timing = plan_timing(end, t.round_s, reduce_budget_s=budget)
-                pending = self._launch(r, delta, carried, timing)
+                pending = self._launch(r, live, carried, timing)
                 if t.round_delay == 0:
                     applied, carried = self._apply(pending, carried)
                     completed += applied
@@ -253,6 +295,8 @@ class PeerDaemon:
         finally:
             if pending is not None:
                 pending.future.cancel()
+            if self._sync is not None:
+                self._sync.cancel()
 
     def _report(self, r: int, window, wall_s: float) -> None:
         changes = {"compute_fraction": min(1.0, window.compute_s / wall_s), "round_wall_s": wall_s}
@@ -263,9 +307,10 @@ class PeerDaemon:
         log.info("round %d: loss %.3f, %.0f samples/s, compute %.2f s of %.2f s", r, window.mean_loss,
                  self.stats.samples_per_s, window.compute_s, wall_s)
 
-    def _launch(self, r: int, delta: torch.Tensor, weight: float, timing: RoundTiming) -> _Pending:
-        snapshot = flat_params(self.trainer.model)
-        if not torch.isfinite(delta).all():
+    def _launch(self, r: int, live: torch.Tensor, weight: float, timing: RoundTiming) -> _Pending:
+        """Start averaging the update (global - live params) on the P2P loop."""
+        snapshot, delta = live, self.state.params - live
+        if not all_finite(delta):
             fut: concurrent.futures.Future = concurrent.futures.Future()
             fut.set_result(RoundOutcome(round=r, reason="local update is not finite; not sent"))
         else:
@@ -292,7 +337,7 @@ class PeerDaemon:
         if out.offenders:
             log.warning("round %d: misbehaving peers: %s", p.round,
                         "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()))
-        if out.ok and out.average is not None and bool(torch.isfinite(out.average).all()):
+        if out.ok and out.average is not None and all_finite(out.average):
             local_progress = flat_params(self.trainer.model) - p.snapshot
             self.state.outer_step(out.average, t.outer_lr, t.outer_momentum, p.round)
             load_flat(self.trainer.model, self.state.params + local_progress)
@@ -303,11 +348,11 @@ class PeerDaemon:
             return 1, max(0.0, carried - p.weight)
         self.stats.update(rounds_missed=self.stats.rounds_missed + 1, last_exclusion=out.reason[:200])
         log.warning("round %d: not applied (%s); local progress carried to the next round", p.round, out.reason)
-        if out.stale_base and not self.cfg.tamper:
-            # the group applies this round's average at its confirm deadline: sync after that, or we
-            # would download the state it is just leaving behind
-            time.sleep(max(0.0, min(p.timing.confirm_deadline + 0.5 - time.time(), self.manifest.training.round_s)))
-            self.sync_from_swarm(rebase=True)
+        if out.stale_base and not self.cfg.tamper and self._sync is None:
+            # Download the swarm's state on the P2P loop while training goes on (at 25 Mbit/s a
+            # gpt-small state takes ~15 s: blocking would idle the device for a round or more).
+            self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
+            self._sync = self.loop.submit(self._fetch_state(p.timing.confirm_deadline + 0.5))
         return 0, carried
 
     # --- shutdown -------------------------------------------------------------------------------

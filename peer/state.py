@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -31,6 +32,11 @@ def load_flat(model: nn.Module, flat: torch.Tensor) -> None:
             offset += n
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """True if every value is finite; a finite sum proves it in one cheap pass."""
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def tensor_hash(*tensors: torch.Tensor) -> str:
     h = hashlib.sha256()
     for t in tensors:
@@ -43,6 +49,7 @@ class GlobalState:
     params: torch.Tensor  # flat fp32 CPU: the swarm's parameters after `round`
     momentum: torch.Tensor  # flat fp32 CPU: Nesterov buffer of the outer optimizer
     round: int  # last round whose average produced these params; -1: initial
+    _hash: str = field(default="", repr=False, compare=False)  # of ``params``; reset by ``outer_step``
 
     @classmethod
     def initial(cls, model: nn.Module) -> GlobalState:
@@ -50,7 +57,16 @@ class GlobalState:
         return cls(params=p, momentum=torch.zeros_like(p), round=-1)
 
     def params_hash(self) -> str:
-        return tensor_hash(self.params)
+        """Hash of the params, computed once per state (the training thread asks for it often)."""
+        if not self._hash:
+            self._hash = tensor_hash(self.params)
+        return self._hash
+
+    def snapshot(self) -> GlobalState:
+        """A copy that later outer steps leave alone (what the state server hands out)."""
+        return GlobalState(
+            params=self.params.clone(), momentum=self.momentum.clone(), round=self.round, _hash=self.params_hash()
+        )
 
     def outer_step(self, avg_delta: torch.Tensor, lr: float, momentum: float, round_no: int) -> None:
         """Nesterov SGD on the averaged pseudo-gradient (global - local), as in DiLoCo."""
@@ -58,6 +74,7 @@ class GlobalState:
         self.momentum.mul_(momentum).add_(g)
         self.params.sub_(lr * (g + momentum * self.momentum))
         self.round = round_no
+        self._hash = ""
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

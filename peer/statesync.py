@@ -29,16 +29,29 @@ class StateServer:
         self.run_id = run_id
         self.auth = auth  # peer.auth.PeerAuth: who may download our state (None: anyone)
         self._lock = threading.Lock()
-        self._snapshot: tuple[int, str, bytes] | None = None
+        self._snapshot: GlobalState | None = None
+        self._blob: tuple[GlobalState, bytes] | None = None  # the snapshot serialized, once asked for
 
     async def register(self) -> None:
         await self.p2p.add_binary_stream_handler(STATE_HANDLER, self._handle)
 
     def publish(self, state: GlobalState) -> None:
-        """Called by the training thread after each outer step (or sync)."""
-        blob = state.to_bytes()
+        """Called by the training thread after each outer step (or sync): a copy, serialized only
+        when a peer asks for it, so the training thread pays two memory copies per round."""
+        snap = state.snapshot()
         with self._lock:
-            self._snapshot = (state.round, state.params_hash(), blob)
+            self._snapshot = snap
+
+    def _serialized(self) -> tuple[int, str, bytes] | None:
+        with self._lock:
+            snap, cached = self._snapshot, self._blob
+        if snap is None:
+            return None
+        if cached is None or cached[0] is not snap:
+            cached = (snap, snap.to_bytes())
+            with self._lock:
+                self._blob = cached
+        return snap.round, snap.params_hash(), cached[1]
 
     async def _handle(self, stream_info, reader, writer) -> None:
         try:
@@ -47,9 +60,8 @@ class StateServer:
             if self.auth is not None and (refused := self.auth.refuse(req, STATE_HANDLER, remote)) is not None:
                 await write_frame(writer, averaging_pb2.StateHeader(ok=False, reason=refused), 5.0)
                 return
-            with self._lock:
-                snap = self._snapshot
-            if req.run_id != self.run_id or snap is None:
+            snap = self._serialized() if req.run_id == self.run_id else None
+            if snap is None:
                 await write_frame(
                     writer, averaging_pb2.StateHeader(ok=False, reason="no state for that run"), 5.0
                 )
