@@ -76,6 +76,10 @@ class TrainingDefaults:
             raise ValueError(f"unknown aggregator {self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}")
         if self.round_s <= 0:
             raise ValueError(f"round_s must be positive, got {self.round_s}")
+        if not 0.0 <= self.outer_momentum < 1.0:
+            raise ValueError(f"outer momentum must be in [0, 1), got {self.outer_momentum}")
+        if not self.outer_lr > 0:
+            raise ValueError(f"outer lr must be positive, got {self.outer_lr}")
         if self.round_delay not in (0, 1):
             raise ValueError(f"round_delay must be 0 or 1, got {self.round_delay}")
         if self.batch_size < 1:
@@ -188,7 +192,7 @@ def check_manifest(m: manifest_pb2.RunManifest) -> None:
     elif md.d_model % md.n_head:
         problems.append(f"d_model {md.d_model} is not a multiple of n_head {md.n_head}")
     t = m.training
-    if not (t.round_s > 0 and t.batch_size >= 1 and t.inner_lr > 0 and t.outer_lr > 0):
+    if not (t.round_s > 0 and t.batch_size >= 1 and t.inner_lr > 0 and t.outer_lr > 0 and 0 <= t.outer_momentum < 1):
         problems.append("training config out of range")
     if t.aggregator and t.aggregator not in AGGREGATORS:
         problems.append(f"unknown aggregator {t.aggregator[:32]!r} (this barnraise knows {', '.join(AGGREGATORS)})")

@@ -11,7 +11,7 @@ One stream per (member, reducer): a header frame (``PartMessage`` without a tens
 ``EncodedTensor`` frame per chunk; the reducer answers one ``ReducedPart`` frame per reduced chunk
 (status OK, tensor set) and a closing ``ReducedPart`` without a tensor naming who is in and who is
 out, or a single ``ReducedPart`` with status REJECTED/FAILED that ends the stream. Every frame has a
-hard cap read before its body. Each member hashes the values it decodes, part by part; the leader
+hard cap read before its body. Each member hashes the chunks it decodes, part by part; the leader
 compares these hashes (``peer/averager.py``), so a partially averaged round is never applied.
 """
 
@@ -43,8 +43,17 @@ FRAME_SLACK = 4096  # protobuf fields around a chunk's encoded values
 
 
 def result_hash(part_digests: list[bytes]) -> str:
-    """The round's result hash: over each part's digest of its decoded values, in part order."""
+    """The round's result hash: over each part's digest of its reduced chunks, in part order."""
     return hashlib.sha256(b"".join(part_digests)).hexdigest()[:16]
+
+
+def absorb(digest, enc: averaging_pb2.EncodedTensor) -> None:
+    """Add a reduced chunk to a part's digest: its encoded fields, which every member receives
+    byte for byte and decodes deterministically (cheaper than hashing the decoded fp32 values)."""
+    digest.update(b"%d/%d/%d/" % (enc.numel, enc.block_size, enc.nnz))
+    for blob in (enc.data, enc.scales, enc.indices):
+        digest.update(len(blob).to_bytes(8, "big"))
+        digest.update(blob)
 
 
 def _chunk_cap(codec: str, numel: int) -> int:
@@ -179,7 +188,7 @@ class AllReduce:
     ) -> averaging_pb2.EncodedTensor:
         enc = codecs.encode(update[lo:hi], codec, **self._codec_kwargs(codec))
         if codec != "fp32":
-            transmitted[lo:hi] = codecs.decode(enc, hi - lo, codec)
+            codecs.decode(enc, hi - lo, codec, out=transmitted[lo:hi])
         return enc
 
     async def _own_part(self, reducer: PartReducer, average: torch.Tensor, start: int) -> bytes | str:
@@ -189,8 +198,8 @@ class AllReduce:
             enc = await reducer.wait_chunk(c)
             if enc is None:
                 break
-            values = codecs.decode(enc, hi - lo, reducer.group.codec, out=average[start + lo : start + hi])
-            digest.update(values.numpy())
+            codecs.decode(enc, hi - lo, reducer.group.codec, out=average[start + lo : start + hi])
+            absorb(digest, enc)
         await reducer.done.wait()
         if reducer.result.status != averaging_pb2.PART_OK:
             return f"own part failed: {reducer.result.reason}"
@@ -246,10 +255,8 @@ class AllReduce:
                 stats.bytes_received += reply.ByteSize() + 4
                 if reply.status != averaging_pb2.PART_OK or not reply.HasField("tensor"):
                     return f"reducer {peer[:12]}: {reply.reason or 'failed'}"
-                values = codecs.decode(
-                    reply.tensor, hi - lo, group.codec, out=average[start + lo : start + hi]
-                )
-                digest.update(values.numpy())
+                codecs.decode(reply.tensor, hi - lo, group.codec, out=average[start + lo : start + hi])
+                absorb(digest, reply.tensor)
             summary = await read_frame(reader, averaging_pb2.ReducedPart, MAX_SUMMARY_BYTES, deadline_in(2.0))
             stats.bytes_received += summary.ByteSize() + 4
             if summary.status != averaging_pb2.PART_OK or summary.HasField("tensor"):

@@ -593,7 +593,8 @@ class ErrorFeedback:
         return update + self.residual.to(device=update.device, dtype=update.dtype)
 
     def remember(self, compensated: torch.Tensor, transmitted: torch.Tensor) -> None:
-        if transmitted is compensated:  # sent losslessly: nothing dropped
+        if transmitted.data_ptr() == compensated.data_ptr() and transmitted.numel() == compensated.numel():
+            # what was sent is the update itself (fp32): nothing dropped
             self.residual = None
             return
         transmitted = transmitted.to(device=compensated.device, dtype=compensated.dtype)

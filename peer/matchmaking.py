@@ -44,7 +44,10 @@ class RoundTiming:
 
 def plan_timing(compute_end: float, round_s: float, reduce_budget_s: float | None = None) -> RoundTiming:
     join_wait = min(3.0, max(0.5, 0.15 * round_s))
-    gather = min(2.0, max(0.5, 0.1 * round_s))
+    # The leader closes as soon as every member it expects has joined, so a long gather window
+    # costs only when an expected member never comes; a short one splits groups whenever a
+    # member's DHT lookup is slow (a loaded machine), which costs stale bases and state syncs.
+    gather = min(3.0, max(0.5, 0.2 * round_s))
     reduce_budget = reduce_budget_s if reduce_budget_s is not None else max(2.0, 0.5 * round_s)
     join_at = compute_end + join_wait
     close_at = join_at + gather

@@ -68,6 +68,7 @@ class BenchConfig:
     batch_size: int = 1  # sequences per step (small, so a round holds ~15 steps on a capped core)
     seed: int = 1234  # same initial weights in every system
     outer_lr: float | None = None  # barnraise outer learning rate; None: the run default (DiLoCo's 0.7)
+    outer_momentum: float | None = None  # barnraise outer momentum; None: the run default (DiLoCo's 0.9)
     budget_s: float = 300.0  # seconds of training per system
     unlimited_budget_s: float = 150.0  # seconds for barnraise on unlimited links
     cpus_per_peer: float | None = 0.45  # CPU quota per machine in cores; None: no caps
@@ -96,6 +97,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--codec", default="int8")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--outer-lr", type=float, default=None, help="barnraise outer learning rate")
+    p.add_argument("--outer-momentum", type=float, default=None, help="barnraise outer Nesterov momentum")
     p.add_argument("--cpus-per-peer", default="0.45", help="cores per machine, or 'none' for no caps")
     p.add_argument("--hivemind-mode", choices=("local", "dpu"), default="local")
     p.add_argument("--target-loss", type=float, default=None)
@@ -111,6 +113,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         codec=a.codec,
         batch_size=a.batch_size,
         outer_lr=a.outer_lr,
+        outer_momentum=a.outer_momentum,
         budget_s=budget,
         unlimited_budget_s=min(budget, 30.0 if a.quick else 150.0),
         cpus_per_peer=None if a.cpus_per_peer.lower() == "none" else float(a.cpus_per_peer),
@@ -142,6 +145,7 @@ def run_all(cfg: BenchConfig, work_dir: Path) -> dict:
         batch_size=cfg.batch_size,
         seed=cfg.seed,
         outer_lr=cfg.outer_lr,
+        outer_momentum=cfg.outer_momentum,
     )
     run_dir = corpus.prepare_run(work_dir, spec, barnraise_cmd)
     env = systems.BenchEnv(

@@ -50,7 +50,13 @@ def register_init(sub) -> None:
     p.add_argument("--codec", default="fp32", help="update codec: fp32, fp16, bf16, int8, int4, topk")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per inner step")
     p.add_argument("--inner-lr", type=float, default=2e-3)
-    p.add_argument("--outer-lr", type=float, default=0.7)
+    p.add_argument("--outer-lr", type=float, default=0.7, help="outer (Nesterov SGD) learning rate")
+    p.add_argument(
+        "--outer-momentum",
+        type=float,
+        default=0.9,
+        help="outer Nesterov momentum, 0 <= m < 1 (with --outer-lr 1 and 0: plain averaging)",
+    )
     p.add_argument("--group-size", type=int, default=32, help="target averaging group size")
     p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
     p.add_argument("--seed", type=int, default=None)
@@ -82,6 +88,7 @@ def cmd_init(args) -> int:
             batch_size=args.batch_size,
             inner_lr=args.inner_lr,
             outer_lr=args.outer_lr,
+            outer_momentum=args.outer_momentum,
             group_size=args.group_size,
             aggregator=args.aggregator,
         )

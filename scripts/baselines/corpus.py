@@ -32,6 +32,7 @@ class RunSpec:
     batch_size: int  # sequences per inner step, for every system alike
     seed: int  # initial parameters, identical in every system
     outer_lr: float | None = None  # barnraise outer Nesterov learning rate; None: barnraise's default
+    outer_momentum: float | None = None  # barnraise outer Nesterov momentum; None: barnraise's default
     heldout_bytes: int = 256 * 1024  # tail of the corpus kept out of training, in bytes
 
     def __post_init__(self) -> None:
@@ -78,6 +79,7 @@ def prepare_run(work_dir: Path, spec: RunSpec, barnraise: Sequence[str], timeout
         "--seed",
         str(spec.seed),
         *(["--outer-lr", f"{spec.outer_lr:g}"] if spec.outer_lr is not None else []),
+        *(["--outer-momentum", f"{spec.outer_momentum:g}"] if spec.outer_momentum is not None else []),
     ]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout_s, check=False)
     if done.returncode != 0:

@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             return bool(flag.item() > 0)
 
         train_loop(work, step, snapshots=args.rank == 0, agree_stop=agree_stop)
+        dist.barrier()  # no rank tears gloo down while another still talks to it (aborts with -6)
     finally:
         dist.destroy_process_group()
     return 0

@@ -463,3 +463,14 @@ def test_check_codec() -> None:
         assert codecs.check_codec(name) == name
     with pytest.raises(ValueError, match="choose one of"):
         codecs.check_codec("fp8")
+
+
+def test_error_feedback_keeps_nothing_when_the_update_went_out_whole() -> None:
+    ef = codecs.ErrorFeedback()
+    ef.remember(torch.ones(8), torch.full((8,), 0.5))
+    assert ef.residual is not None
+    u = torch.ones(8)
+    ef.residual = None
+    c = ef.compensate(u)
+    ef.remember(c, c.detach().reshape(-1))  # fp32: the all-reduce sends a view of the update itself
+    assert ef.residual is None and ef.compensate(u) is u

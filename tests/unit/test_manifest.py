@@ -62,3 +62,22 @@ def test_round_clock():
     assert c.start(2) == 120.0 and c.end(2) == 130.0
     with pytest.raises(ValueError):
         RoundClock(genesis=0.0, round_s=0.0)
+
+
+def test_outer_optimizer_settings_are_checked_and_carried(tmp_path):
+    from coordinator.manifest import TrainingDefaults
+
+    with pytest.raises(ValueError, match="outer momentum"):
+        TrainingDefaults(outer_momentum=1.0)
+    with pytest.raises(ValueError, match="outer lr"):
+        TrainingDefaults(outer_lr=0.0)
+    m = init_run(
+        tmp_path / "run",
+        dataset=str(make_dir(tmp_path)),
+        shard_bytes=16 * 1024,
+        training=TrainingDefaults(outer_lr=1.0, outer_momentum=0.0),
+    )
+    assert (m.training.outer_lr, m.training.outer_momentum) == (1.0, 0.0)
+    m.training.outer_momentum = 1.5
+    with pytest.raises(IntegrityError, match="training config"):
+        parse_manifest(m.SerializeToString())

@@ -47,3 +47,22 @@ def test_flat_round_trip():
     flat = flat_params(m)
     load_flat(m, flat * 2)
     assert torch.allclose(flat_params(m), flat * 2)
+
+
+def test_hash_is_cached_until_the_outer_step_and_snapshots_stay_put():
+    s = GlobalState(params=torch.ones(6), momentum=torch.zeros(6), round=0)
+    first = s.params_hash()
+    snap = s.snapshot()
+    s.outer_step(torch.full((6,), 0.5), lr=1.0, momentum=0.0, round_no=1)
+    assert s.params_hash() != first  # the step reset the cached hash
+    assert s.params_hash() == GlobalState(params=s.params.clone(), momentum=s.momentum, round=1).params_hash()
+    assert snap.params_hash() == first and torch.equal(snap.params, torch.ones(6)) and snap.round == 0
+
+
+def test_all_finite_sees_nan_inf_and_an_overflowing_sum():
+    from peer.state import all_finite
+
+    assert all_finite(torch.ones(5))
+    assert all_finite(torch.full((4,), 3e38))  # the sum overflows; the values are finite
+    assert not all_finite(torch.tensor([1.0, float("nan")]))
+    assert not all_finite(torch.tensor([float("inf"), float("-inf")]))
