@@ -124,9 +124,11 @@ def centered_clip(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CenteredClip from the weighted medoid; returns (value, clip factor per row).
 
-    Distances come from dot products (a members x members Gram matrix, then one matrix-vector
-    product per iteration), so no members x elements temporary is made and the cost is a few
-    passes over the contributions. tau is ``tau_mult`` x the weighted median distance to the
+    The current point is always a combination ``a @ x`` of the rows (it starts at one row and
+    moves to weighted means of clipped differences), so every distance it needs follows from the
+    members x members Gram matrix: ``x @ v = G a`` and ``v . v = a' G a``. The iterations run on
+    that small matrix and the elements are touched twice in all (the Gram matrix, then the result),
+    whatever the number of iterations. tau is ``tau_mult`` x the weighted median distance to the
     current point, recomputed each iteration: it shrinks to the honest spread as the point
     settles, and a majority of honest members keeps it there.
     """
@@ -135,17 +137,19 @@ def centered_clip(
     sq = gram.diagonal()
     pair = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0.0).sqrt()
     medoid = int((pair * share[None, :]).sum(dim=1).argmin())
-    v = x[medoid].clone()
+    a = torch.zeros_like(share)  # the current point is a @ x
+    a[medoid] = 1.0
     factors = torch.ones_like(share)
     for _ in range(iters):
-        dist = (sq - 2 * (x @ v).double() + float(torch.dot(v, v))).clamp_min(0.0).sqrt()
+        xv = gram @ a
+        dist = (sq - 2 * xv + float(a @ xv)).clamp_min(0.0).sqrt()
         tau = tau_mult * float(weighted_median(dist[:, None], share.float()).squeeze())
         if not tau > 0:
             break
         factors = torch.clamp(tau / dist.clamp_min(1e-30), max=1.0)
         coef = share * factors
-        v = (1.0 - float(coef.sum())) * v + coef.float() @ x
-    return v, factors.float()
+        a = (1.0 - float(coef.sum())) * a + coef
+    return a.float() @ x, factors.float()
 
 
 def aggregate(x: torch.Tensor, w: torch.Tensor, cfg: RobustConfig) -> Aggregate:
