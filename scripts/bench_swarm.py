@@ -67,8 +67,11 @@ class BenchConfig:
     codec: str = "int8"  # barnraise update codec
     batch_size: int = 1  # sequences per step (small, so a round holds ~15 steps on a capped core)
     seed: int = 1234  # same initial weights in every system
-    outer_lr: float | None = None  # barnraise outer learning rate; None: the run default (DiLoCo's 0.7)
-    outer_momentum: float | None = None  # barnraise outer momentum; None: the run default (DiLoCo's 0.9)
+    # barnraise's best settings here: plain averaging (outer lr 1, no momentum). DiLoCo's Nesterov
+    # 0.7/0.9 lags the swarm's params behind one peer's on these short budgets and, applied one
+    # round late (round_delay 1), oscillates after a few minutes (bench_swarm-2026-11-22-013441).
+    outer_lr: float | None = 1.0  # None: the run default (DiLoCo's 0.7)
+    outer_momentum: float | None = 0.0  # None: the run default (DiLoCo's 0.9)
     budget_s: float = 300.0  # seconds of training per system
     unlimited_budget_s: float = 150.0  # seconds for barnraise on unlimited links
     cpus_per_peer: float | None = 0.45  # CPU quota per machine in cores; None: no caps
@@ -96,8 +99,10 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--round-delay", type=int, choices=(0, 1), default=1)
     p.add_argument("--codec", default="int8")
     p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--outer-lr", type=float, default=None, help="barnraise outer learning rate")
-    p.add_argument("--outer-momentum", type=float, default=None, help="barnraise outer Nesterov momentum")
+    p.add_argument("--outer-lr", type=float, default=1.0, help="barnraise outer learning rate (default 1)")
+    p.add_argument(
+        "--outer-momentum", type=float, default=0.0, help="barnraise outer Nesterov momentum (default 0)"
+    )
     p.add_argument("--cpus-per-peer", default="0.45", help="cores per machine, or 'none' for no caps")
     p.add_argument("--hivemind-mode", choices=("local", "dpu"), default="local")
     p.add_argument("--target-loss", type=float, default=None)
