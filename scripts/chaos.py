@@ -71,6 +71,8 @@ class ChaosConfig:
     codec: str = "int8"
     batch_size: int = 4  # sequences per inner step (~15 steps a round on a capped core)
     seed: int = 4321  # initial weights, the same in both runs
+    outer_lr: float = 1.0  # plain averaging: barnraise's best settings on these budgets (bench_swarm.py)
+    outer_momentum: float = 0.0
     cpus_per_peer: float | None = None  # cores per machine; None: 85% of the cores shared out
     status_interval_s: float = 20.0  # seconds between `barnraise status` polls (they cost CPU)
     subnet: str = "10.78.0.0/24"
@@ -181,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-kill-s", type=float, default=30.0)
     p.add_argument("--model", default="gpt-micro")
     p.add_argument("--cpus-per-peer", type=float, default=None)
+    p.add_argument("--outer-lr", type=float, default=1.0, help="outer learning rate (default 1: plain averaging)")
+    p.add_argument("--outer-momentum", type=float, default=0.0, help="outer Nesterov momentum (default 0)")
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -191,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         first_kill_s=a.first_kill_s,
         model=a.model,
         cpus_per_peer=a.cpus_per_peer,
+        outer_lr=a.outer_lr,
+        outer_momentum=a.outer_momentum,
         keep=a.keep,
     )
     if reason := missing_requirements():
@@ -210,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
             codec=cfg.codec,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
+            outer_lr=cfg.outer_lr,
+            outer_momentum=cfg.outer_momentum,
         )
         pristine = corpus.prepare_run(work_dir, spec, default_barnraise_command())
         ev = Evaluator(pristine, work_dir / corpus.HELDOUT_FILE, threads=2)
@@ -269,7 +277,8 @@ def render(s: dict[str, Any]) -> str:
         f"chaos on {m['cores']} cores {m['cpu_model']}, {m['ram_gib']} GiB, kernel {m['kernel']}, load "
         f"{m['loadavg_start']} -> {m['loadavg_end']}; commit {m['commit']}",
         f"{c['peers']} peers at {c['mbit']:g} Mbit/s, {c['model']}, rounds of {c['round_s']:g} s, "
-        f"{c['duration_s']:g} s per run, CPU cap {c['cpu_quota']:.2f} cores/peer; churn: one SIGKILL every "
+        f"{c['duration_s']:g} s per run, CPU cap {c['cpu_quota']:.2f} cores/peer, outer step "
+        f"{c.get('outer_lr', 0.7):g}/{c.get('outer_momentum', 0.9):g}; churn: one SIGKILL every "
         f"{c['kill_every_s']:g} s from t={c['first_kill_s']:g} s ({s['kills']} kills, {s['replacements']} new peers)",
         "",
         f"{'run':<6} {'rounds':>6} {'agreed':>6} {'missed deadline':>15} {'peer-rounds applied/missed':>27}  final loss*",
