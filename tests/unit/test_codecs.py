@@ -207,7 +207,7 @@ def test_index_bound_covers_worst_spacing() -> None:
         positions = list(range(0, n, step))
         nnz = min(len(positions), codecs.topk_count(n, codecs.MAX_TOPK_FRACTION))
         msg = _topk_msg(n, positions[:nnz])
-        assert len(msg.indices) <= codecs._max_index_bytes(n, nnz)
+        assert len(msg.indices) <= codecs.max_index_bytes(n, nnz)
         out = codecs.decode(msg, n, "topk")
         assert out[positions[:nnz]].eq(0.5).all()
         assert msg.ByteSize() <= codecs.max_encoded_bytes("topk", n)
