@@ -79,6 +79,7 @@ class PartReducer:
         self._announced = {m.peer_id: m.weight for m in self.group.members}
         self._weights: dict[str, float] = {}  # sender -> weight, in the order they began
         self._have: dict[str, int] = {}  # sender -> chunks delivered
+        self._slot: dict[str, int] = {}  # sender -> its row in ``_rows`` (order of ``begin``)
         self._rows: torch.Tensor | None = None  # one row per member that began, in ``_weights`` order
         self._closed = False  # the deadline passed: combine with whatever arrived
         self._changed = asyncio.Event()
@@ -126,6 +127,7 @@ class PartReducer:
             raise ProtocolError("duplicate contribution")
         self._weights[sender] = weight
         self._have[sender] = 0
+        self._slot[sender] = len(self._slot)
         self._advance()
 
     def add_chunk(self, sender: str, c: int, tensor: torch.Tensor) -> None:
@@ -147,7 +149,7 @@ class PartReducer:
     def _row(self, sender: str) -> torch.Tensor:
         if self._rows is None:
             self._rows = torch.empty(len(self.members), self.numel)
-        return self._rows[list(self._weights).index(sender)]
+        return self._rows[self._slot[sender]]
 
     def receive_chunk(self, sender: str, c: int, enc: averaging_pb2.EncodedTensor) -> None:
         """Validate ``sender``'s next chunk and decode it straight into its row. Raises ProtocolError."""

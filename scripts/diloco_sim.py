@@ -73,10 +73,12 @@ def make_corpus(work: Workload, root: Path | None = None) -> Corpus:
 
 
 class Stream:
-    """A worker's batches: its own shards (round-robin by worker index), read in order."""
+    """A worker's batches: its own shards (every ``workers``-th, by index), read in order, round-robin;
+    all shards when there are fewer shards than workers. ``corpus`` needs ``train`` and ``seq_len``
+    (the attack simulation's corpus has them too)."""
 
     def __init__(self, corpus: Corpus, worker: int, workers: int):
-        self.shards = [t for i, t in enumerate(corpus.train) if i % workers == worker]
+        self.shards = [t for i, t in enumerate(corpus.train) if i % workers == worker] or corpus.train
         self.seq_len = corpus.seq_len
         self.i = 0
         self.reader = BatchReader(self.shards[0], self.seq_len)

@@ -30,10 +30,11 @@ from peer.attacks import Attacker
 from peer.device import DeviceInfo
 from peer.model import build_model
 from peer.robust import RobustConfig
-from peer.shards import BatchReader, shard_tokens
+from peer.shards import shard_tokens
 from peer.state import GlobalState, flat_params, load_flat
 from peer.trainer import InnerTrainer
 from protos import averaging_pb2, manifest_pb2
+from scripts.diloco_sim import Stream
 
 CPU = DeviceInfo(device=torch.device("cpu"), description="cpu", memory_bytes=0, autocast_dtype=None)
 NEEDS_OWN_UPDATE = {"signflip", "weight", "stale", "lie_round", "lie_progress"}  # others ignore it
@@ -95,22 +96,6 @@ def make_corpus(cfg: SimConfig, root: Path | None = None) -> Corpus:
         eval_y=held[1 : n * L + 1].view(n, L),
         model_cfg=manifest.model,
     )
-
-
-class Stream:
-    """A peer's batches: its own shards (every ``peers``-th), read in order, round-robin."""
-
-    def __init__(self, corpus: Corpus, peer: int, peers: int):
-        self.shards = [t for i, t in enumerate(corpus.train) if i % peers == peer] or corpus.train
-        self.seq_len = corpus.seq_len
-        self.i = 0
-        self.reader = BatchReader(self.shards[0], self.seq_len)
-
-    def next_batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        while (batch := self.reader.next_batch(n)) is None:
-            self.i = (self.i + 1) % len(self.shards)
-            self.reader = BatchReader(self.shards[self.i], self.seq_len)
-        return batch
 
 
 @torch.no_grad()
