@@ -28,7 +28,7 @@ from coordinator.records import (
 )
 from coordinator.runclock import RoundClock
 from coordinator.service import CoordinatorServicer, serve
-from coordinator.signing import verify_manifest
+from coordinator.signing import dht_validators, verify_manifest
 from protos import coordinator_pb2
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,9 @@ class BootstrapNode:
                 listen=self.cfg.listen,
                 announce=self.cfg.announce,
                 identity=identity,
+                # like every peer's node: refuse records whose owner did not seal them, or a
+                # forgery stored on the bootstrap would be served to every reader that asks it
+                extra={"record_validators": dht_validators()},
             )
         )
         self.genesis = self._genesis()
