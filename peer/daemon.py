@@ -184,25 +184,39 @@ class PeerDaemon:
         self.state_server.publish(self.state)
         self.stats.update(params_hash=self.state.params_hash(), hash_round=self.state.round)
 
-    def sync_from_swarm(self, rebase: bool = False) -> bool:
-        """Download the swarm's latest agreed state from a peer that holds it; True if we did."""
+    def sync_from_swarm(self) -> bool:
+        """Start from the newest state a donor has at hand, and fetch the state the next round starts
+        from in the background while training (waiting for it would idle the device for up to a
+        round); True if we adopted a state now."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
         try:
-            found = self.loop.call(self._fetch_state(0.0), 200.0)
+            found = self.loop.call(self._fetch_state(wait=False), 200.0)
         except BarnraiseError as e:
             log.warning("state sync failed: %s", e)
-            return False
+            found = None
         if found is not None:
-            self._adopt(*found, rebase=rebase)
+            self._adopt(*found, rebase=False)
+        self._sync = self.loop.submit(self._fetch_state())
         return found is not None
 
-    async def _fetch_state(self, not_before: float) -> tuple[GlobalState, str] | None:
-        """On the P2P loop: (the swarm's latest agreed state, its donor), or None if we hold it already.
+    def _sync_target(self, now: float) -> tuple[int, float]:
+        """(the round whose state we need, how long a donor may wait for it).
 
-        ``not_before``: a group applies its average at its confirm deadline; syncing earlier would
-        fetch the state it is just leaving behind.
+        We launch round j at the end of round j from the state the swarm applies at that same moment
+        (round j-1's, with averaging overlapped), so we ask for round j-1's state, for the first
+        launch that leaves time to download it after the donor's averaging has finished.
         """
-        await asyncio.sleep(max(0.0, not_before - time.time()))
+        numel = self.state.params.numel()
+        bps = (self.cfg.bandwidth_mbit or 25.0) * 1e6  # unknown: assume a home uplink
+        transfer_s = 1.5 * 8 * 8 * numel / bps + 1.0
+        j = self.clock.round_at(now)
+        if self.clock.end(j) - now < transfer_s + 0.5 * self.manifest.training.round_s:  # time to average
+            j += 1
+        return j - 1, max(0.0, self.clock.end(j) - now - transfer_s)
+
+    async def _fetch_state(self, wait: bool = True) -> tuple[GlobalState, str] | None:
+        """On the P2P loop: (the state the swarm's next round starts from, its donor), or None if we
+        hold it already or no donor has it. ``wait=False``: the newest state a donor has at hand."""
         run_id, me = self.manifest.run_id, self.peer_id
         try:
             beats = await asyncio.get_running_loop().run_in_executor(
@@ -211,14 +225,22 @@ class PeerDaemon:
         except BarnraiseError:
             return None
         phash, rnd, donors = choose_donors(beats, me)
-        if not donors or (phash == self.state.params_hash() and rnd == self.state.round):
+        min_round, wait_s = self._sync_target(time.time())
+        forked = rnd >= self.state.round and phash != self.state.params_hash()  # the majority moved elsewhere
+        if not donors or (self.state.round >= min_round and not forked):
             return None
         numel = self.state.params.numel()
         for donor in donors[:3]:
             try:
-                return await download_state(self.loop.p2p, donor, run_id, numel, 60.0, auth=self.auth), donor
+                state = await download_state(self.loop.p2p, donor, run_id, numel, 60.0, auth=self.auth,
+                                             min_round=min_round, wait_s=wait_s if wait else 0.0)
             except BarnraiseError as e:
                 log.warning("state download from %s failed: %s", donor[:12], e)
+                continue
+            if state.round < self.state.round:
+                log.info("donor %s served round %d, older than ours (%d)", donor[:12], state.round, self.state.round)
+                continue
+            return state, donor
         return None
 
     def _adopt(self, new: GlobalState, donor: str, rebase: bool) -> None:
@@ -319,6 +341,8 @@ class PeerDaemon:
             fut = self.loop.submit(
                 self.averager.average(r, delta, weight, self.state.params_hash(), timing,
                                       ttl_s=4 * self.manifest.training.round_s, base_round=self.state.round))
+            t = self.manifest.training
+            self.state_server.track(r, fut, self.state.params_hash(), t.outer_lr, t.outer_momentum)
         self.stats.watch_deadline(r, fut, timing.confirm_deadline)
         return _Pending(round=r, future=fut, snapshot=snapshot, weight=weight, timing=timing)
 
@@ -352,7 +376,7 @@ class PeerDaemon:
             # Download the swarm's state on the P2P loop while training goes on (at 25 Mbit/s a
             # gpt-small state takes ~15 s: blocking would idle the device for a round or more).
             self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
-            self._sync = self.loop.submit(self._fetch_state(p.timing.confirm_deadline + 0.5))
+            self._sync = self.loop.submit(self._fetch_state())
         return 0, carried
 
     # --- shutdown -------------------------------------------------------------------------------

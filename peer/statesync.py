@@ -1,19 +1,27 @@
 """State sync between peers: a newcomer (or a peer that fell behind) downloads the global state
-from a donor peer, not only from the bootstrap, and checks it against the hash the swarm reports.
+from a donor peer, not only from the bootstrap, and checks it against the hash the donor announces.
 
-The donor serves a snapshot serialised once per round on its P2P loop thread; the training
-thread never waits for a download.
+With averaging overlapped with compute (round delay 1), the state a group starts round k from is
+the one it applies at the end of round k: it exists nowhere before then, so a plain download is
+always one round stale and the peer chases the swarm round after round. A donor therefore also
+serves the state it is *about to* hold: once its averaging of the requested round has finished it
+takes the outer step on a copy of its snapshot (the same deterministic step every member takes) and
+serves that, so the requester can join the very next round. The donor serialises on demand, off
+the P2P loop; the training thread never waits for a download.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
+import time
 from collections import Counter
+from dataclasses import dataclass
 
 from coordinator.errors import BarnraiseError, IntegrityError, PeerUnavailable
-from peer.state import GlobalState, tensor_hash
+from peer.state import GlobalState, all_finite, tensor_hash
 from peer.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
 from protos import averaging_pb2, heartbeat_pb2
 
@@ -21,6 +29,19 @@ log = logging.getLogger(__name__)
 
 STATE_HANDLER = "barnraise.state"
 CHUNK_BYTES = 1 << 20
+MAX_DONOR_WAIT_S = 30.0  # a requester cannot hold a donor's stream open longer than this
+POLL_S = 0.05  # how often a waiting donor looks at its averaging round
+
+
+@dataclass(frozen=True)
+class _InFlight:
+    """An averaging round the donor has launched: its outcome turns the snapshot into the next state."""
+
+    round: int
+    future: concurrent.futures.Future  # resolves to peer.averager.RoundOutcome
+    base_hash: str  # params hash of the state the round was launched from
+    outer_lr: float
+    outer_momentum: float
 
 
 class StateServer:
@@ -30,7 +51,9 @@ class StateServer:
         self.auth = auth  # peer.auth.PeerAuth: who may download our state (None: anyone)
         self._lock = threading.Lock()
         self._snapshot: GlobalState | None = None
-        self._blob: tuple[GlobalState, bytes] | None = None  # the snapshot serialized, once asked for
+        self._inflight: _InFlight | None = None
+        self._next: tuple[_InFlight, GlobalState] | None = None  # the state the in-flight round leads to
+        self._blob: tuple[GlobalState, bytes] | None = None  # the last state served, serialized
 
     async def register(self) -> None:
         await self.p2p.add_binary_stream_handler(STATE_HANDLER, self._handle)
@@ -42,34 +65,94 @@ class StateServer:
         with self._lock:
             self._snapshot = snap
 
-    def _serialized(self) -> tuple[int, str, bytes] | None:
+    def track(
+        self,
+        round_no: int,
+        future: concurrent.futures.Future,
+        base_hash: str,
+        outer_lr: float,
+        outer_momentum: float,
+    ) -> None:
+        """Called by the training thread when it launches a round from the published snapshot."""
         with self._lock:
-            snap, cached = self._snapshot, self._blob
-        if snap is None:
+            self._inflight = _InFlight(round_no, future, base_hash, outer_lr, outer_momentum)
+
+    def _upcoming(self, snap: GlobalState, inflight: _InFlight | None) -> GlobalState | None:
+        """The state ``inflight`` leads to, once it has succeeded: our snapshot after the outer step
+        every member of its group takes (computed once, on a copy)."""
+        if inflight is None or inflight.round <= snap.round or inflight.base_hash != snap.params_hash():
             return None
-        if cached is None or cached[0] is not snap:
-            cached = (snap, snap.to_bytes())
+        if not inflight.future.done():
+            return None
+        with self._lock:
+            if self._next is not None and self._next[0] is inflight:
+                return self._next[1]
+        try:
+            out = inflight.future.result()
+        except BaseException:  # cancelled or failed: nothing to stage
+            return None
+        if not out.ok or out.average is None or not all_finite(out.average):
+            return None
+        nxt = snap.snapshot()
+        nxt.outer_step(out.average, inflight.outer_lr, inflight.outer_momentum, inflight.round)
+        with self._lock:
+            self._next = (inflight, nxt)
+        return nxt
+
+    async def _choose(self, min_round: int, wait_s: float) -> GlobalState | None:
+        """The state of ``min_round`` if we hold it or our averaging produces it within ``wait_s``
+        (the requester needs it by then); otherwise the newest state we have when the wait ends."""
+        deadline = time.monotonic() + min(max(0.0, wait_s), MAX_DONOR_WAIT_S)
+        while True:
             with self._lock:
-                self._blob = cached
-        return snap.round, snap.params_hash(), cached[1]
+                snap, inflight = self._snapshot, self._inflight
+            if snap is None:
+                return None
+            if snap.round >= min_round:
+                return snap
+            ours = inflight is not None and inflight.base_hash == snap.params_hash()
+            if ours and inflight.future.done():
+                nxt = await asyncio.to_thread(self._upcoming, snap, inflight)
+                if inflight.round >= min_round:  # done, for better or worse: no point waiting
+                    return nxt or snap
+                if time.monotonic() >= deadline:
+                    return nxt or snap
+            elif time.monotonic() >= deadline:
+                return snap
+            await asyncio.sleep(POLL_S)
+
+    def _serialized(self, state: GlobalState) -> bytes:
+        with self._lock:
+            cached = self._blob
+        if cached is not None and cached[0] is state:
+            return cached[1]
+        blob = state.to_bytes()
+        with self._lock:
+            self._blob = (state, blob)
+        return blob
 
     async def _handle(self, stream_info, reader, writer) -> None:
         try:
             req = await read_frame(reader, averaging_pb2.StateRequest, 4096, 10.0)
             remote = stream_info.peer_id.to_base58()
-            if self.auth is not None and (refused := self.auth.refuse(req, STATE_HANDLER, remote)) is not None:
+            if (
+                self.auth is not None
+                and (refused := self.auth.refuse(req, STATE_HANDLER, remote)) is not None
+            ):
                 await write_frame(writer, averaging_pb2.StateHeader(ok=False, reason=refused), 5.0)
                 return
-            snap = self._serialized() if req.run_id == self.run_id else None
-            if snap is None:
+            state = await self._choose(req.min_round, req.wait_s) if req.run_id == self.run_id else None
+            if state is None or state.round < 0:
                 await write_frame(
                     writer, averaging_pb2.StateHeader(ok=False, reason="no state for that run"), 5.0
                 )
                 return
-            round_no, phash, blob = snap
+            blob = await asyncio.to_thread(self._serialized, state)
             await write_frame(
                 writer,
-                averaging_pb2.StateHeader(ok=True, round=round_no, params_hash=phash, total_bytes=len(blob)),
+                averaging_pb2.StateHeader(
+                    ok=True, round=state.round, params_hash=state.params_hash(), total_bytes=len(blob)
+                ),
                 5.0,
             )
             for i in range(0, len(blob), CHUNK_BYTES):
@@ -77,12 +160,22 @@ class StateServer:
         except BarnraiseError as e:
             log.debug("state request from %s failed: %s", stream_info.peer_id.to_base58()[:12], e)
         except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("handle handler failed")
+            log.exception("state handler failed")
         finally:
             await finish_stream(reader, writer)
 
 
-async def download_state(p2p, donor: str, run_id: str, numel: int, timeout_s: float, auth=None) -> GlobalState:
+async def download_state(
+    p2p,
+    donor: str,
+    run_id: str,
+    numel: int,
+    timeout_s: float,
+    auth=None,
+    min_round: int = -1,
+    wait_s: float = 0.0,
+) -> GlobalState:
+    """Download ``donor``'s state; with ``min_round``, the donor may wait ``wait_s`` for that round's."""
     from hivemind.p2p import PeerID
 
     writer = None
@@ -90,11 +183,11 @@ async def download_state(p2p, donor: str, run_id: str, numel: int, timeout_s: fl
         _, reader, writer = await asyncio.wait_for(
             p2p.call_binary_stream_handler(PeerID.from_base58(donor), STATE_HANDLER), 10.0
         )
-        request = averaging_pb2.StateRequest(run_id=run_id)
+        request = averaging_pb2.StateRequest(run_id=run_id, min_round=min_round, wait_s=wait_s)
         if auth is not None:
             auth.attach(request, STATE_HANDLER)
         await write_frame(writer, request, 5.0)
-        head = await read_frame(reader, averaging_pb2.StateHeader, 4096, 10.0)
+        head = await read_frame(reader, averaging_pb2.StateHeader, 4096, 10.0 + min(wait_s, MAX_DONOR_WAIT_S))
         expected = 8 * numel + 64
         if not head.ok:
             raise PeerUnavailable(f"donor {donor[:12]} has no state: {head.reason}")

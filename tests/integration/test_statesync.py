@@ -1,0 +1,116 @@
+"""State sync over real hivemind P2P streams between two DHT nodes in this process.
+
+With averaging overlapped with compute, the state a round starts from exists only once the
+previous round's averaging has finished; a donor asked for that round waits for its averaging and
+serves the state its outer step leads to, so a peer that fell behind can join the next round.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+
+import pytest
+import torch
+
+from coordinator.errors import PeerUnavailable
+from peer.averager import RoundOutcome
+from peer.p2ploop import P2PLoop
+from peer.state import GlobalState
+from peer.statesync import StateServer, download_state
+
+pytestmark = pytest.mark.timeout(120)
+
+NUMEL = 5000
+RUN = "run-statesync"
+
+
+@pytest.fixture(scope="module")
+def pair():
+    import hivemind
+
+    a = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
+    b = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=a.get_visible_maddrs())
+    loops = [P2PLoop(a), P2PLoop(b)]
+    server = StateServer(loops[0].p2p, RUN)
+    loops[0].call(server.register(), 10.0)
+    try:
+        yield server, loops[1], loops[0].p2p.peer_id.to_base58()
+    finally:
+        for loop in loops:
+            loop.stop()
+        for dht in (a, b):
+            dht.shutdown()
+
+
+def _fetch(loop: P2PLoop, donor: str, min_round: int, wait_s: float) -> GlobalState:
+    return loop.call(
+        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, min_round=min_round, wait_s=wait_s), 40.0
+    )
+
+
+def _finish_later(fut: concurrent.futures.Future, after_s: float, outcome: RoundOutcome) -> None:
+    threading.Timer(after_s, fut.set_result, args=(outcome,)).start()
+
+
+def test_donor_serves_the_state_its_running_round_leads_to(pair):
+    server, requester, donor = pair
+    torch.manual_seed(0)
+    state = GlobalState(params=torch.randn(NUMEL), momentum=torch.randn(NUMEL), round=3)
+    server.publish(state)
+    avg = torch.randn(NUMEL) * 1e-2
+    expected = state.snapshot()
+    expected.outer_step(avg, 0.7, 0.9, 4)
+
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    server.track(4, fut, state.params_hash(), 0.7, 0.9)
+    assert _fetch(requester, donor, min_round=-1, wait_s=5.0).round == 3  # nothing asked for: current state
+
+    _finish_later(fut, 1.0, RoundOutcome(round=4, ok=True, average=avg))
+    t0 = time.monotonic()
+    got = _fetch(requester, donor, min_round=4, wait_s=10.0)
+    waited = time.monotonic() - t0
+    assert got.round == 4 and got.params_hash() == expected.params_hash()
+    assert torch.equal(got.momentum, expected.momentum)
+    assert 0.9 <= waited < 5.0, waited  # served as soon as the round finished, not at the deadline
+    # the donor's own state is untouched
+    assert state.round == 3 and state.params_hash() != expected.params_hash()
+
+
+def test_failed_or_unrelated_round_serves_the_current_state_without_waiting_out(pair):
+    server, requester, donor = pair
+    state = GlobalState(params=torch.randn(NUMEL), momentum=torch.zeros(NUMEL), round=7)
+    server.publish(state)
+
+    failed: concurrent.futures.Future = concurrent.futures.Future()
+    server.track(8, failed, state.params_hash(), 1.0, 0.0)
+    _finish_later(failed, 0.5, RoundOutcome(round=8, reason="deadline"))
+    t0 = time.monotonic()
+    assert _fetch(requester, donor, min_round=8, wait_s=10.0).params_hash() == state.params_hash()
+    assert time.monotonic() - t0 < 5.0
+
+    # a round launched from another base (the donor resynced since) cannot produce our next state
+    other: concurrent.futures.Future = concurrent.futures.Future()
+    other.set_result(RoundOutcome(round=8, ok=True, average=torch.ones(NUMEL)))
+    server.track(8, other, "0" * 16, 1.0, 0.0)
+    assert _fetch(requester, donor, min_round=8, wait_s=10.0).params_hash() == state.params_hash()
+
+    # a round that never finishes: the donor serves what it has once the requester's wait is over
+    hung: concurrent.futures.Future = concurrent.futures.Future()
+    server.track(8, hung, state.params_hash(), 1.0, 0.0)
+    t0 = time.monotonic()
+    assert _fetch(requester, donor, min_round=8, wait_s=1.0).round == 7
+    assert 0.9 <= time.monotonic() - t0 < 5.0
+
+
+def test_non_finite_average_is_never_served_and_wrong_run_is_refused(pair):
+    server, requester, donor = pair
+    state = GlobalState(params=torch.randn(NUMEL), momentum=torch.zeros(NUMEL), round=11)
+    server.publish(state)
+    bad: concurrent.futures.Future = concurrent.futures.Future()
+    bad.set_result(RoundOutcome(round=12, ok=True, average=torch.full((NUMEL,), float("nan"))))
+    server.track(12, bad, state.params_hash(), 1.0, 0.0)
+    assert _fetch(requester, donor, min_round=12, wait_s=5.0).round == 11
+    with pytest.raises(PeerUnavailable, match="no state"):
+        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0), 20.0)
