@@ -263,7 +263,7 @@ class PeerDaemon:
             log.warning("state sync failed: %s", e)
             found = None
         self._sync = None
-        if found is not None:
+        if found is not None and found[0].round > self.state.round:  # we may have averaged our way there
             self._adopt(*found, rebase=True)
         return False
 
@@ -294,8 +294,8 @@ class PeerDaemon:
                     applied, carried = self._apply(pending, carried)
                     completed += applied
                     pending = None
-                if self._finish_sync():  # our base is stale and the new one is on its way: a
-                    now = time.time()  # round with the old base would only be refused
+                if self._finish_sync() and self.state.round < r - 1:  # our base is stale and the new one is
+                    now = time.time()  # on its way: a round with the old base would only be refused
                     self._report(r, window, max(1e-9, now - last_end))
                     last_end = now
                     continue
