@@ -210,7 +210,7 @@ class PeerDaemon:
         bps = (self.cfg.bandwidth_mbit or 25.0) * 1e6  # unknown: assume a home uplink
         transfer_s = 1.5 * 8 * 8 * numel / bps + 1.0
         j = self.clock.round_at(now)
-        if self.clock.end(j) - now < transfer_s + 0.5 * self.manifest.training.round_s:  # time to average
+        while self.clock.end(j) - now < transfer_s + 0.5 * self.manifest.training.round_s:  # time to average
             j += 1
         return j - 1, max(0.0, self.clock.end(j) - now - transfer_s)
 
