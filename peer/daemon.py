@@ -38,7 +38,7 @@ from peer.p2ploop import P2PLoop
 from peer.robust import RobustConfig
 from peer.shards import ShardSourceRef
 from peer.state import GlobalState, all_finite, flat_params, load_flat
-from peer.statesync import StateServer, choose_donors, download_state
+from peer.statesync import StateServer, choose_donors, download_state, sync_target
 from peer.trainer import InnerTrainer
 from protos import heartbeat_pb2
 
@@ -199,21 +199,6 @@ class PeerDaemon:
         self._sync = self.loop.submit(self._fetch_state())
         return found is not None
 
-    def _sync_target(self, now: float) -> tuple[int, float]:
-        """(the round whose state we need, how long a donor may wait for it).
-
-        We launch round j at the end of round j from the state the swarm applies at that same moment
-        (round j-1's, with averaging overlapped), so we ask for round j-1's state, for the first
-        launch that leaves time to download it after the donor's averaging has finished.
-        """
-        numel = self.state.params.numel()
-        bps = (self.cfg.bandwidth_mbit or 25.0) * 1e6  # unknown: assume a home uplink
-        transfer_s = 1.5 * 8 * 8 * numel / bps + 1.0
-        j = self.clock.round_at(now)
-        while self.clock.end(j) - now < transfer_s + 0.5 * self.manifest.training.round_s:  # time to average
-            j += 1
-        return j - 1, max(0.0, self.clock.end(j) - now - transfer_s)
-
     async def _fetch_state(self, wait: bool = True) -> tuple[GlobalState, str] | None:
         """On the P2P loop: (the state the swarm's next round starts from, its donor), or None if we
         hold it already or no donor has it. ``wait=False``: the newest state a donor has at hand."""
@@ -225,7 +210,7 @@ class PeerDaemon:
         except BarnraiseError:
             return None
         phash, rnd, donors = choose_donors(beats, me)
-        min_round, wait_s = self._sync_target(time.time())
+        min_round, wait_s = sync_target(self.clock, time.time(), self.state.params.numel(), self.cfg.bandwidth_mbit)
         forked = rnd >= self.state.round and phash != self.state.params_hash()  # the majority moved elsewhere
         if not donors or (self.state.round >= min_round and not forked):
             return None

@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 from coordinator.errors import BarnraiseError, IntegrityError, PeerUnavailable
+from coordinator.runclock import RoundClock
 from peer.state import GlobalState, all_finite, tensor_hash
 from peer.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
 from protos import averaging_pb2, heartbeat_pb2
@@ -207,6 +208,25 @@ async def download_state(
     finally:
         if writer is not None:
             close_writer(writer)
+
+
+def sync_target(clock: RoundClock, now: float, numel: int, mbit: float) -> tuple[int, float]:
+    """(the round whose state a syncing peer needs, how long a donor may wait for it).
+
+    A peer launches round j at the end of round j from the state the swarm applies at that same
+    moment (round j-1's, with averaging overlapped), so it asks for round j-1's state, for the
+    first launch it can make: that state exists once the donor's averaging has finished (about
+    half a round into round j) and must then download (``mbit``: the peer's link; 0: a home uplink)
+    before round j ends. A state too big for that is a moving target: take the newest at hand.
+    """
+    transfer_s = 1.5 * 8 * 8 * numel / ((mbit or 25.0) * 1e6) + 1.0  # params + momentum, fp32
+    averaging_s = 0.5 * clock.round_s
+    j = clock.round_at(now)
+    if averaging_s + transfer_s > clock.round_s:
+        return j - 1, 0.0
+    while max(now, clock.start(j) + averaging_s) + transfer_s > clock.end(j):
+        j += 1
+    return j - 1, max(0.0, clock.end(j) - now - transfer_s)
 
 
 def choose_donors(beats: list[heartbeat_pb2.Heartbeat], me: str) -> tuple[str, int, list[str]]:
