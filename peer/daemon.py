@@ -157,7 +157,9 @@ class PeerDaemon:
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
         )
-        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
+        self.state_server = StateServer(
+            self.loop.p2p, self.manifest.run_id, t.outer_lr, t.outer_momentum, auth=self.auth
+        )
         self.loop.call(self.averager.register(), 10.0)
         self.loop.call(self.state_server.register(), 10.0)
         self.stats.update(
@@ -210,11 +212,11 @@ class PeerDaemon:
         except BarnraiseError:
             return None
         phash, rnd, donors = choose_donors(beats, me)
-        min_round, wait_s = sync_target(self.clock, time.time(), self.state.params.numel(), self.cfg.bandwidth_mbit)
+        numel = self.state.params.numel()
+        min_round, wait_s = sync_target(self.clock, time.time(), numel, self.cfg.bandwidth_mbit)
         forked = rnd >= self.state.round and phash != self.state.params_hash()  # the majority moved elsewhere
         if not donors or (self.state.round >= min_round and not forked):
             return None
-        numel = self.state.params.numel()
         for donor in donors[:3]:
             try:
                 state = await download_state(self.loop.p2p, donor, run_id, numel, 60.0, auth=self.auth,
@@ -326,8 +328,7 @@ class PeerDaemon:
             fut = self.loop.submit(
                 self.averager.average(r, delta, weight, self.state.params_hash(), timing,
                                       ttl_s=4 * self.manifest.training.round_s, base_round=self.state.round))
-            t = self.manifest.training
-            self.state_server.track(r, fut, self.state.params_hash(), t.outer_lr, t.outer_momentum)
+            self.state_server.track(r, fut, self.state.params_hash())
         self.stats.watch_deadline(r, fut, timing.confirm_deadline)
         return _Pending(round=r, future=fut, snapshot=snapshot, weight=weight, timing=timing)
 

@@ -41,14 +41,14 @@ class _InFlight:
     round: int
     future: concurrent.futures.Future  # resolves to peer.averager.RoundOutcome
     base_hash: str  # params hash of the state the round was launched from
-    outer_lr: float
-    outer_momentum: float
 
 
 class StateServer:
-    def __init__(self, p2p, run_id: str, auth=None):
+    def __init__(self, p2p, run_id: str, outer_lr: float, outer_momentum: float, auth=None):
         self.p2p = p2p
         self.run_id = run_id
+        self.outer_lr = outer_lr  # the run's outer step, to stage the state a running round leads to
+        self.outer_momentum = outer_momentum
         self.auth = auth  # peer.auth.PeerAuth: who may download our state (None: anyone)
         self._lock = threading.Lock()
         self._snapshot: GlobalState | None = None
@@ -61,22 +61,20 @@ class StateServer:
 
     def publish(self, state: GlobalState) -> None:
         """Called by the training thread after each outer step (or sync): a copy, serialized only
-        when a peer asks for it, so the training thread pays two memory copies per round."""
+        when a peer asks for it, so the training thread pays two memory copies per round. A staged
+        state and a finished round are dropped here: they are this state now, or obsolete, and
+        each holds a model-sized tensor."""
         snap = state.snapshot()
         with self._lock:
             self._snapshot = snap
+            self._next = None
+            if self._inflight is not None and self._inflight.round <= snap.round:
+                self._inflight = None
 
-    def track(
-        self,
-        round_no: int,
-        future: concurrent.futures.Future,
-        base_hash: str,
-        outer_lr: float,
-        outer_momentum: float,
-    ) -> None:
+    def track(self, round_no: int, future: concurrent.futures.Future, base_hash: str) -> None:
         """Called by the training thread when it launches a round from the published snapshot."""
         with self._lock:
-            self._inflight = _InFlight(round_no, future, base_hash, outer_lr, outer_momentum)
+            self._inflight = _InFlight(round_no, future, base_hash)
 
     def _upcoming(self, snap: GlobalState, inflight: _InFlight | None) -> GlobalState | None:
         """The state ``inflight`` leads to, once it has succeeded: our snapshot after the outer step
@@ -95,7 +93,7 @@ class StateServer:
         if not out.ok or out.average is None or not all_finite(out.average):
             return None
         nxt = snap.snapshot()
-        nxt.outer_step(out.average, inflight.outer_lr, inflight.outer_momentum, inflight.round)
+        nxt.outer_step(out.average, self.outer_lr, self.outer_momentum, inflight.round)
         with self._lock:
             self._next = (inflight, nxt)
         return nxt
