@@ -11,7 +11,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.errors import ConfigError, PeerUnavailable
+from barnraise.coordinator.errors import ConfigError, PeerUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from coordinator import records
-from coordinator.errors import ConfigError
-from coordinator.findings import find_problems
-from protos import coordinator_pb2, heartbeat_pb2
+from barnraise.coordinator import records
+from barnraise.coordinator.errors import ConfigError
+from barnraise.coordinator.findings import find_problems
+from barnraise.protos import coordinator_pb2, heartbeat_pb2
 
 log = logging.getLogger(__name__)
 

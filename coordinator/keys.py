@@ -27,9 +27,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from coordinator.atomic import write_atomic
-from coordinator.errors import AuthError, ConfigError
-from protos import auth_pb2
+from barnraise.coordinator.atomic import write_atomic
+from barnraise.coordinator.errors import AuthError, ConfigError
+from barnraise.protos import auth_pb2
 
 log = logging.getLogger(__name__)
 

@@ -29,8 +29,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from coordinator.records import parse_record
-from protos import shards_pb2
+from barnraise.coordinator.records import parse_record
+from barnraise.protos import shards_pb2
 
 MAX_LEASE_S = 600.0  # longest lease a reader honours; a record claiming more is dropped
 CLOCK_SLACK_S = 5.0  # tolerated clock difference between peers when checking expiry bounds

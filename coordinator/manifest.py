@@ -10,15 +10,16 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 
 from google.protobuf import json_format
 
-from coordinator.atomic import write_atomic
-from coordinator.errors import ConfigError, IntegrityError
-from coordinator.keys import fingerprint
-from protos import manifest_pb2
+from barnraise.coordinator.atomic import write_atomic
+from barnraise.coordinator.codecspec import CODECS, check_codec
+from barnraise.coordinator.errors import ConfigError, IntegrityError
+from barnraise.coordinator.keys import fingerprint
+from barnraise.protos import manifest_pb2
 
 log = logging.getLogger(__name__)
 
@@ -54,26 +55,44 @@ AGGREGATORS = ("centered_clip", "median", "trimmed_mean", "mean")
 DEFAULT_AGGREGATOR = "centered_clip"
 
 
+def _flag(default, help: str, **argparse_kw):
+    """A training default that ``barnraise init`` exposes as a flag named after the field."""
+    return field(default=default, metadata={"help": help, **argparse_kw})
+
+
 @dataclass(frozen=True, kw_only=True)
 class TrainingDefaults:
-    """DiLoCo defaults (the paper's outer Nesterov SGD, lr 0.7, momentum 0.9)."""
+    """A run's training settings, fixed at ``init`` and carried by the manifest.
 
-    inner_lr: float = 2e-3  # AdamW
-    inner_weight_decay: float = 0.01
-    batch_size: int = 16  # sequences per inner step
-    outer_lr: float = 0.7
-    outer_momentum: float = 0.9
-    round_s: float = 10.0  # seconds of local compute per round
-    round_delay: int = 0  # rounds between computing an average and applying it
-    codec: str = "fp32"
-    topk_fraction: float = 0.01
-    group_size: int = 32  # target averaging group size
-    grad_clip: float = 1.0
-    aggregator: str = DEFAULT_AGGREGATOR  # robust rule for combining contributions (one of AGGREGATORS)
+    DiLoCo's defaults (outer Nesterov SGD, lr 0.7, momentum 0.9). The fields made with ``_flag``
+    are ``barnraise init``'s flags (``--round-s`` for ``round_s``): their defaults and help text are
+    defined here once (``init_flags``).
+    """
+
+    inner_lr: float = _flag(2e-3, "inner AdamW learning rate")
+    inner_weight_decay: float = 0.01  # AdamW weight decay of the inner steps
+    batch_size: int = _flag(16, "sequences per inner step")
+    outer_lr: float = _flag(0.7, "outer (Nesterov SGD) learning rate")
+    outer_momentum: float = _flag(
+        0.9, "outer Nesterov momentum, 0 <= m < 1 (with --outer-lr 1 and 0: plain averaging)"
+    )
+    round_s: float = _flag(10.0, "seconds of compute per round")
+    round_delay: int = _flag(0, "apply each average 0 or 1 round late", choices=(0, 1))
+    codec: str = _flag("fp32", f"update codec: {', '.join(CODECS)}")
+    topk_fraction: float = 0.01  # share of values the topk codec keeps
+    group_size: int = _flag(32, "target averaging group size")
+    grad_clip: float = 1.0  # inner steps clip the gradient norm to this
+    aggregator: str = _flag(
+        DEFAULT_AGGREGATOR,
+        "how reducers combine updates: centered_clip (robust, default), median, trimmed_mean, mean",
+    )
 
     def __post_init__(self) -> None:
+        check_codec(self.codec)
         if self.aggregator not in AGGREGATORS:
-            raise ValueError(f"unknown aggregator {self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}")
+            raise ValueError(
+                f"unknown aggregator {self.aggregator!r}: choose one of {', '.join(AGGREGATORS)}"
+            )
         if self.round_s <= 0:
             raise ValueError(f"round_s must be positive, got {self.round_s}")
         if not 0.0 <= self.outer_momentum < 1.0:
@@ -86,6 +105,11 @@ class TrainingDefaults:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.group_size < 2:
             raise ValueError(f"group_size must be at least 2, got {self.group_size}")
+
+
+def init_flags() -> list[tuple[str, Field]]:
+    """(``--flag-name``, field) for every training default ``init`` exposes, in declaration order."""
+    return [(f"--{f.name.replace('_', '-')}", f) for f in fields(TrainingDefaults) if "help" in f.metadata]
 
 
 def model_config(name: str, vocab_size: int) -> manifest_pb2.ModelConfig:
@@ -192,10 +216,18 @@ def check_manifest(m: manifest_pb2.RunManifest) -> None:
     elif md.d_model % md.n_head:
         problems.append(f"d_model {md.d_model} is not a multiple of n_head {md.n_head}")
     t = m.training
-    if not (t.round_s > 0 and t.batch_size >= 1 and t.inner_lr > 0 and t.outer_lr > 0 and 0 <= t.outer_momentum < 1):
+    if not (
+        t.round_s > 0
+        and t.batch_size >= 1
+        and t.inner_lr > 0
+        and t.outer_lr > 0
+        and 0 <= t.outer_momentum < 1
+    ):
         problems.append("training config out of range")
     if t.aggregator and t.aggregator not in AGGREGATORS:
-        problems.append(f"unknown aggregator {t.aggregator[:32]!r} (this barnraise knows {', '.join(AGGREGATORS)})")
+        problems.append(
+            f"unknown aggregator {t.aggregator[:32]!r} (this barnraise knows {', '.join(AGGREGATORS)})"
+        )
     if not m.shards:
         problems.append("no shards")
     for s in m.shards:

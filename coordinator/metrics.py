@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from coordinator.errors import ConfigError
+from barnraise.coordinator.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
-from coordinator.errors import PeerUnavailable
-from protos import averaging_pb2, coordinator_pb2, heartbeat_pb2
+from barnraise.coordinator.errors import PeerUnavailable
+from barnraise.protos import averaging_pb2, coordinator_pb2, heartbeat_pb2
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ def store(dht, key: str, subkey: str, value: bytes, ttl_s: float, timeout_s: flo
     Under an owned subkey the value is sealed with the owner's registered key (AuthError if this
     process holds none).
     """
-    from coordinator.signing import seal
+    from barnraise.coordinator.signing import seal
 
     expiration = dht_time() + ttl_s
     value = seal(key, subkey, expiration, value)
@@ -89,7 +89,7 @@ def get_dict(dht, key: str, timeout_s: float = DHT_TIMEOUT_S, latest: bool = Tru
 
 def get_opened(dht, key: str, timeout_s: float = DHT_TIMEOUT_S, latest: bool = True) -> dict:
     """(subkey -> ``signing.Opened``) under ``key``: owned records whose seal fails are dropped."""
-    from coordinator.signing import open_sealed
+    from barnraise.coordinator.signing import open_sealed
 
     fut = dht.get(key, latest=latest, return_future=True)
     try:
@@ -132,7 +132,7 @@ def publish_run(dht, record: coordinator_pb2.CoordinatorRecord, run_public_key: 
     The subkey ``runkey:<hex>/<bootstrap peer id>`` lets several entry points of one run coexist
     while nobody without the run key can write, overwrite or prolong them.
     """
-    from coordinator.signing import runkey_subkey
+    from barnraise.coordinator.signing import runkey_subkey
 
     subkey = runkey_subkey(run_public_key, record.peer_id)
     return store(dht, RUNS_KEY, subkey, record.SerializeToString(), COORDINATOR_TTL_S)
@@ -163,7 +163,7 @@ def wait_for_run(dht, run_id: str | None, timeout_s: float) -> coordinator_pb2.C
         if runs:
             ids = sorted({r.run_id for r in runs})
             if run_id is None and len(ids) > 1:
-                from coordinator.errors import ConfigError
+                from barnraise.coordinator.errors import ConfigError
 
                 raise ConfigError(f"this swarm hosts several runs ({', '.join(ids)}): pick one with --run-id")
             return runs[0]
@@ -239,7 +239,7 @@ def read_heartbeats(
     ``admit`` (closed runs) also drops heartbeats of peers without a valid membership token.
     ``rejected``, if given, receives one short reason per record dropped after its seal was checked.
     """
-    from coordinator.signing import open_heartbeat
+    from barnraise.coordinator.signing import open_heartbeat
 
     beats = []
     for subkey, opened in get_opened(dht, heartbeats_key(run_id), timeout_s).items():

@@ -24,9 +24,9 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from coordinator import keys
-from coordinator.errors import AuthError
-from protos import auth_pb2, heartbeat_pb2, manifest_pb2
+from barnraise.coordinator import keys
+from barnraise.coordinator.errors import AuthError
+from barnraise.protos import auth_pb2, heartbeat_pb2, manifest_pb2
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ def sign_manifest_for_run(
 
 def verify_manifest(signed: manifest_pb2.SignedManifest) -> manifest_pb2.RunManifest:
     """The manifest, if it is signed by the run key it names; AuthError (one clear line) otherwise."""
-    from coordinator.manifest import parse_manifest
+    from barnraise.coordinator.manifest import parse_manifest
 
     if not signed.signature:
         raise AuthError(
@@ -87,7 +87,7 @@ def run_authority(
     elsewhere) the node runs without it, logging what it cannot do. A key that did not sign the
     manifest is a ConfigError.
     """
-    from coordinator.errors import ConfigError
+    from barnraise.coordinator.errors import ConfigError
 
     key_path = path or run_dir / keys.RUN_KEY_FILE
     if path is None and not key_path.exists():
@@ -288,6 +288,6 @@ def seal_heartbeat(hb: heartbeat_pb2.Heartbeat) -> bytes:
 
 def open_heartbeat(data: bytes) -> heartbeat_pb2.Heartbeat | None:
     """A heartbeat opened by ``records.get_dict`` (seal already checked); None if it does not parse."""
-    from coordinator.records import parse_record
+    from barnraise.coordinator.records import parse_record
 
     return parse_record(data, heartbeat_pb2.Heartbeat)

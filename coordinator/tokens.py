@@ -39,10 +39,10 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from google.protobuf.message import Message
 
-from coordinator import keys
-from coordinator.atomic import write_atomic
-from coordinator.errors import ConfigError
-from protos import auth_pb2
+from barnraise.coordinator import keys
+from barnraise.coordinator.atomic import write_atomic
+from barnraise.coordinator.errors import ConfigError
+from barnraise.protos import auth_pb2
 
 log = logging.getLogger(__name__)
 
@@ -314,8 +314,8 @@ def revoke(
 
 def publish_revocation(dht, rev: auth_pb2.Revocation, run_key: Ed25519PrivateKey) -> bool:
     """Store the revocation record in the DHT, sealed by the run key."""
-    from coordinator import records
-    from coordinator.signing import register_signer, runkey_subkey
+    from barnraise.coordinator import records
+    from barnraise.coordinator.signing import register_signer, runkey_subkey
 
     register_signer(run_key)
     subkey = runkey_subkey(keys.public_bytes(run_key))
@@ -326,8 +326,8 @@ def read_revocation(
     dht, run_id: str, run_public_key: bytes, timeout_s: float = 5.0
 ) -> auth_pb2.Revocation | None:
     """The run's revocation record from the DHT if one sealed by the run key is there."""
-    from coordinator import records
-    from coordinator.signing import runkey_subkey
+    from barnraise.coordinator import records
+    from barnraise.coordinator.signing import runkey_subkey
 
     opened = records.get_opened(dht, revocations_key(run_id), timeout_s).get(runkey_subkey(run_public_key))
     if opened is None or opened.owner != run_public_key:

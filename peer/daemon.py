@@ -19,28 +19,28 @@ from pathlib import Path
 
 import torch
 
-from coordinator import records
-from coordinator.dhtnode import DHTOptions, start_dht
-from coordinator.errors import BarnraiseError, PeerUnavailable
-from coordinator.manifest import DEFAULT_AGGREGATOR
-from coordinator.runclock import RoundClock
-from coordinator.signing import verify_manifest
-from peer.attacks import Attacker
-from peer.auth import PeerAuth, dht_extra, open_identity
-from peer.averager import Averager, RoundOutcome
-from peer.coordinator_client import CoordinatorClient
-from peer.device import pick_device
-from peer.feed import ShardFeed, ShardOptions
-from peer.heartbeat import HeartbeatPublisher, PeerStats
-from peer.matchmaking import RoundTiming, plan_timing
-from peer.model import build_model, count_params
-from peer.p2ploop import P2PLoop
-from peer.robust import RobustConfig
-from peer.shards import ShardSourceRef
-from peer.state import GlobalState, all_finite, flat_params, load_flat
-from peer.statesync import StateServer, choose_donors, download_state, sync_target
-from peer.trainer import InnerTrainer
-from protos import heartbeat_pb2
+from barnraise.coordinator import records
+from barnraise.coordinator.dhtnode import DHTOptions, start_dht
+from barnraise.coordinator.errors import BarnraiseError, PeerUnavailable
+from barnraise.coordinator.manifest import DEFAULT_AGGREGATOR
+from barnraise.coordinator.runclock import RoundClock
+from barnraise.coordinator.signing import verify_manifest
+from barnraise.peer.attacks import Attacker
+from barnraise.peer.averaging.averager import Averager, RoundOutcome
+from barnraise.peer.averaging.matchmaking import RoundTiming, plan_timing
+from barnraise.peer.averaging.robust import RobustConfig
+from barnraise.peer.data.feed import ShardFeed, ShardOptions
+from barnraise.peer.data.shards import ShardSourceRef
+from barnraise.peer.heartbeat import HeartbeatPublisher, PeerStats
+from barnraise.peer.net.auth import PeerAuth, dht_extra, open_identity
+from barnraise.peer.net.coordinator_client import CoordinatorClient
+from barnraise.peer.net.p2ploop import P2PLoop
+from barnraise.peer.sync.statesync import StateServer, choose_donors, download_state, sync_target
+from barnraise.peer.training.device import pick_device
+from barnraise.peer.training.model import build_model, count_params
+from barnraise.peer.training.state import GlobalState, all_finite, flat_params, load_flat
+from barnraise.peer.training.trainer import InnerTrainer
+from barnraise.protos import heartbeat_pb2
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,13 @@ class PeerDaemon:
             raise PeerUnavailable(
                 f"coordinator serves run {self.manifest.run_id}, the DHT announced {rec.run_id}"
             )
-        self.auth = PeerAuth.join(self.manifest, self.identity, cache_dir=cfg.cache_dir, token_file=cfg.token,
-                                  run_key_fingerprint=cfg.run_key_fingerprint)
+        self.auth = PeerAuth.join(
+            self.manifest,
+            self.identity,
+            cache_dir=cfg.cache_dir,
+            token_file=cfg.token,
+            run_key_fingerprint=cfg.run_key_fingerprint,
+        )
         self.auth.attach_to_client(self.client)
         self.auth.start(self.dht)
         self.attack = Attacker(cfg.attack) if cfg.attack else None
@@ -134,8 +139,12 @@ class PeerDaemon:
         self.cache = self.feed.cache
         model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
-        self.stats.update(init_hash=self.state.params_hash(), genesis=genesis, round_s=self.manifest.training.round_s,
-                          group_size=self.manifest.training.group_size or 32)
+        self.stats.update(
+            init_hash=self.state.params_hash(),
+            genesis=genesis,
+            round_s=self.manifest.training.round_s,
+            group_size=self.manifest.training.group_size or 32,
+        )
         if cfg.tamper:
             self.state = GlobalState.initial(model)  # a fresh state: no cached hash
             self.state.params.add_(torch.randn_like(self.state.params) * 1e-3)
@@ -219,13 +228,26 @@ class PeerDaemon:
             return None
         for donor in donors[:3]:
             try:
-                state = await download_state(self.loop.p2p, donor, run_id, numel, 60.0, auth=self.auth,
-                                             min_round=min_round, wait_s=wait_s if wait else 0.0)
+                state = await download_state(
+                    self.loop.p2p,
+                    donor,
+                    run_id,
+                    numel,
+                    60.0,
+                    auth=self.auth,
+                    min_round=min_round,
+                    wait_s=wait_s if wait else 0.0,
+                )
             except BarnraiseError as e:
                 log.warning("state download from %s failed: %s", donor[:12], e)
                 continue
             if state.round < self.state.round:
-                log.info("donor %s served round %d, older than ours (%d)", donor[:12], state.round, self.state.round)
+                log.info(
+                    "donor %s served round %d, older than ours (%d)",
+                    donor[:12],
+                    state.round,
+                    self.state.round,
+                )
                 continue
             return state, donor
         return None
@@ -310,11 +332,20 @@ class PeerDaemon:
     def _report(self, r: int, window, wall_s: float) -> None:
         changes = {"compute_fraction": min(1.0, window.compute_s / wall_s), "round_wall_s": wall_s}
         if window.compute_s > 0:
-            changes.update(samples_per_s=window.samples / window.compute_s, loss=window.mean_loss,
-                           samples_total=self.stats.samples_total + window.samples)
+            changes.update(
+                samples_per_s=window.samples / window.compute_s,
+                loss=window.mean_loss,
+                samples_total=self.stats.samples_total + window.samples,
+            )
         self.stats.update(**changes)
-        log.info("round %d: loss %.3f, %.0f samples/s, compute %.2f s of %.2f s", r, window.mean_loss,
-                 self.stats.samples_per_s, window.compute_s, wall_s)
+        log.info(
+            "round %d: loss %.3f, %.0f samples/s, compute %.2f s of %.2f s",
+            r,
+            window.mean_loss,
+            self.stats.samples_per_s,
+            window.compute_s,
+            wall_s,
+        )
 
     def _launch(self, r: int, live: torch.Tensor, weight: float, timing: RoundTiming) -> _Pending:
         """Start averaging the update (global - live params) on the P2P loop."""
@@ -326,8 +357,16 @@ class PeerDaemon:
             if self.attack is not None:  # tests and benchmarks only: send what a Byzantine peer would
                 delta, weight = self.attack.forge(r, delta, weight, base=self.state.params)
             fut = self.loop.submit(
-                self.averager.average(r, delta, weight, self.state.params_hash(), timing,
-                                      ttl_s=4 * self.manifest.training.round_s, base_round=self.state.round))
+                self.averager.average(
+                    r,
+                    delta,
+                    weight,
+                    self.state.params_hash(),
+                    timing,
+                    ttl_s=4 * self.manifest.training.round_s,
+                    base_round=self.state.round,
+                )
+            )
             self.state_server.track(r, fut, self.state.params_hash())
         self.stats.watch_deadline(r, fut, timing.confirm_deadline)
         return _Pending(round=r, future=fut, snapshot=snapshot, weight=weight, timing=timing)
@@ -341,23 +380,37 @@ class PeerDaemon:
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError) as e:
             p.future.cancel()
             out = RoundOutcome(round=p.round, reason=f"averaging did not finish in time ({type(e).__name__})")
-        self.stats.update(bytes_sent=out.bytes_sent, bytes_received=out.bytes_received, codec_sent=out.codec,
-                          codec_received=out.codec if out.ok else "",
-                          offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()])
+        self.stats.update(
+            bytes_sent=out.bytes_sent,
+            bytes_received=out.bytes_received,
+            codec_sent=out.codec,
+            codec_received=out.codec if out.ok else "",
+            offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()],
+        )
         if out.offenders:
-            log.warning("round %d: misbehaving peers: %s", p.round,
-                        "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()))
+            log.warning(
+                "round %d: misbehaving peers: %s",
+                p.round,
+                "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()),
+            )
         if out.ok and out.average is not None and all_finite(out.average):
             local_progress = flat_params(self.trainer.model) - p.snapshot
             self.state.outer_step(out.average, t.outer_lr, t.outer_momentum, p.round)
             load_flat(self.trainer.model, self.state.params + local_progress)
             self._publish_state()
             self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
-            log.info("round %d: averaged with %d peer(s) in %.2f s, params %s", p.round, len(out.members),
-                     out.duration_s, self.state.params_hash())
+            log.info(
+                "round %d: averaged with %d peer(s) in %.2f s, params %s",
+                p.round,
+                len(out.members),
+                out.duration_s,
+                self.state.params_hash(),
+            )
             return 1, max(0.0, carried - p.weight)
         self.stats.update(rounds_missed=self.stats.rounds_missed + 1, last_exclusion=out.reason[:200])
-        log.warning("round %d: not applied (%s); local progress carried to the next round", p.round, out.reason)
+        log.warning(
+            "round %d: not applied (%s); local progress carried to the next round", p.round, out.reason
+        )
         if out.stale_base and not self.cfg.tamper and self._sync is None:
             # Download the swarm's state on the P2P loop while training goes on (at 25 Mbit/s a
             # gpt-small state takes ~15 s: blocking would idle the device for a round or more).
@@ -377,7 +430,10 @@ class PeerDaemon:
             log.info("the DHT process is gone: leases expire by themselves")
         for what, fn in (
             ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop(wait=dht_alive)),
-            ("shard feed", lambda: self.feed and dht_alive and self.feed.close()),  # releases leases via the DHT
+            (
+                "shard feed",
+                lambda: self.feed and dht_alive and self.feed.close(),
+            ),  # releases leases via the DHT
             ("p2p", lambda: self.loop and self.loop.stop()),
             ("coordinator client", lambda: self.client and self.client.close()),
             ("dht", lambda: self.dht and self.dht.shutdown()),

@@ -13,9 +13,9 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from coordinator import __version__, records
-from coordinator.signing import seal_heartbeat
-from protos import heartbeat_pb2
+from barnraise.coordinator import __version__, records
+from barnraise.coordinator.signing import seal_heartbeat
+from barnraise.protos import heartbeat_pb2
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from protos import coordinator_pb2 as protos_dot_coordinator__pb2
+from barnraise.protos import coordinator_pb2 as barnraise_dot_protos_dot_coordinator__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in protos/coordinator_pb2_grpc.py depends on'
+        + ' but the generated code in barnraise/protos/coordinator_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class CoordinatorStub:
         """
         self.GetManifest = channel.unary_unary(
                 '/barnraise.v1.Coordinator/GetManifest',
-                request_serializer=protos_dot_coordinator__pb2.GetManifestRequest.SerializeToString,
-                response_deserializer=protos_dot_coordinator__pb2.GetManifestReply.FromString,
+                request_serializer=barnraise_dot_protos_dot_coordinator__pb2.GetManifestRequest.SerializeToString,
+                response_deserializer=barnraise_dot_protos_dot_coordinator__pb2.GetManifestReply.FromString,
                 _registered_method=True)
         self.FetchShard = channel.unary_stream(
                 '/barnraise.v1.Coordinator/FetchShard',
-                request_serializer=protos_dot_coordinator__pb2.ShardRequest.SerializeToString,
-                response_deserializer=protos_dot_coordinator__pb2.ShardChunk.FromString,
+                request_serializer=barnraise_dot_protos_dot_coordinator__pb2.ShardRequest.SerializeToString,
+                response_deserializer=barnraise_dot_protos_dot_coordinator__pb2.ShardChunk.FromString,
                 _registered_method=True)
         self.GetHistory = channel.unary_unary(
                 '/barnraise.v1.Coordinator/GetHistory',
-                request_serializer=protos_dot_coordinator__pb2.HistoryRequest.SerializeToString,
-                response_deserializer=protos_dot_coordinator__pb2.HistoryReply.FromString,
+                request_serializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryRequest.SerializeToString,
+                response_deserializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryReply.FromString,
                 _registered_method=True)
 
 
@@ -80,18 +80,18 @@ def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetManifest': grpc.unary_unary_rpc_method_handler(
                     servicer.GetManifest,
-                    request_deserializer=protos_dot_coordinator__pb2.GetManifestRequest.FromString,
-                    response_serializer=protos_dot_coordinator__pb2.GetManifestReply.SerializeToString,
+                    request_deserializer=barnraise_dot_protos_dot_coordinator__pb2.GetManifestRequest.FromString,
+                    response_serializer=barnraise_dot_protos_dot_coordinator__pb2.GetManifestReply.SerializeToString,
             ),
             'FetchShard': grpc.unary_stream_rpc_method_handler(
                     servicer.FetchShard,
-                    request_deserializer=protos_dot_coordinator__pb2.ShardRequest.FromString,
-                    response_serializer=protos_dot_coordinator__pb2.ShardChunk.SerializeToString,
+                    request_deserializer=barnraise_dot_protos_dot_coordinator__pb2.ShardRequest.FromString,
+                    response_serializer=barnraise_dot_protos_dot_coordinator__pb2.ShardChunk.SerializeToString,
             ),
             'GetHistory': grpc.unary_unary_rpc_method_handler(
                     servicer.GetHistory,
-                    request_deserializer=protos_dot_coordinator__pb2.HistoryRequest.FromString,
-                    response_serializer=protos_dot_coordinator__pb2.HistoryReply.SerializeToString,
+                    request_deserializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryRequest.FromString,
+                    response_serializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -119,8 +119,8 @@ class Coordinator:
             request,
             target,
             '/barnraise.v1.Coordinator/GetManifest',
-            protos_dot_coordinator__pb2.GetManifestRequest.SerializeToString,
-            protos_dot_coordinator__pb2.GetManifestReply.FromString,
+            barnraise_dot_protos_dot_coordinator__pb2.GetManifestRequest.SerializeToString,
+            barnraise_dot_protos_dot_coordinator__pb2.GetManifestReply.FromString,
             options,
             channel_credentials,
             insecure,
@@ -146,8 +146,8 @@ class Coordinator:
             request,
             target,
             '/barnraise.v1.Coordinator/FetchShard',
-            protos_dot_coordinator__pb2.ShardRequest.SerializeToString,
-            protos_dot_coordinator__pb2.ShardChunk.FromString,
+            barnraise_dot_protos_dot_coordinator__pb2.ShardRequest.SerializeToString,
+            barnraise_dot_protos_dot_coordinator__pb2.ShardChunk.FromString,
             options,
             channel_credentials,
             insecure,
@@ -173,8 +173,8 @@ class Coordinator:
             request,
             target,
             '/barnraise.v1.Coordinator/GetHistory',
-            protos_dot_coordinator__pb2.HistoryRequest.SerializeToString,
-            protos_dot_coordinator__pb2.HistoryReply.FromString,
+            barnraise_dot_protos_dot_coordinator__pb2.HistoryRequest.SerializeToString,
+            barnraise_dot_protos_dot_coordinator__pb2.HistoryReply.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,8 +41,8 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from peer.attacks import ATTACKS  # noqa: E402
-from peer.model import build_model  # noqa: E402
+from barnraise.peer.attacks import ATTACKS  # noqa: E402
+from barnraise.peer.training.model import build_model  # noqa: E402
 from scripts.attacks.sim import SimConfig, make_corpus, reduce_round, run  # noqa: E402
 
 QUICK = SimConfig(rounds=12, inner_steps=8)
@@ -73,7 +73,7 @@ def _experiment(job: tuple[SimConfig, str, str | None]) -> dict:
 
 def time_reduction(numel: int, peers: int, aggregator: str, repeats: int) -> float:
     """Seconds one member spends combining its part (numel / peers elements from each of ``peers``)."""
-    from peer.robust import RobustConfig
+    from barnraise.peer.averaging.robust import RobustConfig
 
     g = torch.Generator().manual_seed(0)
     mean = torch.randn(numel, generator=g)

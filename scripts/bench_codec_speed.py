@@ -23,7 +23,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from peer import codecs  # noqa: E402
+from barnraise.peer.averaging import codecs  # noqa: E402
 
 DEFAULT_NUMEL = 100_000_000
 QUICK_NUMEL = 10_000_000

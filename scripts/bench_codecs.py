@@ -64,7 +64,7 @@ from bench_codec_speed import measure  # noqa: E402
 from diloco_sim import Corpus, Workload, make_corpus, run_diloco  # noqa: E402
 from netsim_lib import cleanup_stale, missing_requirements  # noqa: E402
 
-from peer import codecs  # noqa: E402
+from barnraise.peer.averaging import codecs  # noqa: E402
 
 log = logging.getLogger("bench_codecs")
 

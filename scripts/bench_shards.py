@@ -101,7 +101,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peer.cli.main", *args]
+    return [sys.executable, "-m", "barnraise.peer.cli.main", *args]
 
 
 def make_run(cfg: BenchConfig, work: Path) -> tuple[Path, str]:

@@ -46,7 +46,7 @@ TTL_S = 900.0  # synthetic records outlive the benchmark
 
 def heartbeat(peer_id: str, i: int, now: float):
     """A heartbeat as a busy peer sends it (every list field filled to its usual length)."""
-    from protos import heartbeat_pb2
+    from barnraise.protos import heartbeat_pb2
 
     return heartbeat_pb2.Heartbeat(
         peer_id=peer_id,
@@ -95,8 +95,8 @@ async def store_peers(_dht, node, start: int, count: int, genesis: float, round_
 
     Built there, not sent through hivemind's command pipe, which breaks on messages of a few kB.
     """
-    from coordinator import keys, records, signing
-    from protos import heartbeat_pb2
+    from barnraise.coordinator import keys, records, signing
+    from barnraise.protos import heartbeat_pb2
 
     now = time.time()
     expiration = records.dht_time() + TTL_S
@@ -127,8 +127,8 @@ def populate(nodes, n_peers: int) -> float:
     """Store the coordinator record and N peers' heartbeats and beacons; returns seconds taken."""
     import functools
 
-    from coordinator import keys, records, signing
-    from protos import coordinator_pb2
+    from barnraise.coordinator import keys, records, signing
+    from barnraise.protos import coordinator_pb2
 
     started = time.perf_counter()
     run_key = keys.generate()
@@ -175,10 +175,10 @@ def probe(entry: str) -> dict:
     import hivemind  # noqa: F401
 
     out = {"import_hivemind_s": time.perf_counter() - t0}
-    from coordinator import records
-    from coordinator.health import build_report, choose_run, query_report
-    from coordinator.signing import open_sealed
-    from peer.cli.status_watch import StatusClient
+    from barnraise.coordinator import records
+    from barnraise.coordinator.health import build_report, choose_run, query_report
+    from barnraise.coordinator.signing import open_sealed
+    from barnraise.peer.cli.status_watch import StatusClient
 
     key = records.heartbeats_key(RUN_ID)
     with StatusClient((entry,)) as other:  # a separate cold client: latest=False stops at the first answer
@@ -215,7 +215,7 @@ def children_cpu_s() -> float:
 
 def cli_wall(entry: str, n_peers: int) -> tuple[float, float, dict]:
     """(wall seconds, CPU seconds of the whole process tree, report) of one ``status --json``."""
-    argv = [sys.executable, "-m", "peer.cli.main", "status", "--initial-peers", entry, "--json"]
+    argv = [sys.executable, "-m", "barnraise.peer.cli.main", "status", "--initial-peers", entry, "--json"]
     cpu0, t0 = children_cpu_s(), time.perf_counter()
     res = subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
     took, cpu = time.perf_counter() - t0, children_cpu_s() - cpu0
@@ -249,9 +249,9 @@ def main() -> int:
     repeats = 1 if args.quick else args.repeats
     os.environ.setdefault("PYTHONWARNINGS", "ignore::DeprecationWarning")
 
-    from coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
-    from coordinator.signing import dht_validators
-    from coordinator.status_schema import schema_errors
+    from barnraise.coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
+    from barnraise.coordinator.signing import dht_validators
+    from barnraise.coordinator.status_schema import schema_errors
 
     nodes = []
     try:

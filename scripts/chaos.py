@@ -183,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-kill-s", type=float, default=30.0)
     p.add_argument("--model", default="gpt-micro")
     p.add_argument("--cpus-per-peer", type=float, default=None)
-    p.add_argument("--outer-lr", type=float, default=1.0, help="outer learning rate (default 1: plain averaging)")
+    p.add_argument(
+        "--outer-lr", type=float, default=1.0, help="outer learning rate (default 1: plain averaging)"
+    )
     p.add_argument("--outer-momentum", type=float, default=0.0, help="outer Nesterov momentum (default 0)")
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)

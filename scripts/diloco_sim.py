@@ -20,14 +20,14 @@ from pathlib import Path
 
 import torch
 
-from coordinator.manifest import SHARDS_DIR, TrainingDefaults, model_config
-from coordinator.runinit import init_run
-from peer import codecs
-from peer.device import DeviceInfo
-from peer.model import build_model
-from peer.shards import BatchReader, shard_tokens
-from peer.state import GlobalState, flat_params, load_flat
-from peer.trainer import InnerTrainer
+from barnraise.coordinator.manifest import SHARDS_DIR, TrainingDefaults, model_config
+from barnraise.coordinator.operator.runinit import init_run
+from barnraise.peer.averaging import codecs
+from barnraise.peer.data.shards import BatchReader, shard_tokens
+from barnraise.peer.training.device import DeviceInfo
+from barnraise.peer.training.model import build_model
+from barnraise.peer.training.state import GlobalState, flat_params, load_flat
+from barnraise.peer.training.trainer import InnerTrainer
 
 CPU = DeviceInfo(device=torch.device("cpu"), description="cpu", memory_bytes=0, autocast_dtype=None)
 
@@ -121,7 +121,7 @@ def run_diloco(
     torch.manual_seed(work.seed)
     cfg = model_config(work.model, 256)
     train_cfg = TrainingDefaults(inner_lr=work.inner_lr, batch_size=work.batch_size)
-    from protos import manifest_pb2
+    from barnraise.protos import manifest_pb2
 
     tcfg = manifest_pb2.TrainingConfig(
         inner_lr=train_cfg.inner_lr,

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from peer.cli.launch import Swarm, barnraise_argv
+from barnraise.peer.cli.launch import Swarm, barnraise_argv
 
 WINDOW = re.compile(r"round (\d+): loss ([0-9.na]+), ([0-9.]+) samples/s, compute ([0-9.]+) s of ([0-9.]+) s")
 APPLIED = re.compile(r"round (\d+): averaged with (\d+) peer\(s\) in ([0-9.]+) s, params (\w+)")

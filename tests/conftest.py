@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from peer.cli.launch import Swarm, barnraise_argv
+from barnraise.peer.cli.launch import Swarm, barnraise_argv
 
 ROOT = Path(__file__).resolve().parent.parent
 

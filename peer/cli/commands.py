@@ -1,173 +1,16 @@
-"""Subcommands: init, bootstrap, peer, status (demo lives in its own module)."""
+"""The volunteer's and the observer's subcommands: peer, status (demo lives in its own module; the
+operator's init, bootstrap and token in ``barnraise.coordinator.operator.commands``)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import threading
 from pathlib import Path
 
-from coordinator.errors import ConfigError
-
-
-def stop_on_signals(stop) -> None:
-    """SIGTERM and SIGINT ask the component to leave cleanly.
-
-    Child processes forked later (hivemind's DHT process) inherit Python handlers; there the
-    default action is restored so that they still die when signalled.
-    """
-    owner = os.getpid()
-
-    def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        stop()
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-
-
-# --- init -------------------------------------------------------------------------------------
-def register_init(sub) -> None:
-    p = sub.add_parser("init", help="split a dataset into shards and write a run manifest")
-    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
-    p.add_argument(
-        "--dataset",
-        default="builtin",
-        help="'builtin' (Python's own sources), or a directory/.jsonl/.bin file",
-    )
-    p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of a .bin token file")
-    p.add_argument("--model", default="gpt-nano", help="gpt-nano, gpt-micro, gpt-small, gpt-medium")
-    p.add_argument("--round-s", type=float, default=10.0, help="seconds of compute per round")
-    p.add_argument(
-        "--round-delay", type=int, default=0, choices=(0, 1), help="apply each average 0 or 1 round late"
-    )
-    p.add_argument("--codec", default="fp32", help="update codec: fp32, fp16, bf16, int8, int4, topk")
-    p.add_argument("--batch-size", type=int, default=16, help="sequences per inner step")
-    p.add_argument("--inner-lr", type=float, default=2e-3)
-    p.add_argument("--outer-lr", type=float, default=0.7, help="outer (Nesterov SGD) learning rate")
-    p.add_argument(
-        "--outer-momentum",
-        type=float,
-        default=0.9,
-        help="outer Nesterov momentum, 0 <= m < 1 (with --outer-lr 1 and 0: plain averaging)",
-    )
-    p.add_argument("--group-size", type=int, default=32, help="target averaging group size")
-    p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument(
-        "--aggregator",
-        default="centered_clip",
-        help="how reducers combine updates: centered_clip (robust, default), median, trimmed_mean, mean",
-    )
-    p.add_argument(
-        "--closed", action="store_true", help="admit only peers holding a token (`barnraise token issue`)"
-    )
-    p.add_argument(
-        "--run-key", type=Path, default=None, help="sign with this Ed25519 key (PEM) instead of a new RUN_DIR/run.key"
-    )
-    p.set_defaults(handler=cmd_init)
-
-
-def cmd_init(args) -> int:
-    from coordinator.manifest import TrainingDefaults, manifest_summary
-    from coordinator.runinit import init_run
-    from peer import codecs
-
-    try:
-        codecs.check_codec(args.codec)
-        training = TrainingDefaults(
-            round_s=args.round_s,
-            round_delay=args.round_delay,
-            codec=args.codec,
-            batch_size=args.batch_size,
-            inner_lr=args.inner_lr,
-            outer_lr=args.outer_lr,
-            outer_momentum=args.outer_momentum,
-            group_size=args.group_size,
-            aggregator=args.aggregator,
-        )
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    options = {"vocab_size": args.vocab_size} if args.vocab_size else {}
-    manifest = init_run(
-        args.run_dir,
-        dataset=args.dataset,
-        model=args.model,
-        training=training,
-        shard_bytes=args.shard_kib * 1024,
-        seed=args.seed,
-        source_options=options,
-        closed=args.closed,
-        run_key=args.run_key,
-    )
-    print(json.dumps(manifest_summary(manifest)))
-    if args.run_key is None:
-        print(f"run key: {args.run_dir / 'run.key'} (keep it private; it signs the manifest and tokens)")
-    print(f"next: barnraise bootstrap --run {args.run_dir}")
-    return 0
-
-
-# --- bootstrap --------------------------------------------------------------------------------
-def register_bootstrap(sub) -> None:
-    p = sub.add_parser("bootstrap", help="run a bootstrap node: DHT entry point + coordinator service")
-    p.add_argument("--run", type=Path, required=True, metavar="RUN_DIR")
-    p.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/31337"], metavar="MADDR")
-    p.add_argument(
-        "--announce", nargs="+", default=[], metavar="MADDR", help="public multiaddrs (behind NAT)"
-    )
-    p.add_argument(
-        "--identity", type=Path, default=None, help="private key file (default RUN_DIR/bootstrap.id)"
-    )
-    p.add_argument(
-        "--grpc", default="", metavar="HOST:PORT", help="coordinator gRPC address (default: listen host)"
-    )
-    p.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR", help="join an existing swarm")
-    p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
-    p.set_defaults(handler=cmd_bootstrap)
-
-
-def cmd_bootstrap(args) -> int:
-    from coordinator.bootstrap import BootstrapConfig, BootstrapNode
-
-    node = BootstrapNode(
-        BootstrapConfig(
-            run_dir=args.run,
-            listen=tuple(args.listen),
-            announce=tuple(args.announce),
-            identity=args.identity,
-            grpc=args.grpc,
-            initial_peers=tuple(args.initial_peers),
-            metrics=args.metrics_port,
-        )
-    )
-    if args.metrics_port:
-        from coordinator.metrics import parse_metrics_address
-
-        parse_metrics_address(args.metrics_port)
-    done = threading.Event()
-    stop_on_signals(done.set)
-    node.start()
-    try:
-        print(f"run {node.manifest.run_id}: coordinator at {', '.join(node.grpc_addrs)}")
-        if node.metrics is not None:
-            print(f"metrics at {node.metrics.url}")
-        print(f"peer id {node.record.peer_id}; listening on:")
-        for m in node.maddrs:
-            print(f"  {m}")
-        print(
-            f"volunteers join with:\n  barnraise peer --initial-peers {node.initial_peers_hint()}", flush=True
-        )
-        while not done.wait(1.0):
-            pass
-    finally:
-        node.stop()
-    return 0
+from barnraise.coordinator.errors import ConfigError
+from barnraise.coordinator.shutdown import stop_on_signals
 
 
 # --- peer -------------------------------------------------------------------------------------
@@ -199,17 +42,21 @@ def register_peer(sub) -> None:
     p.add_argument("--ledger", type=Path, default=None, help=argparse.SUPPRESS)  # tests: trained ranges
     p.add_argument("--serve-corrupt-shards", action="store_true", help=argparse.SUPPRESS)  # tests
     p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
-    p.add_argument("--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)")
-    p.add_argument("--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS)
+    p.add_argument(
+        "--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)"
+    )
+    p.add_argument(
+        "--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS
+    )
     p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
     p.set_defaults(handler=cmd_peer)
 
 
 def shard_options(args):
     """``ShardOptions`` from the peer's flags; a bad value is a one-line ConfigError."""
-    from coordinator.leases import LeaseConfig
-    from peer.feed import ShardOptions
-    from peer.shardserver import ServeConfig
+    from barnraise.coordinator.leases import LeaseConfig
+    from barnraise.peer.data.feed import ShardOptions
+    from barnraise.peer.data.shardserver import ServeConfig
 
     if not args.cache_budget_mb >= 0:
         raise ConfigError(f"--cache-budget-mb must be 0 or more MiB, got {args.cache_budget_mb:g}")
@@ -225,7 +72,7 @@ def shard_options(args):
 
 
 def cmd_peer(args) -> int:
-    from peer.daemon import PeerConfig, PeerDaemon
+    from barnraise.peer.daemon import PeerConfig, PeerDaemon
 
     cfg = PeerConfig(
         initial_peers=tuple(args.initial_peers),
@@ -248,23 +95,23 @@ def cmd_peer(args) -> int:
         attack=args.attack,
     )
     if args.attack:
-        from peer.attacks import ATTACKS
+        from barnraise.peer.attacks import ATTACKS
 
         if args.attack not in ATTACKS:
             raise ConfigError(f"unknown attack {args.attack!r}: choose one of {', '.join(ATTACKS)}")
     if args.run_key_fingerprint:
-        from coordinator.keys import parse_fingerprint
+        from barnraise.coordinator.keys import parse_fingerprint
 
         parse_fingerprint(args.run_key_fingerprint)
     if args.codec:
-        from peer import codecs
+        from barnraise.peer.averaging import codecs
 
         try:
             codecs.check_codec(args.codec)
         except ValueError as e:
             raise ConfigError(str(e)) from e
     if args.metrics_port:
-        from coordinator.metrics import parse_metrics_address
+        from barnraise.coordinator.metrics import parse_metrics_address
 
         parse_metrics_address(args.metrics_port)
     daemon = PeerDaemon(cfg)
@@ -292,8 +139,8 @@ def cmd_peer(args) -> int:
 
 def serve_peer_metrics(daemon, address: str):
     """/metrics of the swarm as this peer's DHT sees it (read at scrape time, at most every 5 s)."""
-    from coordinator.health import query_report
-    from coordinator.metrics import serve_metrics
+    from barnraise.coordinator.health import query_report
+    from barnraise.coordinator.metrics import serve_metrics
 
     return serve_metrics(address, lambda: query_report(daemon.dht, daemon.manifest.run_id, 5.0), cache_s=5.0)
 
@@ -322,21 +169,21 @@ def register_status(sub) -> None:
 
 
 def collect_report(initial_peers, run_id: str = "", timeout_s: float = 15.0) -> dict:
-    from peer.cli.status_watch import StatusClient
+    from barnraise.peer.cli.status_watch import StatusClient
 
     with StatusClient(initial_peers, run_id, timeout_s) as client:
         return client.report()
 
 
 def cmd_status(args) -> int:
-    from peer.cli.status_watch import StatusClient, check_interval, watch
+    from barnraise.peer.cli.status_watch import StatusClient, check_interval, watch
 
     if args.plot is not None and (args.json or args.watch):
         raise ConfigError("--plot does not combine with --json or --watch")
     if args.watch:
         check_interval(args.interval)
     if args.plot is not None:
-        from peer.cli.status_plot import check_output, plot_status
+        from barnraise.peer.cli.status_plot import check_output, plot_status
 
         check_output(args.plot)
     with StatusClient(args.initial_peers, args.run_id, args.timeout) as client:
@@ -352,11 +199,11 @@ def cmd_status(args) -> int:
         elif sys.stdout.isatty():
             from rich.console import Console
 
-            from peer.cli.status_view import render_rich
+            from barnraise.peer.cli.status_view import render_rich
 
             Console().print(render_rich(report))
         else:
-            from peer.cli.status_view import render_text
+            from barnraise.peer.cli.status_view import render_text
 
             sys.stdout.write(render_text(report))
             sys.stdout.flush()
@@ -364,15 +211,20 @@ def cmd_status(args) -> int:
 
 
 def register_demo(sub) -> None:
-    from peer.cli.demo import register
+    from barnraise.peer.cli.demo import register
 
     register(sub)
 
 
-def register_token(sub) -> None:
-    from peer.cli.membership import register
+def registry() -> list:
+    """Every subcommand's ``register(sub)``, in the order ``barnraise --help`` lists them."""
+    from barnraise.coordinator.operator import commands as operator
 
-    register(sub)
-
-
-REGISTRY = [register_init, register_bootstrap, register_peer, register_status, register_demo, register_token]
+    return [
+        operator.register_init,
+        operator.register_bootstrap,
+        register_peer,
+        register_status,
+        register_demo,
+        operator.register_token,
+    ]

@@ -26,12 +26,13 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from coordinator.errors import ConfigError
-    from coordinator.manifest import TrainingDefaults
-    from coordinator.runinit import init_run
-    from peer.cli.commands import collect_report, stop_on_signals
-    from peer.cli.launch import Swarm
-    from peer.cli.status_view import render_text
+    from barnraise.coordinator.errors import ConfigError
+    from barnraise.coordinator.manifest import TrainingDefaults
+    from barnraise.coordinator.operator.runinit import init_run
+    from barnraise.coordinator.shutdown import stop_on_signals
+    from barnraise.peer.cli.commands import collect_report
+    from barnraise.peer.cli.launch import Swarm
+    from barnraise.peer.cli.status_view import render_text
 
     if not 1 <= args.peers <= 16:
         raise ConfigError(f"--peers {args.peers}: choose between 1 and 16")

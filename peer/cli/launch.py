@@ -16,13 +16,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coordinator.errors import PeerUnavailable
+from barnraise.coordinator.errors import PeerUnavailable
 
 MADDR_LINE = re.compile(r"--initial-peers (\S+)")
 
 
 def barnraise_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "peer.cli.main", *args]
+    return [sys.executable, "-m", "barnraise.peer.cli.main", *args]
 
 
 @dataclass

@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from coordinator.errors import BarnraiseError
+from barnraise.coordinator.errors import BarnraiseError
 
 log = logging.getLogger(__name__)
 
@@ -26,12 +26,12 @@ def setup_logging(verbose: int) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from peer.cli import commands
+    from barnraise.peer.cli import commands
 
     parser = argparse.ArgumentParser(prog="barnraise", description="Train one model together on pooled GPUs.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logs (-vv: debug)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for register in commands.REGISTRY:
+    for register in commands.registry():
         register(sub)
     return parser
 

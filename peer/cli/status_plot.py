@@ -13,7 +13,7 @@ import logging
 import math
 from pathlib import Path
 
-from coordinator.errors import ConfigError, PeerUnavailable
+from barnraise.coordinator.errors import ConfigError, PeerUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ def check_output(path: Path) -> None:
 
 def fetch_history(report: dict, timeout_s: float) -> list:
     """The coordinator's RoundSummary list for the report's run; PeerUnavailable says why not."""
-    from peer.coordinator_client import CoordinatorClient
+    from barnraise.peer.net.coordinator_client import CoordinatorClient
 
     coordinator = report.get("coordinator")
     run = report.get("run_id") or "this swarm"
@@ -89,7 +89,7 @@ def plot_status(report: dict, path: Path, timeout_s: float) -> str:
         raise PeerUnavailable(
             "the coordinator has no round history yet (it records one entry per round once peers train)"
         )
-    from coordinator.health import sanitize
+    from barnraise.coordinator.health import sanitize
 
     draw(rows, path, f"run {sanitize(report['run_id'], 60)}")
     return f"plotted rounds {rows[0][0]}..{rows[-1][0]} ({len(rows)} rounds) to {path}"

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import time
 
-from coordinator.findings import short_id
-from coordinator.health import sanitize
+from barnraise.coordinator.findings import short_id
+from barnraise.coordinator.health import sanitize
 
 MAX_FINDINGS = 12  # findings listed; the rest are counted
 SEVERE = {"params_disagree", "params_split", "reported_offender", "version_mismatch"}

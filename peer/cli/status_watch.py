@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TextIO
 
-from coordinator.errors import BarnraiseError, ConfigError
-from peer.cli.status_view import render_rich, render_text, utc_clock
+from barnraise.coordinator.errors import BarnraiseError, ConfigError
+from barnraise.peer.cli.status_view import render_rich, render_text, utc_clock
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +76,8 @@ class StatusClient:
         self.dht = None
 
     def __enter__(self) -> StatusClient:
-        from coordinator.dhtnode import DHTOptions, start_dht
-        from coordinator.signing import dht_validators
+        from barnraise.coordinator.dhtnode import DHTOptions, start_dht
+        from barnraise.coordinator.signing import dht_validators
 
         main = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
@@ -98,7 +98,7 @@ class StatusClient:
         return self
 
     def report(self) -> dict:
-        from coordinator.health import query_report
+        from barnraise.coordinator.health import query_report
 
         return query_report(self.dht, self.run_id, self.timeout_s)
 

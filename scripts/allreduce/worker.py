@@ -79,8 +79,8 @@ class Ours:
     """
 
     def __init__(self, node: Node, phase: str, codec: str, cfg: argparse.Namespace):
-        from peer.averager import Averager
-        from peer.robust import RobustConfig
+        from barnraise.peer.averaging.averager import Averager
+        from barnraise.peer.averaging.robust import RobustConfig
 
         self.node, self.cfg = node, cfg
         self.av = Averager(
@@ -114,8 +114,8 @@ class Ours:
         self.av.allreduce.run = timed_exchange
 
     def round(self, round_no: int, update: torch.Tensor, start_at: float) -> dict:
-        from peer.codecs import ErrorFeedback
-        from peer.matchmaking import plan_timing
+        from barnraise.peer.averaging.codecs import ErrorFeedback
+        from barnraise.peer.averaging.matchmaking import plan_timing
 
         # Each round's inputs are independent, so a residual carried from the last one would only
         # blur the error figure; bytes and time do not depend on it.
@@ -151,9 +151,9 @@ class Ours:
         }
 
     def close(self) -> None:
-        from peer.allreduce import REDUCE_HANDLER
-        from peer.averager import CONFIRM_HANDLER
-        from peer.matchmaking import JOIN_HANDLER
+        from barnraise.peer.averaging.allreduce import REDUCE_HANDLER
+        from barnraise.peer.averaging.averager import CONFIRM_HANDLER
+        from barnraise.peer.averaging.matchmaking import JOIN_HANDLER
 
         async def remove() -> None:
             for name in (JOIN_HANDLER, REDUCE_HANDLER, CONFIRM_HANDLER):
@@ -236,10 +236,10 @@ class Node:
     """This worker's DHT node, signing key and P2P loop, shared by every phase."""
 
     def __init__(self, cfg: argparse.Namespace):
-        from coordinator import keys, signing
-        from coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
-        from peer.auth import dht_extra
-        from peer.p2ploop import P2PLoop
+        from barnraise.coordinator import keys, signing
+        from barnraise.coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
+        from barnraise.peer.net.auth import dht_extra
+        from barnraise.peer.net.p2ploop import P2PLoop
 
         work = Path(cfg.work_dir or tempfile.mkdtemp(prefix="barnraise-allreduce-"))
         identity = work / f"peer{cfg.index}.id"
@@ -341,7 +341,7 @@ class Worker:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    from coordinator.manifest import DEFAULT_AGGREGATOR
+    from barnraise.coordinator.manifest import DEFAULT_AGGREGATOR
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--index", type=int, default=0, help="this member's index (seeds its updates)")

@@ -21,19 +21,19 @@ from pathlib import Path
 
 import torch
 
-from coordinator.errors import ProtocolError
-from coordinator.manifest import SHARDS_DIR, TrainingDefaults
-from coordinator.runinit import init_run
-from peer import codecs
-from peer.allreduce import PartReducer, part_bounds
-from peer.attacks import Attacker
-from peer.device import DeviceInfo
-from peer.model import build_model
-from peer.robust import RobustConfig
-from peer.shards import shard_tokens
-from peer.state import GlobalState, flat_params, load_flat
-from peer.trainer import InnerTrainer
-from protos import averaging_pb2, manifest_pb2
+from barnraise.coordinator.errors import ProtocolError
+from barnraise.coordinator.manifest import SHARDS_DIR, TrainingDefaults
+from barnraise.coordinator.operator.runinit import init_run
+from barnraise.peer.attacks import Attacker
+from barnraise.peer.averaging import codecs
+from barnraise.peer.averaging.allreduce import PartReducer, part_bounds
+from barnraise.peer.averaging.robust import RobustConfig
+from barnraise.peer.data.shards import shard_tokens
+from barnraise.peer.training.device import DeviceInfo
+from barnraise.peer.training.model import build_model
+from barnraise.peer.training.state import GlobalState, flat_params, load_flat
+from barnraise.peer.training.trainer import InnerTrainer
+from barnraise.protos import averaging_pb2, manifest_pb2
 from scripts.diloco_sim import Stream
 
 CPU = DeviceInfo(device=torch.device("cpu"), description="cpu", memory_bytes=0, autocast_dtype=None)

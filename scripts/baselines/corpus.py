@@ -44,7 +44,7 @@ class RunSpec:
 
 def builtin_bytes() -> bytes:
     """The built-in corpus exactly as ``barnraise init --dataset builtin`` would read it."""
-    from coordinator.datasets import open_source
+    from barnraise.coordinator.operator.datasets import open_source
 
     return b"".join(open_source("builtin").chunks)
 

@@ -33,9 +33,9 @@ class Evaluator:
     """The run's model and the evaluation batch, ready to score flat parameter vectors."""
 
     def __init__(self, run_dir: Path, heldout: Path, *, n_seqs: int = 16, threads: int = 2) -> None:
-        from coordinator.manifest import load_signed_manifest
-        from peer.model import build_model
-        from protos import manifest_pb2
+        from barnraise.coordinator.manifest import load_signed_manifest
+        from barnraise.peer.training.model import build_model
+        from barnraise.protos import manifest_pb2
 
         torch.set_num_threads(threads)
         manifest = manifest_pb2.RunManifest.FromString(load_signed_manifest(run_dir).manifest)
@@ -47,7 +47,7 @@ class Evaluator:
 
     def loss(self, params: torch.Tensor) -> float:
         """Mean loss of ``params`` on the evaluation batch (in chunks, to bound memory)."""
-        from peer.state import load_flat
+        from barnraise.peer.training.state import load_flat
 
         if params.numel() != self.numel:
             raise ValueError(f"snapshot has {params.numel()} values, the model {self.numel}")

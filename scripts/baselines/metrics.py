@@ -77,7 +77,7 @@ class AllreduceFigures:
 
 
 def allreduce_figures(events: Sequence[dict[str, Any]], mbit: float | None) -> AllreduceFigures | None:
-    from peer import codecs
+    from barnraise.peer.averaging import codecs
 
     ok = [e for e in events if e.get("kind") == "allreduce" and e.get("ok") and e.get("members", 0) > 1]
     if not ok:

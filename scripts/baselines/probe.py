@@ -41,8 +41,10 @@ def install(events_path: Path, snapshots: Path | None) -> None:
     """Wrap the three methods; raises RuntimeError naming any that this barnraise lacks."""
     import torch
 
+    from barnraise.peer import daemon
+    from barnraise.peer.averaging import allreduce
+    from barnraise.peer.training import trainer
     from baselines.events import EventLog, save_snapshot
-    from peer import allreduce, daemon, trainer
 
     targets = [
         (trainer, "InnerTrainer", "train_until"),
@@ -139,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         cache = _cache_dir(peer_argv)
         cache.mkdir(parents=True, exist_ok=True)
         install(cache / EVENTS_FILE, opts.snapshots)
-    from peer.cli.main import main as barnraise_main
+    from barnraise.peer.cli.main import main as barnraise_main
 
     return barnraise_main(cli_argv)
 

@@ -121,9 +121,9 @@ class Workload:
     """The run's model and this worker's batch stream."""
 
     def __init__(self, cfg: WorkerConfig) -> None:
-        from coordinator.manifest import load_signed_manifest
-        from peer.model import build_model
-        from protos import manifest_pb2
+        from barnraise.coordinator.manifest import load_signed_manifest
+        from barnraise.peer.training.model import build_model
+        from barnraise.protos import manifest_pb2
 
         torch.set_num_threads(cfg.threads)
         self.cfg = cfg
@@ -150,7 +150,7 @@ class Workload:
         return float(loss.item()), int(x.shape[0])
 
     def flat_params(self) -> torch.Tensor:
-        from peer.state import flat_params
+        from barnraise.peer.training.state import flat_params
 
         return flat_params(self.model)
 

@@ -46,7 +46,7 @@ def default_barnraise_command() -> tuple[str, ...]:
     if found := shutil.which("barnraise"):
         return (found,)
     python = venv_bin / "python"
-    return (str(python) if python.exists() else sys.executable, "-m", "peer.cli.main")
+    return (str(python) if python.exists() else sys.executable, "-m", "barnraise.peer.cli.main")
 
 
 def parse_initial_peers(line: str) -> str | None:

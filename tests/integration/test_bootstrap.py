@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from peer.cli.launch import Swarm
+from barnraise.peer.cli.launch import Swarm
 from tests.conftest import init_run, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -42,9 +42,9 @@ def small_corpus(tmp_path, n_bytes: int = 200_000):
 
 def edit_manifest(run, edit, resign: bool) -> None:
     """Change the manifest on disk; with ``resign`` the run authority signs the edit (a bad run)."""
-    from coordinator import keys
-    from coordinator.signing import sign_manifest
-    from protos import manifest_pb2
+    from barnraise.coordinator import keys
+    from barnraise.coordinator.signing import sign_manifest
+    from barnraise.protos import manifest_pb2
 
     signed = manifest_pb2.SignedManifest.FromString((run / "manifest.pb").read_bytes())
     m = manifest_pb2.RunManifest.FromString(signed.manifest)
@@ -84,8 +84,14 @@ def test_corrupted_shard_and_edited_hash_are_never_trained_on(swarm, tmp_path):
     edit_manifest(run, edit, resign=True)
     swarm.start_bootstrap(run)
     peer = swarm.start_peer("peer1", ["--threads", "1"])
-    wait_for(lambda: peer.log_path.read_text().count("skipping this shard") >= 2 and
-             "averaged with" in peer.log_path.read_text(), 120, what="the peer to skip both bad shards and train")
+    wait_for(
+        lambda: (
+            peer.log_path.read_text().count("skipping this shard") >= 2
+            and "averaged with" in peer.log_path.read_text()
+        ),
+        120,
+        what="the peer to skip both bad shards and train",
+    )
     swarm.close(grace_s=2.0)
     boot_log = (tmp_path / "bootstrap.log").read_text()
     assert "does not match its sha256" in boot_log

@@ -43,8 +43,11 @@ def test_bad_parts_are_left_out_and_named(swarm, tmp_path):
     init_run(tmp_path / "run", "--round-s", "4", "--round-delay", "1")
     swarm.start_bootstrap(tmp_path / "run")
     honest = [swarm.start_peer(f"honest{i}", ["--threads", "1"]) for i in (1, 2)]
-    bad = {fault: swarm.start_peer(f"bad-{fault}", ["--threads", "1", "--fault", fault])
-           for fault in ("nan", "shape", "oversize")}
+    bad = {
+        fault: swarm.start_peer(f"bad-{fault}", ["--threads", "1", "--fault", fault])
+        for fault in ("nan", "shape", "oversize")
+    }
+
     def ids() -> dict[str, str] | None:
         found = {f: re.search(r"peer (\w+) joined run", c.log_path.read_text()) for f, c in bad.items()}
         return {f: m.group(1) for f, m in found.items()} if all(found.values()) else None
@@ -54,8 +57,12 @@ def test_bad_parts_are_left_out_and_named(swarm, tmp_path):
         peer_ids = ids()
         return bool(peer_ids) and all(f"left {pid[:12]} out of part" in text for pid in peer_ids.values())
 
-    wait_for(lambda: len(agreed_rounds(*honest)) >= 3 and named(), 180, every_s=2,
-             what="3 agreed rounds and every offender named in the honest peers' logs")
+    wait_for(
+        lambda: len(agreed_rounds(*honest)) >= 3 and named(),
+        180,
+        every_s=2,
+        what="3 agreed rounds and every offender named in the honest peers' logs",
+    )
     assert not disagreeing_rounds(*honest)
     text = "".join(c.log_path.read_text() for c in honest)
     assert "non-finite" in text and "elements where" in text and "exceeds the cap" in text
@@ -66,12 +73,16 @@ def test_killed_frozen_and_late_peers(swarm, tmp_path):
     (after SIGCONT) adopt the swarm's state."""
     init_run(tmp_path / "run", "--round-s", "4")
     swarm.start_bootstrap(tmp_path / "run")
-    p1, p2, victim, frozen = (swarm.start_peer(n, ["--threads", "1"]) for n in ("p1", "p2", "victim", "frozen"))
+    p1, p2, victim, frozen = (
+        swarm.start_peer(n, ["--threads", "1"]) for n in ("p1", "p2", "victim", "frozen")
+    )
     wait_for(lambda: len(agreed_rounds(p1, p2, victim, frozen)) >= 2, 120, every_s=1, what="4 peers agreeing")
 
     def just_after_a_round_end():
         n = len(applied(p1))
-        wait_for(lambda: "compute" in p1.log_path.read_text().splitlines()[-1], 20, every_s=0.05, what="round end")
+        wait_for(
+            lambda: "compute" in p1.log_path.read_text().splitlines()[-1], 20, every_s=0.05, what="round end"
+        )
         return n
 
     just_after_a_round_end()
@@ -80,20 +91,32 @@ def test_killed_frozen_and_late_peers(swarm, tmp_path):
     swarm.signal(frozen, signal.SIGSTOP)
     t_fault = time.time()
     last = max(applied(p1))
-    wait_for(lambda: len([r for r in agreed_rounds(p1, p2) if r > last]) >= 3, 90, every_s=1,
-             what="survivors agreeing on 3 rounds after the faults")
+    wait_for(
+        lambda: len([r for r in agreed_rounds(p1, p2) if r > last]) >= 3,
+        90,
+        every_s=1,
+        what="survivors agreeing on 3 rounds after the faults",
+    )
     assert not [r for r in disagreeing_rounds(p1, p2) if r > last]
     assert time.time() - t_fault < 90
 
     late = swarm.start_peer("late", ["--threads", "1"])
-    wait_for(lambda: SYNCED.search(late.log_path.read_text()) and applied(late), 90, every_s=1,
-             what="the late peer to sync and then contribute")
+    wait_for(
+        lambda: SYNCED.search(late.log_path.read_text()) and applied(late),
+        90,
+        every_s=1,
+        what="the late peer to sync and then contribute",
+    )
     r, h = SYNCED.search(late.log_path.read_text()).groups()
     assert applied(p1).get(int(r)) == h, "late peer did not adopt the swarm's params"
     text = late.log_path.read_text()
     assert text.index("synced state") < text.index("averaged with")
 
     swarm.signal(frozen, signal.SIGCONT)
-    wait_for(lambda: [r for r in agreed_rounds(p1, frozen) if r > max(applied(p1)) - 3 and r > last + 3], 90,
-             every_s=1, what="the frozen peer to catch up after SIGCONT")
+    wait_for(
+        lambda: [r for r in agreed_rounds(p1, frozen) if r > max(applied(p1)) - 3 and r > last + 3],
+        90,
+        every_s=1,
+        what="the frozen peer to catch up after SIGCONT",
+    )
     assert frozen.proc.poll() is None, "the frozen peer restarted instead of catching up"

@@ -15,11 +15,11 @@ import time
 import grpc
 import pytest
 
-from coordinator import keys, records, signing, tokens
-from peer.cli.launch import Swarm, barnraise_argv
-from peer.statesync import STATE_HANDLER
-from peer.wire import close_writer, read_frame, write_frame
-from protos import averaging_pb2, coordinator_pb2, coordinator_pb2_grpc, heartbeat_pb2
+from barnraise.coordinator import keys, records, signing, tokens
+from barnraise.peer.cli.launch import Swarm, barnraise_argv
+from barnraise.peer.net.wire import close_writer, read_frame, write_frame
+from barnraise.peer.sync.statesync import STATE_HANDLER
+from barnraise.protos import averaging_pb2, coordinator_pb2, coordinator_pb2_grpc, heartbeat_pb2
 from tests.conftest import init_run, run_cli, status_json, wait_for
 
 pytestmark = pytest.mark.timeout(240)
@@ -51,7 +51,7 @@ def closed(tmp_path_factory):
 
 
 def test_peers_refuse_what_the_run_key_did_not_sign(closed, tmp_path):
-    from protos import manifest_pb2
+    from barnraise.protos import manifest_pb2
 
     swarm = closed["swarm"]
     wrong = keys.fingerprint(keys.public_bytes(keys.generate()))
@@ -109,7 +109,7 @@ async def ask_state(p2p, peer: str, run_id: str, auth) -> averaging_pb2.StateHea
 def test_requests_without_valid_membership_are_refused_with_a_clear_line(closed, tmp_path):
     import hivemind
 
-    from coordinator.manifest import load_signed_manifest
+    from barnraise.coordinator.manifest import load_signed_manifest
 
     manifest = signing.verify_manifest(load_signed_manifest(closed["run"]))
     run_key = keys.load_run_key(closed["run"] / "run.key")
@@ -205,7 +205,7 @@ def records_grpc_addr(closed) -> str:
 def test_status_ignores_a_forged_heartbeat_for_another_peer(closed, tmp_path):
     import hivemind
 
-    from coordinator.manifest import load_signed_manifest
+    from barnraise.coordinator.manifest import load_signed_manifest
 
     run_id = signing.verify_manifest(load_signed_manifest(closed["run"])).run_id
     victim = closed["member_id"]

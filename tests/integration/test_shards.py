@@ -228,12 +228,12 @@ def test_claims_race_on_a_real_dht_with_one_winner_and_expired_leases_resume(tmp
     recorded survives its silence, and the next owner resumes from it after expiry."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from coordinator import keys, signing
-    from coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
-    from coordinator.leases import LeaseConfig
-    from peer.auth import dht_extra
-    from peer.leasing import LeaseClient
-    from protos import manifest_pb2
+    from barnraise.coordinator import keys, signing
+    from barnraise.coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
+    from barnraise.coordinator.leases import LeaseConfig
+    from barnraise.peer.data.leasing import LeaseClient
+    from barnraise.peer.net.auth import dht_extra
+    from barnraise.protos import manifest_pb2
 
     def node(i: int, entry: tuple[str, ...] = ()):
         """A DHT node whose identity signs the lease records it stores, as a peer daemon's does."""

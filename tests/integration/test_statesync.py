@@ -14,11 +14,11 @@ import time
 import pytest
 import torch
 
-from coordinator.errors import PeerUnavailable
-from peer.averager import RoundOutcome
-from peer.p2ploop import P2PLoop
-from peer.state import GlobalState
-from peer.statesync import StateServer, download_state
+from barnraise.coordinator.errors import PeerUnavailable
+from barnraise.peer.averaging.averager import RoundOutcome
+from barnraise.peer.net.p2ploop import P2PLoop
+from barnraise.peer.sync.statesync import StateServer, download_state
+from barnraise.peer.training.state import GlobalState
 
 pytestmark = pytest.mark.timeout(120)
 

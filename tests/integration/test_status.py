@@ -28,10 +28,10 @@ from pathlib import Path
 
 import pytest
 
-from coordinator import keys
-from coordinator.status_schema import schema_errors
-from peer.cli.launch import Child, Swarm, barnraise_argv
-from peer.cli.status_view import render_text
+from barnraise.coordinator import keys
+from barnraise.coordinator.status_schema import schema_errors
+from barnraise.peer.cli.launch import Child, Swarm, barnraise_argv
+from barnraise.peer.cli.status_view import render_text
 from tests.conftest import ROOT, init_run, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(150)
@@ -261,8 +261,8 @@ def test_plot_draws_the_coordinators_history(hs, tmp_path):
 async def store_oversized(_dht, node, *, key: str, peer_id: str, run_id: str, at: float) -> bool:
     """Inside a DHT process: store a sealed 20 kB heartbeat (hivemind's command pipe breaks on
     messages of a few kB, so it cannot be sent there from outside)."""
-    from coordinator import records, signing
-    from protos import heartbeat_pb2
+    from barnraise.coordinator import records, signing
+    from barnraise.protos import heartbeat_pb2
 
     hb = heartbeat_pb2.Heartbeat(peer_id=peer_id, run_id=run_id, timestamp=at, device="x" * 20_000)
     expiration = records.dht_time() + 120
@@ -274,9 +274,9 @@ async def store_oversized(_dht, node, *, key: str, peer_id: str, run_id: str, at
 def test_hostile_heartbeats_are_ignored_or_sanitised(hs):
     """Peers with their own keys publish lies through a real DHT; status neither crashes nor
     prints them raw. A forgery (another peer's subkey) is refused by the DHT nodes themselves."""
-    from coordinator import records, signing
-    from coordinator.dhtnode import DHTOptions, start_dht
-    from protos import heartbeat_pb2
+    from barnraise.coordinator import records, signing
+    from barnraise.coordinator.dhtnode import DHTOptions, start_dht
+    from barnraise.protos import heartbeat_pb2
 
     pids = []
     for _ in range(5):  # keys registered before the DHT process forks: it seals one record itself

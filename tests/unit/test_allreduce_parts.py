@@ -7,11 +7,11 @@ import asyncio
 import pytest
 import torch
 
-from coordinator.errors import ProtocolError
-from peer import codecs
-from peer.allreduce import PartReducer, part_bounds
-from peer.matchmaking import split_groups
-from protos import averaging_pb2
+from barnraise.coordinator.errors import ProtocolError
+from barnraise.peer.averaging import codecs
+from barnraise.peer.averaging.allreduce import PartReducer, part_bounds
+from barnraise.peer.averaging.matchmaking import split_groups
+from barnraise.protos import averaging_pb2
 
 
 def group(n: int, codec: str = "fp32") -> averaging_pb2.Group:

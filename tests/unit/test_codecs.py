@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator.errors import ProtocolError
-from peer import codecs
-from protos import averaging_pb2
+from barnraise.coordinator.errors import ProtocolError
+from barnraise.peer.averaging import codecs
+from barnraise.protos import averaging_pb2
 
 QUANTISED = ("int8", "int4", "topk")
 SIZES = (0, 1, 2, 3, 15, 16, 17, 63, 64, 65, 255, 257, 1000, 4097)

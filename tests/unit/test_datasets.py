@@ -16,10 +16,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator import datasets, textsources, tokensource
-from coordinator.datasets import DOC_SEPARATOR, TokenSource, describe_formats, open_source, write_shards
-from coordinator.errors import ConfigError
-from protos import manifest_pb2
+from barnraise.coordinator.errors import ConfigError
+from barnraise.coordinator.operator import datasets, textsources, tokensource
+from barnraise.coordinator.operator.datasets import (
+    DOC_SEPARATOR,
+    TokenSource,
+    describe_formats,
+    open_source,
+    write_shards,
+)
+from barnraise.protos import manifest_pb2
 
 SEP = DOC_SEPARATOR
 
@@ -80,7 +86,7 @@ def test_text_dir_round_trip_skips_hidden_binary_and_special(tmp_path: Path, cap
     os.mkfifo(root / "pipe")
     (root / "link.txt").symlink_to(root / "a.txt")  # a link to a file is read
     (root / "loop").symlink_to(root)  # a link to a directory is not entered
-    caplog.set_level(logging.WARNING, logger="coordinator.datasets")
+    caplog.set_level(logging.WARNING, logger="barnraise.coordinator.operator.datasets")
 
     info, data = shard(root, tmp_path)
 
@@ -350,7 +356,7 @@ def test_big_input_streams_in_bounded_memory(tmp_path: Path, kind: str) -> None:
 
 
 def test_init_run_on_bad_jsonl_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    runinit = pytest.importorskip("coordinator.runinit")
+    runinit = pytest.importorskip("barnraise.coordinator.operator.runinit")
     path = tmp_path / "data.jsonl"
     good = json.dumps({"text": "x" * 1000}) + "\n"
     path.write_text(good * 2000 + '{"title": "no text"}\n' + good)

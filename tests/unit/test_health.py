@@ -12,12 +12,12 @@ import time
 import pytest
 from rich.console import Console
 
-from coordinator import records
-from coordinator.errors import ConfigError
-from coordinator.health import DEAD_AFTER_S, RunInfo, build_report, choose_run, sanitize
-from coordinator.status_schema import schema_errors
-from peer.cli.status_view import render_rich, render_text
-from protos import coordinator_pb2, heartbeat_pb2
+from barnraise.coordinator import records
+from barnraise.coordinator.errors import ConfigError
+from barnraise.coordinator.health import DEAD_AFTER_S, RunInfo, build_report, choose_run, sanitize
+from barnraise.coordinator.status_schema import schema_errors
+from barnraise.peer.cli.status_view import render_rich, render_text
+from barnraise.protos import coordinator_pb2, heartbeat_pb2
 
 NOW = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC: the fixed clock of every test here
 RUN = RunInfo(
@@ -215,7 +215,7 @@ def test_rich_table_with_a_fixed_clock():
         beat("12D3KooWDeltaPeer44444", samples_total=100, timestamp=NOW - 20),
     ]
     report = build_report(RUN, beats, NOW)
-    from peer.cli.status_view import utc_clock
+    from barnraise.peer.cli.status_view import utc_clock
 
     console = Console(file=io.StringIO(), width=120, color_system=None, record=True)
     console.print(render_rich(report, footer=f"updated {utc_clock(report['generated_at'])}"))
@@ -257,7 +257,7 @@ def test_run_from_coordinator_else_from_peer_beacons():
 def test_metrics_collector_exposes_swarm_and_peer_gauges():
     from prometheus_client import CollectorRegistry, generate_latest
 
-    from coordinator.metrics import ReportCollector, parse_metrics_address
+    from barnraise.coordinator.metrics import ReportCollector, parse_metrics_address
 
     report = build_report(RUN, [beat("p1", samples_total=10), beat("p2", timestamp=NOW - 30)], NOW)
     registry = CollectorRegistry(auto_describe=False)
@@ -277,7 +277,7 @@ def test_metrics_collector_exposes_swarm_and_peer_gauges():
 
 
 def test_peer_stats_keep_short_histories_and_count_late_rounds():
-    from peer.heartbeat import RECENT_HASHES, PeerStats
+    from barnraise.peer.heartbeat import RECENT_HASHES, PeerStats
 
     stats = PeerStats()
     stats.update(round=3)
@@ -300,7 +300,7 @@ def test_peer_stats_keep_short_histories_and_count_late_rounds():
 
 
 def test_plot_draws_loss_and_throughput(tmp_path):
-    from peer.cli.status_plot import clean_history, draw
+    from barnraise.peer.cli.status_plot import clean_history, draw
 
     rounds = [
         coordinator_pb2.RoundSummary(round=r, loss=5.0 - 0.1 * r, samples_per_s=100 + r, peers=2)

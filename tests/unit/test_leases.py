@@ -9,12 +9,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from coordinator import leases
-from coordinator.errors import BarnraiseError, IntegrityError
-from coordinator.records import MAX_RECORD_BYTES
-from peer.shards import BatchReader, ShardCache, ShardSourceRef, trainable_tokens
-from peer.shardserver import decode_bitmap, encode_bitmap, parse_announcements
-from protos import manifest_pb2, shards_pb2
+from barnraise.coordinator import leases
+from barnraise.coordinator.errors import BarnraiseError, IntegrityError
+from barnraise.coordinator.records import MAX_RECORD_BYTES
+from barnraise.peer.data.shards import BatchReader, ShardCache, ShardSourceRef, trainable_tokens
+from barnraise.peer.data.shardserver import decode_bitmap, encode_bitmap, parse_announcements
+from barnraise.protos import manifest_pb2, shards_pb2
 
 NOW = 1_000_000.0
 

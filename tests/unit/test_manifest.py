@@ -2,11 +2,11 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.errors import ConfigError, IntegrityError
-from coordinator.manifest import load_signed_manifest, parse_manifest
-from coordinator.runclock import RoundClock
-from coordinator.runinit import init_run
-from coordinator.signing import verify_manifest
+from barnraise.coordinator.errors import ConfigError, IntegrityError
+from barnraise.coordinator.manifest import load_signed_manifest, parse_manifest
+from barnraise.coordinator.operator.runinit import init_run
+from barnraise.coordinator.runclock import RoundClock
+from barnraise.coordinator.signing import verify_manifest
 
 
 def make_dir(tmp_path, n: int = 50_000):
@@ -65,7 +65,7 @@ def test_round_clock():
 
 
 def test_outer_optimizer_settings_are_checked_and_carried(tmp_path):
-    from coordinator.manifest import TrainingDefaults
+    from barnraise.coordinator.manifest import TrainingDefaults
 
     with pytest.raises(ValueError, match="outer momentum"):
         TrainingDefaults(outer_momentum=1.0)

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import asyncio
 
-from peer.matchmaking import Matchmaker, _LeaderRound, negotiate_codec, part_fractions, plan_timing
-from protos import averaging_pb2
+from barnraise.peer.averaging.matchmaking import (
+    Matchmaker,
+    _LeaderRound,
+    negotiate_codec,
+    part_fractions,
+    plan_timing,
+)
+from barnraise.protos import averaging_pb2
 
 
 def test_codec_negotiation_takes_the_smallest_request_never_larger_than_the_run():
@@ -26,9 +32,12 @@ def test_timing_is_ordered():
     assert 100.0 < t.join_at < t.close_at < t.reduce_deadline < t.confirm_deadline
 
 
-def join(peer: str, base: str, weight: float, base_round: int = 3, codec: str = "") -> averaging_pb2.JoinRequest:
-    return averaging_pb2.JoinRequest(run_id="r", round=4, peer_id=peer, weight=weight, base_hash=base,
-                                     base_round=base_round, codec=codec)
+def join(
+    peer: str, base: str, weight: float, base_round: int = 3, codec: str = ""
+) -> averaging_pb2.JoinRequest:
+    return averaging_pb2.JoinRequest(
+        run_id="r", round=4, peer_id=peer, weight=weight, base_hash=base, base_round=base_round, codec=codec
+    )
 
 
 def test_leader_keeps_the_base_most_members_hold_not_the_heaviest():
@@ -60,7 +69,11 @@ def test_leader_that_is_stale_still_closes_the_group_for_the_others():
         formed = []
         m.on_group = lambda g, leader: formed.append(g)
         state = _LeaderRound()
-        state.joins = {"a": join("a", "old", 5, base_round=1), "b": join("b", "new", 5), "c": join("c", "new", 5)}
+        state.joins = {
+            "a": join("a", "old", 5, base_round=1),
+            "b": join("b", "new", 5),
+            "c": join("c", "new", 5),
+        }
         m._close(4, state, plan_timing(0.0, 10.0))
         return state, formed
 

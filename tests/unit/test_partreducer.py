@@ -7,10 +7,10 @@ import asyncio
 import pytest
 import torch
 
-from coordinator.errors import ProtocolError
-from peer import codecs
-from peer.partreducer import PartReducer, chunk_bounds
-from protos import averaging_pb2
+from barnraise.coordinator.errors import ProtocolError
+from barnraise.peer.averaging import codecs
+from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds
+from barnraise.protos import averaging_pb2
 
 
 def group(n: int, codec: str = "fp32") -> averaging_pb2.Group:

@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from coordinator import keys
-from peer import codecs
-from peer.allreduce import PartReducer
-from peer.attacks import ATTACKS, Attacker
-from peer.auth import BanPolicy, PeerAuth
-from peer.robust import RobustConfig, aggregate, trimmed_mean, weighted_median
-from protos import averaging_pb2, manifest_pb2
+from barnraise.coordinator import keys
+from barnraise.peer.attacks import ATTACKS, Attacker
+from barnraise.peer.averaging import codecs
+from barnraise.peer.averaging.allreduce import PartReducer
+from barnraise.peer.averaging.robust import RobustConfig, aggregate, trimmed_mean, weighted_median
+from barnraise.peer.net.auth import BanPolicy, PeerAuth
+from barnraise.protos import averaging_pb2, manifest_pb2
 
 
 def honest(n: int = 8, d: int = 1000, seed: int = 0) -> torch.Tensor:

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from coordinator import keys, records, signing, tokens
-from coordinator.errors import AuthError, ConfigError
-from protos import auth_pb2, averaging_pb2, heartbeat_pb2, manifest_pb2
+from barnraise.coordinator import keys, records, signing, tokens
+from barnraise.coordinator.errors import AuthError, ConfigError
+from barnraise.protos import auth_pb2, averaging_pb2, heartbeat_pb2, manifest_pb2
 
 
 def manifest(closed: bool = False) -> manifest_pb2.RunManifest:
@@ -271,7 +271,7 @@ def test_storing_as_a_peer_without_its_key_fails():
 
 
 def test_coordinator_records_sealed_by_the_run_key():
-    from protos import coordinator_pb2
+    from barnraise.protos import coordinator_pb2
 
     dht = FakeDHT()
     run_key = keys.generate()

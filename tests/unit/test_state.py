@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from coordinator.errors import IntegrityError
-from coordinator.manifest import model_config
-from peer.model import build_model
-from peer.state import GlobalState, flat_params, load_flat
+from barnraise.coordinator.errors import IntegrityError
+from barnraise.coordinator.manifest import model_config
+from barnraise.peer.training.model import build_model
+from barnraise.peer.training.state import GlobalState, flat_params, load_flat
 
 
 def test_same_seed_same_params_and_hash():
@@ -60,7 +60,7 @@ def test_hash_is_cached_until_the_outer_step_and_snapshots_stay_put():
 
 
 def test_all_finite_sees_nan_inf_and_an_overflowing_sum():
-    from peer.state import all_finite
+    from barnraise.peer.training.state import all_finite
 
     assert all_finite(torch.ones(5))
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows; the values are finite

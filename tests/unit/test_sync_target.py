@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from coordinator.runclock import RoundClock
-from peer.statesync import sync_target
+from barnraise.coordinator.runclock import RoundClock
+from barnraise.peer.sync.statesync import sync_target
 
 CLOCK = RoundClock(genesis=1000.0, round_s=10.0)
 MICRO = 842_496  # gpt-micro: params + momentum download in ~2.2 s at 25 Mbit/s (x1.5, +1 s: 4.2 s)

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from coordinator.errors import PeerUnavailable, ProtocolError
-from peer.wire import read_frame, read_frame_bytes
-from protos import averaging_pb2
+from barnraise.coordinator.errors import PeerUnavailable, ProtocolError
+from barnraise.peer.net.wire import read_frame, read_frame_bytes
+from barnraise.protos import averaging_pb2
 
 
 def reader_with(data: bytes, eof: bool = True) -> asyncio.StreamReader:

@@ -1,0 +1,378 @@
+"""Butterfly all-reduce within a group: member i reduces part i of the vector for everyone.
+
+Each member sends part j of its (encoded) update to member j and gets back part j of the group's
+robust average, so each sends and receives about 2(N-1)/N of the payload. Parts stream in chunks
+(``peer/partreducer.py``): a member encodes chunk c+1 while chunk c is on the wire, the reducer
+combines chunk c once every member still in has delivered it and sends it straight back, and the
+member decodes and hashes it on arrival. Reduce-scatter and all-gather so overlap, and no stage
+holds a whole part in flight (hivemind pipelines its all-reduce the same way).
+
+One stream per (member, reducer): a header frame (``PartMessage`` without a tensor), then one
+``EncodedTensor`` frame per chunk; the reducer answers one ``ReducedPart`` frame per reduced chunk
+(status OK, tensor set) and a closing ``ReducedPart`` without a tensor naming who is in and who is
+out, or a single ``ReducedPart`` with status REJECTED/FAILED that ends the stream. Every frame has a
+hard cap read before its body. Each member hashes the chunks it decodes, part by part; the leader
+compares these hashes (``peer/averager.py``), so a partially averaged round is never applied.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from barnraise.coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
+from barnraise.peer.averaging import codecs
+from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds, part_bounds
+from barnraise.peer.averaging.robust import RobustConfig
+from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, write_frame
+from barnraise.protos import averaging_pb2
+
+__all__ = ["AllReduce", "ExchangeStats", "PartReducer", "faulty_part", "part_bounds", "result_hash"]
+
+log = logging.getLogger(__name__)
+
+REDUCE_HANDLER = "barnraise.reduce"
+MAX_HEADER_BYTES = 4096
+MAX_SUMMARY_BYTES = 1 << 16  # the closing ReducedPart: member ids and exclusion reasons
+FRAME_SLACK = 4096  # protobuf fields around a chunk's encoded values
+
+
+def result_hash(part_digests: list[bytes]) -> str:
+    """The round's result hash: over each part's digest of its reduced chunks, in part order."""
+    return hashlib.sha256(b"".join(part_digests)).hexdigest()[:16]
+
+
+def absorb(digest, enc: averaging_pb2.EncodedTensor) -> None:
+    """Add a reduced chunk to a part's digest: its encoded fields, which every member receives
+    byte for byte and decodes deterministically (cheaper than hashing the decoded fp32 values)."""
+    digest.update(b"%d/%d/%d/" % (enc.numel, enc.block_size, enc.nnz))
+    for blob in (enc.data, enc.scales, enc.indices):
+        digest.update(len(blob).to_bytes(8, "big"))
+        digest.update(blob)
+
+
+def _chunk_cap(codec: str, numel: int) -> int:
+    """The largest frame a chunk of ``numel`` values may take in ``codec``: read before the body."""
+    return codecs.max_encoded_bytes(codec, numel) + FRAME_SLACK
+
+
+def faulty_part(fault: str, enc: averaging_pb2.EncodedTensor, codec: str, numel: int) -> bytes:
+    """A deliberately broken contribution, so tests can show how reducers treat bad members."""
+    if fault == "nan":
+        bad = codecs.encode(torch.full((numel,), float("nan")), "fp32") if codec == "fp32" else enc
+        if codec != "fp32":
+            bad = averaging_pb2.EncodedTensor()
+            bad.CopyFrom(enc)
+            bad.scales = b"\xff\x7f" * (len(enc.scales) // 2)  # fp16 NaN scales
+        return bad.SerializeToString()
+    if fault == "shape":
+        return codecs.encode(torch.zeros(max(0, numel - 1)), codec).SerializeToString()
+    if fault == "oversize":
+        return b"\0" * (codecs.max_encoded_bytes(codec, numel) + 8192)
+    return enc.SerializeToString()
+
+
+@dataclass
+class ExchangeStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    offenders: dict[str, str] = field(default_factory=dict)
+    result_hash: str = ""  # of the assembled average, set when the exchange succeeded
+
+
+class AllReduce:
+    """Serves ``REDUCE_HANDLER`` and runs the exchange for the groups this peer is in."""
+
+    def __init__(
+        self,
+        *,
+        p2p,
+        peer_id: str,
+        topk_fraction: float,
+        fault: str = "",
+        auth=None,
+        robust: RobustConfig | None = None,
+    ):
+        self.p2p = p2p
+        self.auth = auth  # peer.auth.PeerAuth: signs our parts, checks others' (None: no checks)
+        self.robust = robust or RobustConfig()  # how reducers combine contributions
+        self.peer_id = peer_id
+        self.topk_fraction = topk_fraction
+        self.fault = fault  # protocol fault injected by tests: nan, shape, oversize, stall (see faulty_part)
+        self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
+
+    async def register(self) -> None:
+        await self.p2p.add_binary_stream_handler(REDUCE_HANDLER, self._handle_part)
+
+    def _reducer_future(self, group_id: str) -> asyncio.Future[PartReducer]:
+        if group_id not in self._reducers:
+            if len(self._reducers) > 64:  # forget old groups; a hostile peer cannot grow this without bound
+                for gid in list(self._reducers)[:32]:
+                    del self._reducers[gid]
+            self._reducers[group_id] = asyncio.get_running_loop().create_future()
+        return self._reducers[group_id]
+
+    def _codec_kwargs(self, codec: str) -> dict:
+        return {"topk_fraction": self.topk_fraction} if codec == "topk" else {}
+
+    async def run(
+        self, group: averaging_pb2.Group, update: torch.Tensor, weight: float, stats: ExchangeStats
+    ) -> tuple[torch.Tensor | None, torch.Tensor, str]:
+        """Exchange ``update`` with the group; returns (average or None, what we transmitted, failure reason).
+
+        On success ``stats.result_hash`` holds the hash of the average, for the group's result check.
+        """
+        ids = [m.peer_id for m in group.members]
+        me = ids.index(self.peer_id)
+        update = update.detach().float().cpu().reshape(-1).contiguous()
+        bounds = part_bounds(update.numel(), group)
+        # What the others will read of our update: the update itself for fp32; for lossy codecs
+        # each chunk is overwritten with its decoded encoding as it is sent (error feedback keeps
+        # the difference), so a chunk never sent counts as sent in full rather than as garbage.
+        transmitted = update if group.codec == "fp32" else update.clone()
+        average = torch.empty_like(update)
+        s, e = bounds[me]
+        if group.codec != "fp32":  # our own part goes through the codec like everyone's
+            for lo, hi in chunk_bounds(e - s):
+                self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
+        reducer = PartReducer(
+            group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction, robust=self.robust
+        )
+        fut = self._reducer_future(group.group_id)
+        if not fut.done():
+            fut.set_result(reducer)
+        reducer.add(self.peer_id, weight, transmitted[s:e])
+
+        async def finish_at_deadline() -> None:
+            await asyncio.sleep(max(0.0, group.reduce_deadline - time.time()))
+            reducer.finish()
+
+        closer = asyncio.create_task(finish_at_deadline())
+        jobs = [
+            self._own_part(reducer, average, s)
+            if j == me
+            else self._exchange_part(group, j, ids[j], weight, update, transmitted, average, bounds[j], stats)
+            for j in range(len(ids))
+        ]
+        try:
+            outcomes = await asyncio.gather(*jobs)
+        finally:
+            closer.cancel()
+            self._reducers.pop(group.group_id, None)
+        own = reducer.result
+        stats.bytes_received += reducer.bytes_in
+        remote = [p for p in reducer.contributors if p != self.peer_id]
+        reply_bytes = sum(c.ByteSize() + 8 for c in reducer.chunks) + own.ByteSize() + 4
+        stats.bytes_sent += len(remote) * reply_bytes  # the same replies to each member
+        for p, factor in reducer.clipped.items():
+            stats.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
+        if self.auth is not None:
+            self.auth.note_clipped(int(group.round), reducer.clipped)
+        if own.status != averaging_pb2.PART_OK:
+            return None, transmitted, f"own part failed: {own.reason}"
+        for p in own.excluded:
+            stats.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
+        failures = [f"part {j}: {v}" for j, v in enumerate(outcomes) if isinstance(v, str)]
+        if failures:
+            return None, transmitted, "; ".join(failures)
+        stats.result_hash = result_hash(outcomes)
+        return average, transmitted, ""
+
+    def _encode_chunk(
+        self, codec: str, update: torch.Tensor, transmitted: torch.Tensor, lo: int, hi: int
+    ) -> averaging_pb2.EncodedTensor:
+        enc = codecs.encode(update[lo:hi], codec, **self._codec_kwargs(codec))
+        if codec != "fp32":
+            codecs.decode(enc, hi - lo, codec, out=transmitted[lo:hi])
+        return enc
+
+    async def _own_part(self, reducer: PartReducer, average: torch.Tensor, start: int) -> bytes | str:
+        """Our own part, as the other members will decode it; returns its digest or why it failed."""
+        digest = hashlib.sha256()
+        for c, (lo, hi) in enumerate(reducer.bounds):
+            enc = await reducer.wait_chunk(c)
+            if enc is None:
+                break
+            codecs.decode(enc, hi - lo, reducer.group.codec, out=average[start + lo : start + hi])
+            absorb(digest, enc)
+        await reducer.done.wait()
+        if reducer.result.status != averaging_pb2.PART_OK:
+            return f"own part failed: {reducer.result.reason}"
+        return digest.digest()
+
+    async def _exchange_part(
+        self,
+        group,
+        j: int,
+        peer: str,
+        weight: float,
+        update: torch.Tensor,
+        transmitted: torch.Tensor,
+        average: torch.Tensor,
+        bounds: tuple[int, int],
+        stats: ExchangeStats,
+    ) -> bytes | str:
+        """Stream our part j to its reducer and read the reduced part back; returns its digest or why not."""
+        from hivemind.p2p import PeerID
+
+        start, end = bounds
+        chunks = chunk_bounds(end - start)
+        writer, sender = None, None
+
+        def deadline_in(extra: float) -> float:
+            return max(0.5, group.reduce_deadline - time.time() + extra)
+
+        async def send_chunks() -> None:
+            for c, (lo, hi) in enumerate(chunks):
+                enc = self._encode_chunk(group.codec, update, transmitted, start + lo, start + hi)
+                payload = faulty_part(self.fault, enc, group.codec, hi - lo) if self.fault and c == 0 else enc
+                sent = await write_frame(writer, payload, deadline_in(1.0))
+                stats.bytes_sent += sent  # (not `+= await`: concurrent sends would overwrite each other)
+
+        try:
+            _, reader, writer = await asyncio.wait_for(
+                self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), REDUCE_HANDLER),
+                deadline_in(1.0),
+            )
+            header = averaging_pb2.PartMessage(
+                group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight
+            )
+            if self.auth is not None:
+                self.auth.attach(header, REDUCE_HANDLER)
+            sent = await write_frame(writer, header, deadline_in(1.0))
+            stats.bytes_sent += sent
+            sender = asyncio.create_task(send_chunks())
+            digest = hashlib.sha256()
+            for lo, hi in chunks:
+                reply = await read_frame(
+                    reader, averaging_pb2.ReducedPart, _chunk_cap(group.codec, hi - lo), deadline_in(2.0)
+                )
+                stats.bytes_received += reply.ByteSize() + 4
+                if reply.status != averaging_pb2.PART_OK or not reply.HasField("tensor"):
+                    return f"reducer {peer[:12]}: {reply.reason or 'failed'}"
+                codecs.decode(reply.tensor, hi - lo, group.codec, out=average[start + lo : start + hi])
+                absorb(digest, reply.tensor)
+            summary = await read_frame(reader, averaging_pb2.ReducedPart, MAX_SUMMARY_BYTES, deadline_in(2.0))
+            stats.bytes_received += summary.ByteSize() + 4
+            if summary.status != averaging_pb2.PART_OK or summary.HasField("tensor"):
+                return f"reducer {peer[:12]}: {summary.reason or 'failed'}"
+            for p, why in zip(summary.excluded, summary.exclusions, strict=False):
+                stats.offenders.setdefault(p, why)
+            return digest.digest()
+        except ProtocolError as e:
+            stats.offenders.setdefault(peer, f"sent an invalid reduced part: {e}")
+            return f"reducer {peer[:12]} sent an invalid part: {e}"
+        except StreamClosed as e:  # a transport fault: the round fails, nobody is blamed
+            return f"reducer {peer[:12]} unavailable: {e}"
+        except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError) as e:
+            stats.offenders.setdefault(peer, f"did not return its reduced part: {e}")
+            return f"reducer {peer[:12]} unavailable: {e}"
+        except Exception as e:  # p2pd control errors (peer gone) surface as various types
+            stats.offenders.setdefault(peer, f"did not return its reduced part: {type(e).__name__}")
+            return f"reducer {peer[:12]} failed: {type(e).__name__}: {e}"
+        finally:
+            if sender is not None:
+                if not sender.done():
+                    sender.cancel()
+                # A send that failed once the reducer had answered (e.g. it rejected us and closed)
+                # changes nothing: the answer above decides.
+                await asyncio.gather(sender, return_exceptions=True)
+            if writer is not None:
+                close_writer(writer)
+
+    async def _handle_part(self, stream_info, reader, writer) -> None:
+        """A member's contribution: a header frame, then its chunks, each capped by the group's codec."""
+        remote = stream_info.peer_id.to_base58()
+        replier = None
+
+        async def reject(reason: str) -> None:
+            await write_frame(
+                writer, averaging_pb2.ReducedPart(status=averaging_pb2.PART_REJECTED, reason=reason), 5.0
+            )
+
+        try:
+            msg = await read_frame(reader, averaging_pb2.PartMessage, MAX_HEADER_BYTES, 30.0)
+            if (
+                self.auth is not None
+                and (refused := self.auth.refuse(msg, REDUCE_HANDLER, remote)) is not None
+            ):
+                known = self._reducers.get(msg.group_id)
+                if known is not None and known.done():  # a member we refuse: do not wait for it
+                    if remote in {m.peer_id for m in known.result().group.members}:
+                        known.result().exclude(remote, refused)
+                await reject(refused)
+                return
+            fut = self._reducers.get(msg.group_id) or self._reducer_future(msg.group_id)
+            try:
+                reducer = await asyncio.wait_for(asyncio.shield(fut), 15.0)
+                if self.fault == "stall":  # a member that stops mid-round: takes the part, never answers
+                    await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time() + 5.0))
+                    return
+            except (asyncio.TimeoutError, TimeoutError):
+                await reject("unknown group")
+                return
+            if remote not in reducer.members:
+                await reject("not a member of this group")
+                return
+            try:
+                reducer.begin(remote, reducer.validate_header(msg, remote))
+            except ProtocolError as e:
+                reducer.exclude(remote, str(e))
+                await reject(str(e))
+                return
+            replier = asyncio.create_task(self._reply(reducer, remote, writer))
+            await self._receive(reducer, remote, reader)
+            await asyncio.wait_for(
+                asyncio.shield(replier), max(1.0, reducer.group.reduce_deadline - time.time() + 10.0)
+            )
+        except BarnraiseError as e:
+            log.debug("part from %s failed: %s", remote[:12], e)
+        except (asyncio.TimeoutError, TimeoutError):
+            log.debug("reply to %s did not finish in time", remote[:12])
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle_part handler failed")
+        finally:
+            if replier is not None and not replier.done():
+                replier.cancel()
+            await finish_stream(reader, writer)
+
+    async def _receive(self, reducer: PartReducer, remote: str, reader) -> None:
+        """Read ``remote``'s chunks into the reducer; a bad or missing chunk excludes it at once."""
+        for c, (lo, hi) in enumerate(reducer.bounds):
+            cap = _chunk_cap(reducer.group.codec, hi - lo)
+            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 1.0)
+            try:
+                enc = await read_frame(reader, averaging_pb2.EncodedTensor, cap, timeout)
+                reducer.bytes_in += enc.ByteSize() + 4
+                reducer.receive_chunk(remote, c, enc)
+            except ProtocolError as e:
+                reducer.exclude(remote, str(e))
+                return
+            except BarnraiseError as e:  # stream closed or silent: waiting longer only delays the others
+                reducer.exclude(remote, f"no chunk {c + 1} of {len(reducer.bounds)}: {e}")
+                return
+
+    async def _reply(self, reducer: PartReducer, remote: str, writer) -> None:
+        """Send ``remote`` each reduced chunk as soon as it exists, then the closing summary."""
+        for c in range(len(reducer.bounds)):
+            enc = await reducer.wait_chunk(c, remote)
+            if enc is None:
+                break
+            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 5.0)
+            await write_frame(writer, reducer.frame(c), timeout)
+        else:
+            await reducer.done.wait()
+        if remote in reducer.excluded:
+            reply = averaging_pb2.ReducedPart(
+                status=averaging_pb2.PART_REJECTED, reason=reducer.excluded[remote]
+            )
+        elif reducer.result is None:
+            return
+        else:
+            reply = reducer.result
+        await write_frame(writer, reply, max(1.0, reducer.group.reduce_deadline - time.time() + 5.0))

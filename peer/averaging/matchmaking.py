@@ -1,0 +1,315 @@
+"""Group formation for one averaging round: DHT entries, then a leader that closes the group.
+
+Each peer writes a ``RoundEntry`` for round r to the DHT when its compute window ends. At
+``join_at`` it reads the entries, splits them into groups of about ``group_size`` (by a hash of
+round and peer id, so groups reshuffle every round) and asks its group's leader (smallest peer
+id) to join. The leader closes the group when all expected members have joined or at
+``close_at``, keeps the members whose base state is the majority's (weighted by samples) and tells
+every joiner the same member list; that reply, not each peer's DHT view, defines the group, so
+peers with different DHT views still end up with one consistent group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from barnraise.coordinator import records
+from barnraise.coordinator.codecspec import negotiate_codec
+from barnraise.coordinator.errors import BarnraiseError
+from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, write_frame
+from barnraise.protos import averaging_pb2
+
+log = logging.getLogger(__name__)
+
+JOIN_HANDLER = "barnraise.join"
+MAX_CONTROL_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundTiming:
+    """Absolute unix times of one averaging round's phases."""
+
+    join_at: float  # read DHT entries, contact the leader
+    close_at: float  # leader closes the group
+    reduce_deadline: float  # every part reduced and gathered
+    confirm_deadline: float  # verdict known
+
+
+def plan_timing(compute_end: float, round_s: float, reduce_budget_s: float | None = None) -> RoundTiming:
+    join_wait = min(3.0, max(0.5, 0.15 * round_s))
+    # The leader closes as soon as every member it expects has joined, so a long gather window
+    # costs only when an expected member never comes; a short one splits groups whenever a
+    # member's DHT lookup is slow (a loaded machine), which costs stale bases and state syncs.
+    gather = min(3.0, max(0.5, 0.2 * round_s))
+    reduce_budget = reduce_budget_s if reduce_budget_s is not None else max(2.0, 0.5 * round_s)
+    join_at = compute_end + join_wait
+    close_at = join_at + gather
+    reduce_deadline = close_at + reduce_budget
+    return RoundTiming(
+        join_at=join_at,
+        close_at=close_at,
+        reduce_deadline=reduce_deadline,
+        confirm_deadline=reduce_deadline + 3.5,  # the leader decides 3 s after the reduce deadline
+    )
+
+
+def split_groups(peer_ids: list[str], round_no: int, group_size: int) -> list[list[str]]:
+    """Deterministic groups of about ``group_size``, reshuffled every round."""
+    order = sorted(peer_ids, key=lambda p: hashlib.sha256(f"{round_no}/{p}".encode()).digest())
+    n_groups = max(1, math.ceil(len(order) / group_size))
+    return [sorted(order[k::n_groups]) for k in range(n_groups)]
+
+
+def part_fractions(bandwidths_bps: list[float]) -> list[float]:
+    """Share of the vector each member reduces: by declared bandwidth when all declared one, else equal.
+
+    A member reducing part i receives and sends that part N-1 times, so a fast link should own more.
+    """
+    n = len(bandwidths_bps)
+    if n and all(b > 0 and math.isfinite(b) for b in bandwidths_bps):
+        total = sum(bandwidths_bps)
+        return [b / total for b in bandwidths_bps]
+    return [1.0 / n] * n if n else []
+
+
+@dataclass
+class _LeaderRound:
+    """A leader's book-keeping for one round."""
+
+    expected: set[str] = field(default_factory=set)
+    joins: dict[str, averaging_pb2.JoinRequest] = field(default_factory=dict)
+    decided: asyncio.Event = field(default_factory=asyncio.Event)
+    any_join: asyncio.Event = field(default_factory=asyncio.Event)
+    is_leader: bool | None = None  # None: this peer has not decided yet
+    leader: str = ""
+    replies: dict[str, averaging_pb2.JoinReply] = field(default_factory=dict)
+    closed: bool = False
+    closed_ev: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Matchmaker:
+    def __init__(self, *, p2p, dht, run_id: str, peer_id: str, group_size: int, codec: str, auth=None):
+        self.p2p = p2p
+        self.dht = dht
+        self.run_id = run_id
+        self.peer_id = peer_id
+        self.group_size = group_size
+        self.codec = codec
+        self.auth = auth  # peer.auth.PeerAuth: signs our joins, checks others' (None: no checks)
+        self._rounds: dict[int, _LeaderRound] = defaultdict(_LeaderRound)
+        self.current_round = 0  # requests for rounds far from this are refused
+        self.on_group = None  # called with (group, leader) when this peer closes a group it leads
+        self.penalties: dict[str, int] = {}  # peer -> last round it is left out of (misbehaved recently)
+
+    async def register(self) -> None:
+        await self.p2p.add_binary_stream_handler(JOIN_HANDLER, self._handle_join)
+
+    async def announce(self, round_no: int, weight: float, base_hash: str, ttl_s: float) -> None:
+        self.current_round = max(self.current_round, round_no)
+        entry = averaging_pb2.RoundEntry(
+            peer_id=self.peer_id, weight=weight, base_hash=base_hash, timestamp=time.time()
+        )
+        key = records.round_key(self.run_id, round_no)
+        loop = asyncio.get_running_loop()
+        ok = await loop.run_in_executor(
+            None,
+            lambda: records.store(
+                self.dht, key, self.peer_id, entry.SerializeToString(), ttl_s, timeout_s=5.0
+            ),
+        )
+        if not ok:
+            log.debug("round %d entry not stored in the DHT", round_no)
+
+    async def form_group(
+        self, round_no: int, request: averaging_pb2.JoinRequest, timing: RoundTiming
+    ) -> averaging_pb2.JoinReply:
+        """Join (or lead) this round's group; the reply says whether and with whom we average."""
+        await asyncio.sleep(max(0.0, timing.join_at - time.time()))
+        loop = asyncio.get_running_loop()
+        try:
+            entries = await loop.run_in_executor(
+                None,
+                lambda: records.read_round_entries(
+                    self.dht,
+                    self.run_id,
+                    round_no,
+                    timeout_s=3.0,
+                    admit=self.auth.admits if self.auth else None,
+                ),
+            )
+        except BarnraiseError as e:
+            # Averaging alone would move our params away from a swarm we merely failed to see,
+            # and cost a full state sync next round; keep the local progress for the next round.
+            log.warning("round %d: could not read who takes part (%s); not averaging this round", round_no, e)
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=f"DHT read failed: {e}")
+        if self.peer_id not in {e.peer_id for e in entries}:
+            # The lookup missed even the entry we stored a moment ago: it saw too little of the
+            # swarm to form the same groups as everyone else.
+            log.warning(
+                "round %d: the DHT lookup missed our own round entry; not averaging this round", round_no
+            )
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason="incomplete DHT lookup")
+        penalised = self.penalised(round_no)
+        ids = sorted({e.peer_id for e in entries if e.peer_id not in penalised} | {self.peer_id})
+        group = next(g for g in split_groups(ids, round_no, self.group_size) if self.peer_id in g)
+        leader = group[0]
+        self.current_round = round_no
+        state = self._rounds[round_no]
+        state.leader = leader
+        if leader == self.peer_id:
+            state.is_leader = True
+            state.expected = set(group)
+            state.joins[self.peer_id] = request
+            state.decided.set()
+            return await self._lead(round_no, state, timing)
+        state.is_leader = False
+        state.decided.set()
+        reply = await self._ask(leader, request, timing)
+        if reply.status == averaging_pb2.JOIN_NOT_LEADER and reply.leader and reply.leader != leader:
+            reply = await self._ask(reply.leader, request, timing)
+        return reply
+
+    async def _ask(
+        self, leader: str, request: averaging_pb2.JoinRequest, timing: RoundTiming
+    ) -> averaging_pb2.JoinReply:
+        from hivemind.p2p import PeerID
+
+        timeout = max(1.0, timing.close_at - time.time() + 2.0)
+        writer = None
+        try:
+            _, reader, writer = await asyncio.wait_for(
+                self.p2p.call_binary_stream_handler(PeerID.from_base58(leader), JOIN_HANDLER), timeout
+            )
+            if self.auth is not None:
+                self.auth.attach(request, JOIN_HANDLER)
+            await write_frame(writer, request, timeout)
+            return await read_frame(reader, averaging_pb2.JoinReply, MAX_CONTROL_BYTES, timeout)
+        except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError, Exception) as e:
+            return averaging_pb2.JoinReply(
+                status=averaging_pb2.JOIN_REFUSED, reason=f"leader {leader[:12]} unreachable: {e}"
+            )
+        finally:
+            if writer is not None:
+                close_writer(writer)
+
+    async def _lead(self, round_no: int, state: _LeaderRound, timing: RoundTiming) -> averaging_pb2.JoinReply:
+        while time.time() < timing.close_at and not state.expected.issubset(state.joins):
+            state.any_join.clear()
+            try:
+                await asyncio.wait_for(state.any_join.wait(), max(0.0, timing.close_at - time.time()))
+            except (asyncio.TimeoutError, TimeoutError):
+                break
+        self._close(round_no, state, timing)
+        return state.replies[self.peer_id]
+
+    def _close(self, round_no: int, state: _LeaderRound, timing: RoundTiming) -> None:
+        """Decide the group: the base state most joiners hold (then the newest), capped at twice the target size.
+
+        Counting members, not samples, matters: a peer that fell behind carries many samples and
+        must not drag the group back to its stale base.
+        """
+        state.closed = True
+        votes: dict[str, int] = defaultdict(int)
+        base_round: dict[str, int] = {}
+        for req in state.joins.values():
+            votes[req.base_hash] += 1
+            base_round[req.base_hash] = max(base_round.get(req.base_hash, -1), req.base_round)
+        base = max(votes, key=lambda b: (votes[b], base_round[b], b))
+        accepted = sorted(p for p, r in state.joins.items() if r.base_hash == base)[: 2 * self.group_size]
+        codec = negotiate_codec(self.codec, [state.joins[p].codec for p in accepted])
+        fractions = part_fractions([state.joins[p].bandwidth_bps for p in accepted])
+        group = averaging_pb2.Group(
+            group_id=hashlib.sha256(f"{self.run_id}/{round_no}/{','.join(accepted)}".encode()).hexdigest()[
+                :16
+            ],
+            round=round_no,
+            codec=codec,
+            base_hash=base,
+            reduce_deadline=timing.reduce_deadline,
+        )
+        for p, fraction in zip(accepted, fractions, strict=True):
+            group.members.add(peer_id=p, weight=state.joins[p].weight, part_fraction=fraction)
+        for p, req in state.joins.items():
+            if p in accepted:
+                state.replies[p] = averaging_pb2.JoinReply(
+                    status=averaging_pb2.JOIN_ACCEPTED, group=group, leader=self.peer_id
+                )
+            elif req.base_hash != base:
+                state.replies[p] = averaging_pb2.JoinReply(
+                    status=averaging_pb2.JOIN_STALE_BASE,
+                    leader=self.peer_id,
+                    reason=f"base {req.base_hash} differs from the group's {base}: sync state",
+                )
+            else:
+                state.replies[p] = averaging_pb2.JoinReply(
+                    status=averaging_pb2.JOIN_REFUSED, reason="group full"
+                )
+        if accepted and self.on_group is not None:
+            self.on_group(group, self.peer_id)
+        state.any_join.set()
+        state.closed_ev.set()
+
+    async def _handle_join(self, stream_info, reader, writer) -> None:
+        remote = stream_info.peer_id.to_base58()
+        try:
+            req = await read_frame(reader, averaging_pb2.JoinRequest, MAX_CONTROL_BYTES, 10.0)
+            refused = self.auth.refuse(req, JOIN_HANDLER, remote) if self.auth is not None else None
+            if refused is not None:
+                reply = averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=refused)
+            else:
+                reply = await self._answer_join(remote, req)
+            await write_frame(writer, reply, 10.0)
+        except BarnraiseError as e:
+            log.debug("join from %s failed: %s", remote[:12], e)
+        except Exception:  # a bug here must not pass for a closed stream on the other side
+            log.exception("handle_join handler failed")
+        finally:
+            await finish_stream(reader, writer)
+
+    async def _answer_join(self, remote: str, req: averaging_pb2.JoinRequest) -> averaging_pb2.JoinReply:
+        if req.peer_id != remote or req.run_id != self.run_id:
+            return averaging_pb2.JoinReply(
+                status=averaging_pb2.JOIN_REFUSED, reason="peer id or run id mismatch"
+            )
+        if not (math.isfinite(req.weight) and req.weight >= 0):
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason="invalid weight")
+        if abs(int(req.round) - self.current_round) > 2:
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_WRONG_ROUND, reason="round out of range")
+        state = self._rounds[req.round]
+        if state.is_leader is None:  # we have not reached this round's join time yet: wait for it
+            try:
+                await asyncio.wait_for(state.decided.wait(), 10.0)
+            except (asyncio.TimeoutError, TimeoutError):
+                return averaging_pb2.JoinReply(
+                    status=averaging_pb2.JOIN_WRONG_ROUND, reason="not in that round"
+                )
+        if remote in self.penalised(int(req.round)):
+            return averaging_pb2.JoinReply(
+                status=averaging_pb2.JOIN_REFUSED,
+                reason="left out for a few rounds: misbehaved in a recent round",
+            )
+        if not state.is_leader:
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_NOT_LEADER, leader=state.leader)
+        if state.closed:
+            return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_TOO_LATE, reason="group already closed")
+        state.joins[remote] = req
+        state.any_join.set()
+        await state.closed_ev.wait()
+        return state.replies.get(remote) or averaging_pb2.JoinReply(status=averaging_pb2.JOIN_TOO_LATE)
+
+    def penalise(self, peer_id: str, until_round: int) -> None:
+        if peer_id != self.peer_id:
+            self.penalties[peer_id] = max(self.penalties.get(peer_id, 0), until_round)
+
+    def penalised(self, round_no: int) -> set[str]:
+        return {p for p, until in self.penalties.items() if until >= round_no}
+
+    def forget_before(self, round_no: int) -> None:
+        for r in [r for r in self._rounds if r < round_no]:
+            del self._rounds[r]

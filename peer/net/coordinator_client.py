@@ -1,0 +1,82 @@
+"""Client of the coordinator gRPC service: find a reachable address, fetch the manifest and shards.
+
+Every call carries a deadline; an address that does not answer is skipped, never waited on.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from barnraise.coordinator.errors import PeerUnavailable, ProtocolError
+from barnraise.protos import coordinator_pb2, coordinator_pb2_grpc, manifest_pb2
+
+log = logging.getLogger(__name__)
+
+CONNECT_TIMEOUT_S = 5.0
+CALL_TIMEOUT_S = 20.0
+MAX_MESSAGE_BYTES = 8 << 20
+
+
+class CoordinatorClient:
+    def __init__(self, addrs: Sequence[str], connect_timeout_s: float = CONNECT_TIMEOUT_S):
+        self.address, self.channel = self._connect(addrs, connect_timeout_s)
+        self.stub = coordinator_pb2_grpc.CoordinatorStub(self.channel)
+
+    @staticmethod
+    def _connect(addrs: Sequence[str], timeout_s: float) -> tuple[str, grpc.Channel]:
+        options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
+        for addr in addrs:
+            channel = grpc.insecure_channel(addr, options=options)
+            try:
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=timeout_s
+                )
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return addr, channel
+            except grpc.RpcError as e:
+                log.debug("coordinator at %s unreachable: %s", addr, e.code())
+            channel.close()
+        raise PeerUnavailable(
+            f"no coordinator address answered ({', '.join(addrs)}); is the bootstrap reachable?"
+        )
+
+    def manifest(self) -> tuple[manifest_pb2.SignedManifest, float]:
+        try:
+            reply = self.stub.GetManifest(coordinator_pb2.GetManifestRequest(), timeout=CALL_TIMEOUT_S)
+        except grpc.RpcError as e:
+            raise PeerUnavailable(
+                f"coordinator {self.address} did not serve the manifest: {e.code().name}"
+            ) from e
+        return reply.manifest, reply.genesis
+
+    def fetch_shard(self, info: manifest_pb2.ShardInfo, timeout_s: float = 120.0) -> bytes:
+        """The shard's bytes as served (unverified: the caller checks the sha256)."""
+        buf = bytearray()
+        try:
+            for chunk in self.stub.FetchShard(
+                coordinator_pb2.ShardRequest(sha256=info.sha256), timeout=timeout_s
+            ):
+                if chunk.offset != len(buf) or len(buf) + len(chunk.data) > info.size_bytes:
+                    raise ProtocolError(f"coordinator sent shard {info.index} out of order or oversized")
+                buf += chunk.data
+        except grpc.RpcError as e:
+            raise PeerUnavailable(
+                f"coordinator could not serve shard {info.index}: {e.code().name} {e.details()}"
+            ) from e
+        return bytes(buf)
+
+    def history(self, max_rounds: int = 0) -> list[coordinator_pb2.RoundSummary]:
+        try:
+            reply = self.stub.GetHistory(
+                coordinator_pb2.HistoryRequest(max_rounds=max_rounds), timeout=CALL_TIMEOUT_S
+            )
+        except grpc.RpcError as e:
+            raise PeerUnavailable(f"coordinator {self.address} did not serve history: {e.code().name}") from e
+        return list(reply.rounds)
+
+    def close(self) -> None:
+        self.channel.close()

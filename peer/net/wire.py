@@ -1,0 +1,76 @@
+"""Length-prefixed protobuf frames over hivemind P2P binary streams, with hard size caps.
+
+hivemind's own protobuf streams read whatever length a sender announces; our averaging and state
+messages come from untrusted peers, so every read states the largest frame it will accept and
+every read and write has a deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TypeVar
+
+from google.protobuf.message import Message
+
+from barnraise.coordinator.errors import PeerUnavailable, ProtocolError, StreamClosed
+
+HEADER = 4  # big-endian frame length
+M = TypeVar("M", bound=Message)
+
+
+async def write_frame(writer: asyncio.StreamWriter, msg: Message | bytes, timeout_s: float) -> int:
+    """Send one frame; returns bytes written (header included)."""
+    data = msg if isinstance(msg, bytes) else msg.SerializeToString()
+    writer.write(len(data).to_bytes(HEADER, "big"))
+    writer.write(data)
+    try:
+        await asyncio.wait_for(writer.drain(), timeout_s)
+    except (asyncio.TimeoutError, TimeoutError) as e:
+        raise PeerUnavailable(f"send of {len(data)} bytes timed out after {timeout_s:.1f} s") from e
+    except (ConnectionError, OSError) as e:
+        raise PeerUnavailable(f"connection lost while sending: {e}") from e
+    return HEADER + len(data)
+
+
+async def read_frame_bytes(reader: asyncio.StreamReader, max_bytes: int, timeout_s: float) -> bytes:
+    try:
+        header = await asyncio.wait_for(reader.readexactly(HEADER), timeout_s)
+        length = int.from_bytes(header, "big")
+        if length > max_bytes:
+            raise ProtocolError(f"frame of {length} bytes exceeds the cap of {max_bytes}")
+        return await asyncio.wait_for(reader.readexactly(length), timeout_s)
+    except (asyncio.TimeoutError, TimeoutError) as e:
+        raise PeerUnavailable(f"no complete frame within {timeout_s:.1f} s") from e
+    except asyncio.IncompleteReadError as e:
+        raise StreamClosed("stream closed mid-frame") from e
+    except (ConnectionError, OSError) as e:
+        raise StreamClosed(f"connection lost while receiving: {e}") from e
+
+
+async def read_frame(reader: asyncio.StreamReader, cls: type[M], max_bytes: int, timeout_s: float) -> M:
+    data = await read_frame_bytes(reader, max_bytes, timeout_s)
+    try:
+        return cls.FromString(data)
+    except Exception as e:
+        raise ProtocolError(f"malformed {cls.__name__} frame: {e}") from e
+
+
+def close_writer(writer: asyncio.StreamWriter) -> None:
+    try:
+        writer.close()
+    except Exception:  # already closed by the remote side
+        pass
+
+
+async def finish_stream(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, timeout_s: float = 5.0
+) -> None:
+    """Server side: let the caller close first (it does once it has read our reply), then close.
+
+    Closing right after the last write can cut off the reply while the p2p daemon still holds it.
+    """
+    try:
+        await asyncio.wait_for(reader.read(), timeout_s)
+    except Exception:  # timeout or reset: close anyway
+        pass
+    close_writer(writer)
