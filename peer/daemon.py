@@ -25,13 +25,14 @@ from barnraise.coordinator.errors import BarnraiseError, PeerUnavailable
 from barnraise.coordinator.manifest import DEFAULT_AGGREGATOR
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.coordinator.signing import verify_manifest
-from barnraise.peer.attacks import Attacker
+from barnraise.peer import events
 from barnraise.peer.averaging.averager import Averager, RoundOutcome
 from barnraise.peer.averaging.matchmaking import RoundTiming, plan_timing
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.data.feed import ShardFeed, ShardOptions
 from barnraise.peer.data.shards import ShardSourceRef
 from barnraise.peer.heartbeat import HeartbeatPublisher, PeerStats
+from barnraise.peer.injection import InjectionPlan, Injector
 from barnraise.peer.net.auth import PeerAuth, dht_extra, open_identity
 from barnraise.peer.net.coordinator_client import CoordinatorClient
 from barnraise.peer.net.p2ploop import P2PLoop
@@ -56,16 +57,13 @@ class PeerConfig:
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # CPU threads; 0: all cores
     max_rounds: int = 0  # leave after this many rounds (0: run until stopped)
-    slowdown: float = 1.0  # >1 throttles compute (heterogeneity benchmarks)
-    tamper: bool = False  # start from perturbed parameters (tests of disagreement detection)
     join_timeout_s: float = 30.0  # finding the run in the DHT
     codec: str = ""  # ask groups for a smaller update codec than the run's (slow uplink)
     bandwidth_mbit: float = 0.0  # declared upload bandwidth, Mbit/s: parts reduced follow it (0 = unknown)
-    fault: str = ""  # protocol fault to inject when averaging (tests): nan, shape, oversize, stall
     shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
     token: Path | None = None  # membership token file (closed runs)
     run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)
-    attack: str = ""  # tests and benchmarks only: behave as a Byzantine peer (peer/attacks.py)
+    inject: InjectionPlan | None = None  # tests and benchmarks only: faults by (peer, round)
 
 
 @dataclass
@@ -80,8 +78,9 @@ class _Pending:
 
 
 class PeerDaemon:
-    def __init__(self, cfg: PeerConfig):
+    def __init__(self, cfg: PeerConfig, events: events.EventLog = events.NO_EVENTS):
         self.cfg = cfg
+        self.events = events  # what tests and benchmarks read (--events)
         self.stop_event = threading.Event()
         self.stats = PeerStats()
         self.dht = self.loop = self.heartbeat = self.client = self.feed = None
@@ -121,8 +120,8 @@ class PeerDaemon:
         )
         self.auth.attach_to_client(self.client)
         self.auth.start(self.dht)
-        self.attack = Attacker(cfg.attack) if cfg.attack else None
         self.clock = RoundClock(genesis=genesis, round_s=self.manifest.training.round_s)
+        self.inject = Injector(cfg.inject or InjectionPlan(), self.peer_id, self.clock)
         self.info = pick_device(cfg.device, cfg.threads)
         run_cache = cfg.cache_dir / self.manifest.run_id
         self.loop = P2PLoop(self.dht)
@@ -135,6 +134,8 @@ class PeerDaemon:
             cache_dir=run_cache,
             sources=sources,
             options=cfg.shards,
+            events=self.events,
+            corrupt_shards=self.inject.corrupts_shards if cfg.inject else None,
         )
         self.cache = self.feed.cache
         model = build_model(self.manifest.model, self.manifest.seed)
@@ -145,11 +146,9 @@ class PeerDaemon:
             round_s=self.manifest.training.round_s,
             group_size=self.manifest.training.group_size or 32,
         )
-        if cfg.tamper:
-            self.state = GlobalState.initial(model)  # a fresh state: no cached hash
-            self.state.params.add_(torch.randn_like(self.state.params) * 1e-3)
-            load_flat(model, self.state.params)
-        self.trainer = InnerTrainer(model, self.manifest.training, self.info, slowdown=cfg.slowdown)
+        if self.inject.tamper:
+            self.state = self.inject.tampered(model)
+        self.trainer = InnerTrainer(model, self.manifest.training, self.info)
         self.trainer.fit(self.feed.sample)
         t = self.manifest.training
         self.averager = Averager(
@@ -162,7 +161,7 @@ class PeerDaemon:
             topk_fraction=t.topk_fraction or 0.01,
             ask_codec=cfg.codec,
             bandwidth_bps=cfg.bandwidth_mbit * 1e6,
-            fault=cfg.fault,
+            faults=self.inject if cfg.inject else None,
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
         )
@@ -180,7 +179,7 @@ class PeerDaemon:
         self._publish_state()
         self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
         self.heartbeat.start()
-        if not cfg.tamper:
+        if not self.inject.tamper:
             self.sync_from_swarm()
         log.info(
             "peer %s joined run %s (%s, %d params, device %s)",
@@ -190,6 +189,7 @@ class PeerDaemon:
             count_params(model),
             self.info.description,
         )
+        self.events.emit(events.Joined(peer_id=self.peer_id, run_id=self.manifest.run_id))
 
     def _publish_state(self) -> None:
         self.state_server.publish(self.state)
@@ -258,7 +258,9 @@ class PeerDaemon:
         self.state = new
         load_flat(self.trainer.model, new.params if local_delta is None else new.params - local_delta)
         self._publish_state()
-        log.info("synced state of round %d (params %s) from %s", new.round, new.params_hash(), donor[:12])
+        self.events.emit(
+            events.StateAdopted(round=new.round, params_hash=new.params_hash(), donor=donor), log
+        )
 
     def _finish_sync(self) -> bool:
         """Adopt a background sync's state if it has arrived; True while one is still running."""
@@ -295,7 +297,8 @@ class PeerDaemon:
                 r = self.clock.round_at()
                 end = self.clock.end(r)
                 self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
-                window = self.trainer.train_until(end, self.feed.next_batch, self.stop_event.is_set)
+                slow = self.inject.slowdown(r)
+                window = self.trainer.train_until(end, self.feed.next_batch, self.stop_event.is_set, slow)
                 if self.stop_event.is_set():
                     break
                 carried += window.samples
@@ -338,14 +341,7 @@ class PeerDaemon:
                 samples_total=self.stats.samples_total + window.samples,
             )
         self.stats.update(**changes)
-        log.info(
-            "round %d: loss %.3f, %.0f samples/s, compute %.2f s of %.2f s",
-            r,
-            window.mean_loss,
-            self.stats.samples_per_s,
-            window.compute_s,
-            wall_s,
-        )
+        self.events.emit(events.WindowTrained.of(r, window, self.stats.samples_per_s, wall_s), log)
 
     def _launch(self, r: int, live: torch.Tensor, weight: float, timing: RoundTiming) -> _Pending:
         """Start averaging the update (global - live params) on the P2P loop."""
@@ -354,8 +350,7 @@ class PeerDaemon:
             fut: concurrent.futures.Future = concurrent.futures.Future()
             fut.set_result(RoundOutcome(round=r, reason="local update is not finite; not sent"))
         else:
-            if self.attack is not None:  # tests and benchmarks only: send what a Byzantine peer would
-                delta, weight = self.attack.forge(r, delta, weight, base=self.state.params)
+            delta, weight = self.inject.forge(r, delta, weight, base=self.state.params)  # tests: attacks
             fut = self.loop.submit(
                 self.averager.average(
                     r,
@@ -387,6 +382,7 @@ class PeerDaemon:
             codec_received=out.codec if out.ok else "",
             offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()],
         )
+        self.events.emit(events.ExchangeDone.of(out))
         if out.offenders:
             log.warning(
                 "round %d: misbehaving peers: %s",
@@ -399,19 +395,14 @@ class PeerDaemon:
             load_flat(self.trainer.model, self.state.params + local_progress)
             self._publish_state()
             self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
-            log.info(
-                "round %d: averaged with %d peer(s) in %.2f s, params %s",
-                p.round,
-                len(out.members),
-                out.duration_s,
-                self.state.params_hash(),
+            h, n = self.state.params_hash(), len(out.members)
+            self.events.emit(
+                events.RoundApplied(round=p.round, members=n, params_hash=h, duration_s=out.duration_s), log
             )
             return 1, max(0.0, carried - p.weight)
         self.stats.update(rounds_missed=self.stats.rounds_missed + 1, last_exclusion=out.reason[:200])
-        log.warning(
-            "round %d: not applied (%s); local progress carried to the next round", p.round, out.reason
-        )
-        if out.stale_base and not self.cfg.tamper and self._sync is None:
+        self.events.emit(events.RoundMissed(round=p.round, reason=out.reason), log, logging.WARNING)
+        if out.stale_base and not self.inject.tamper and self._sync is None:
             # Download the swarm's state on the P2P loop while training goes on (at 25 Mbit/s a
             # gpt-small state takes ~15 s: blocking would idle the device for a round or more).
             self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)

@@ -1,7 +1,7 @@
 """Heterogeneous peers: does a 10x slower peer slow the others down?
 
 Runs a real local swarm twice: two fast peers alone, then the same two with a third peer
-throttled to 1/10 of their speed (`--slowdown 10`). Rounds are wall-clock windows, so the slow
+throttled to 1/10 of their speed (a slowdown fault injected with `--inject`). Rounds are wall-clock windows, so the slow
 peer contributes whatever it computed in each window and nobody waits for it. Reports the fast
 peers' throughput (samples per wall second) in both runs and `fast_peer_slowdown`, the fraction
 they lost (target <= 0.05). On a 2-core machine the third process also takes some CPU; the
@@ -32,7 +32,8 @@ def main() -> None:
     init = ["--round-s", str(round_s), "--round-delay", "1"]
     fast = {f"fast{i}": ["--threads", "1"] for i in (1, 2)}
     alone = run_local_swarm(init, fast, duration)
-    mixed = run_local_swarm(init, {**fast, "slow": ["--threads", "1", "--slowdown", "10"]}, duration)
+    slow_peer = {"slow": [{"kind": "slowdown", "factor": 10}]}
+    mixed = run_local_swarm(init, {**fast, "slow": ["--threads", "1"]}, duration, inject=slow_peer)
     base = sum(alone[n].samples_per_s() for n in fast) / len(fast)
     with_slow = sum(mixed[n].samples_per_s() for n in fast) / len(fast)
     slow = mixed["slow"].samples_per_s()

@@ -12,11 +12,11 @@ Every machine is a network namespace whose link is shaped to 25 Mbit/s each way
 * ``peers``: the same plus S seeders that hold every shard in their cache (as peers that trained
   an epoch do) and announce it in the DHT; the newcomers pull from the seeders' uplinks.
 
-A newcomer's figure is what its shard feed logs: seconds from the trainer's first request for a
-batch to a verified shard in hand (lease claim in the DHT, lookup of who caches the shard,
+A newcomer's figure is what its shard feed reports (its ``first_shard`` event, read from the file
+``--events`` names): seconds from the trainer's first request for a batch to a verified shard in hand (lease claim in the DHT, lookup of who caches the shard,
 transfer, sha256 check). With one newcomer both scenarios move one shard over one 25 Mbit/s
-link; the difference is what happens when several join at once. Seeders train with a large
-``--slowdown`` so their CPU use does not slow the newcomers down on a small machine.
+link; the difference is what happens when several join at once. Seeders train under a large
+injected slowdown (``--inject``) so their CPU use does not slow the newcomers down on a small machine.
 
 Figures measured on a shared, loaded machine are noisy: rerun on a quiet one before quoting them.
 Results go to ``scripts/results/bench_shards-DATE-HOST[-quick].{json,txt}``; the last line printed
@@ -40,6 +40,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from barnraise.peer.events import FirstShard, Joined, ShardFetched, read_events
+
 SCRIPTS = Path(__file__).resolve().parent
 REPO = SCRIPTS.parent
 RESULTS_DIR = SCRIPTS / "results"
@@ -50,9 +52,7 @@ from netsim_lib import HostSpec, NetSim, cleanup_stale, missing_requirements  # 
 log = logging.getLogger("bench_shards")
 
 INITIAL_PEERS = re.compile(r"--initial-peers (\S+)")
-FIRST_SHARD = re.compile(r"first shard in hand ([0-9.]+) s")
-FETCHED = re.compile(r"shard (\d+): (\d+) bytes from (\S+ \S+) in ([0-9.]+) s")
-JOINED = re.compile(r"peer (\w+) joined run")
+SEEDER_SLOWDOWN = 50  # seeders' compute runs this many times slower
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +139,19 @@ def wait_for_line(path: Path, pattern: re.Pattern, timeout_s: float, proc=None) 
     raise TimeoutError(f"{path.stem}: no {pattern.pattern!r} within {timeout_s:.0f} s")
 
 
+def wait_for_event(events_path: Path, kind: type, timeout_s: float, proc, log_path: Path):
+    """The first event of class ``kind`` a peer wrote to ``events_path``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if found := read_events(events_path, kind):
+            return found[0]
+        if proc.poll() is not None:
+            text = log_path.read_text(errors="replace") if log_path.exists() else ""
+            raise RuntimeError(f"{log_path.stem} exited ({proc.returncode}): {text.strip()[-400:]}")
+        time.sleep(0.2)
+    raise TimeoutError(f"{log_path.stem}: no {kind.kind} event within {timeout_s:.0f} s")
+
+
 def run_scenario(cfg: BenchConfig, work: Path, run: Path, run_id: str, scenario: str) -> dict:
     """Start a swarm in namespaces; returns per-newcomer first-shard times and sources."""
     out = work / scenario
@@ -162,6 +175,7 @@ def run_scenario(cfg: BenchConfig, work: Path, run: Path, run_id: str, scenario:
 
         def peer(host: str, *extra: str):
             cache = out / host
+            extra += ("--events", str(out / f"{host}.events.jsonl"))
             return start(
                 host,
                 cli(
@@ -180,21 +194,24 @@ def run_scenario(cfg: BenchConfig, work: Path, run: Path, run_id: str, scenario:
 
         for host in seeders:
             shutil.copytree(run / "shards", out / host / run_id / "shards")
-        procs = {h: peer(h, "--slowdown", "50") for h in seeders}
+        plan = out / "seeder.inject.json"
+        plan.write_text(json.dumps({"faults": [{"kind": "slowdown", "factor": SEEDER_SLOWDOWN}]}))
+        procs = {h: peer(h, "--inject", str(plan)) for h in seeders}
         for h in seeders:
-            wait_for_line(out / f"{h}.log", JOINED, cfg.start_timeout_s, procs[h])
+            wait_for_event(out / f"{h}.events.jsonl", Joined, cfg.start_timeout_s, procs[h], out / f"{h}.log")
         if seeders:
             time.sleep(2.0)  # the seeders' cache announcements reach the DHT
         procs |= {h: peer(h) for h in newcomers}
         results = {}
         for h in newcomers:
-            first = wait_for_line(out / f"{h}.log", FIRST_SHARD, cfg.first_shard_timeout_s, procs[h])
-            fetched = FETCHED.search((out / f"{h}.log").read_text(errors="replace"))
+            events = out / f"{h}.events.jsonl"
+            first = wait_for_event(events, FirstShard, cfg.first_shard_timeout_s, procs[h], out / f"{h}.log")
+            fetched = next(iter(read_events(events, ShardFetched)), None)
             results[h] = {
-                "first_shard_s": float(first.group(1)),
-                "transfer_s": float(fetched.group(4)) if fetched else None,
-                "source": fetched.group(3).split()[0] if fetched else "cache",
-                "bytes": int(fetched.group(2)) if fetched else None,
+                "first_shard_s": first.seconds,
+                "transfer_s": fetched.seconds if fetched else None,
+                "source": fetched.source.split()[0] if fetched else "cache",
+                "bytes": fetched.bytes if fetched else None,
             }
         return results
 

@@ -47,6 +47,7 @@ from netsim_lib import (  # noqa: E402
     cleanup_stale,
     missing_requirements,
 )
+from netsim_lib.swarm import EVENTS_FILE as PEER_EVENTS  # noqa: E402
 from netsim_lib.swarm import default_barnraise_command, swarm_hosts  # noqa: E402
 
 logger = logging.getLogger("chaos")
@@ -143,7 +144,7 @@ def run_once(cfg: ChaosConfig, label: str, pristine_run: Path, work_dir: Path, c
         end_unix = time.time()
     peers = scenario.all_peers()
     events = read_all([out / "logs" / "cache" / p / PROBE_EVENTS for p in peers])
-    audits = agreement.audit(events, [out / "logs" / f"{p}.log" for p in peers])
+    audits = agreement.audit(events, [out / "logs" / "cache" / p / PEER_EVENTS for p in peers])
     return {
         "label": label,
         "out": out,

@@ -1,13 +1,13 @@
 """Run a real swarm on 127.0.0.1 for a while and read what each peer did, round by round.
 
 Benchmarks that measure the daemon itself (utilisation, throughput under heterogeneity) use real
-`barnraise bootstrap` and `barnraise peer` processes; this module starts them, waits, stops them
-and parses the per-round lines each peer logs.
+`barnraise bootstrap` and `barnraise peer` processes; this module starts them (with faults injected
+by ``--inject`` where asked), waits, stops them and reads the per-round events each peer wrote.
 """
 
 from __future__ import annotations
 
-import re
+import json
 import subprocess
 import tempfile
 import time
@@ -15,9 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barnraise.peer.cli.launch import Swarm, barnraise_argv
-
-WINDOW = re.compile(r"round (\d+): loss ([0-9.na]+), ([0-9.]+) samples/s, compute ([0-9.]+) s of ([0-9.]+) s")
-APPLIED = re.compile(r"round (\d+): averaged with (\d+) peer\(s\) in ([0-9.]+) s, params (\w+)")
+from barnraise.peer.events import RoundApplied, WindowTrained, read_events
 
 
 @dataclass
@@ -44,27 +42,31 @@ class PeerRecord:
         )
 
 
-def parse_log(name: str, text: str) -> PeerRecord:
+def read_record(name: str, events_path: Path) -> PeerRecord:
     rec = PeerRecord(name=name)
-    for r, loss, sps, compute, wall in WINDOW.findall(text):
+    for w in read_events(events_path, WindowTrained):
         rec.windows.append(
             {
-                "round": int(r),
-                "loss": float(loss),
-                "samples_per_s": float(sps),
-                "compute_s": float(compute),
-                "wall_s": float(wall),
+                "round": w.round,
+                "loss": w.loss,
+                "samples_per_s": w.samples_per_s,
+                "compute_s": w.compute_s,
+                "wall_s": w.wall_s,
             }
         )
-    for r, _, _, h in APPLIED.findall(text):
-        rec.applied[int(r)] = h
+    rec.applied = {a.round: a.params_hash for a in read_events(events_path, RoundApplied)}
     return rec
 
 
 def run_local_swarm(
-    init_args: list[str], peers: dict[str, list[str]], duration_s: float, workdir: Path | None = None
+    init_args: list[str],
+    peers: dict[str, list[str]],
+    duration_s: float,
+    workdir: Path | None = None,
+    inject: dict[str, list[dict]] | None = None,
 ) -> dict[str, PeerRecord]:
-    """Init a run, start a bootstrap and the named peers (with their extra flags), run, stop, parse."""
+    """Init a run, start a bootstrap and the named peers (with their extra flags and, for those
+    named in ``inject``, the faults listed there: peer/injection.py), run, stop, read their events."""
     workdir = Path(workdir or tempfile.mkdtemp(prefix="barnraise-swarm-"))
     workdir.mkdir(parents=True, exist_ok=True)
     subprocess.run(
@@ -73,8 +75,14 @@ def run_local_swarm(
     swarm = Swarm(workdir=workdir)
     try:
         swarm.start_bootstrap(workdir / "run")
-        children = {name: swarm.start_peer(name, extra) for name, extra in peers.items()}
+        children = {}
+        for name, extra in peers.items():
+            if name in (inject or {}):
+                plan = workdir / f"{name}.inject.json"
+                plan.write_text(json.dumps({"faults": inject[name]}))
+                extra = [*extra, "--inject", str(plan)]
+            children[name] = swarm.start_peer(name, extra)
         time.sleep(duration_s)
     finally:
         swarm.close()
-    return {name: parse_log(name, c.log_path.read_text()) for name, c in children.items()}
+    return {name: read_record(name, c.events_path) for name, c in children.items()}

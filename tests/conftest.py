@@ -36,6 +36,12 @@ def wait_for(predicate, timeout_s: float, every_s: float = 1.0, what: str = "con
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
 
 
+def inject(path: Path, *faults: dict) -> list[str]:
+    """``--inject FILE`` flags for a peer: the plan of ``faults`` (peer/injection.py) written to ``path``."""
+    path.write_text(json.dumps({"faults": list(faults)}))
+    return ["--inject", str(path)]
+
+
 def init_run(run_dir: Path, *extra: str) -> None:
     res = run_cli("init", str(run_dir), *extra)
     assert res.returncode == 0, res.stderr

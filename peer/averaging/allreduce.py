@@ -22,6 +22,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
@@ -32,7 +33,7 @@ from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, write_frame
 from barnraise.protos import averaging_pb2
 
-__all__ = ["AllReduce", "ExchangeStats", "PartReducer", "faulty_part", "part_bounds", "result_hash"]
+__all__ = ["AllReduce", "ExchangeStats", "PartFaults", "PartReducer", "part_bounds", "result_hash"]
 
 log = logging.getLogger(__name__)
 
@@ -61,20 +62,14 @@ def _chunk_cap(codec: str, numel: int) -> int:
     return codecs.max_encoded_bytes(codec, numel) + FRAME_SLACK
 
 
-def faulty_part(fault: str, enc: averaging_pb2.EncodedTensor, codec: str, numel: int) -> bytes:
-    """A deliberately broken contribution, so tests can show how reducers treat bad members."""
-    if fault == "nan":
-        bad = codecs.encode(torch.full((numel,), float("nan")), "fp32") if codec == "fp32" else enc
-        if codec != "fp32":
-            bad = averaging_pb2.EncodedTensor()
-            bad.CopyFrom(enc)
-            bad.scales = b"\xff\x7f" * (len(enc.scales) // 2)  # fp16 NaN scales
-        return bad.SerializeToString()
-    if fault == "shape":
-        return codecs.encode(torch.zeros(max(0, numel - 1)), codec).SerializeToString()
-    if fault == "oversize":
-        return b"\0" * (codecs.max_encoded_bytes(codec, numel) + 8192)
-    return enc.SerializeToString()
+class PartFaults(Protocol):
+    """Faults a test injects into the part exchange, by round (``peer.injection.Injector``)."""
+
+    def corrupt_part(
+        self, r: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
+    ) -> averaging_pb2.EncodedTensor | bytes: ...
+
+    def stalls(self, r: int) -> bool: ...
 
 
 @dataclass
@@ -94,7 +89,7 @@ class AllReduce:
         p2p,
         peer_id: str,
         topk_fraction: float,
-        fault: str = "",
+        faults: PartFaults | None = None,
         auth=None,
         robust: RobustConfig | None = None,
     ):
@@ -103,7 +98,7 @@ class AllReduce:
         self.robust = robust or RobustConfig()  # how reducers combine contributions
         self.peer_id = peer_id
         self.topk_fraction = topk_fraction
-        self.fault = fault  # protocol fault injected by tests: nan, shape, oversize, stall (see faulty_part)
+        self.faults = faults  # tests only: broken parts or a stalled reducer, by round (None: none)
         self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
 
     async def register(self) -> None:
@@ -230,7 +225,8 @@ class AllReduce:
         async def send_chunks() -> None:
             for c, (lo, hi) in enumerate(chunks):
                 enc = self._encode_chunk(group.codec, update, transmitted, start + lo, start + hi)
-                payload = faulty_part(self.fault, enc, group.codec, hi - lo) if self.fault and c == 0 else enc
+                faults = self.faults if c == 0 else None  # tests: a broken first chunk (peer/injection.py)
+                payload = faults.corrupt_part(group.round, enc, group.codec, hi - lo) if faults else enc
                 sent = await write_frame(writer, payload, deadline_in(1.0))
                 stats.bytes_sent += sent  # (not `+= await`: concurrent sends would overwrite each other)
 
@@ -310,7 +306,7 @@ class AllReduce:
             fut = self._reducers.get(msg.group_id) or self._reducer_future(msg.group_id)
             try:
                 reducer = await asyncio.wait_for(asyncio.shield(fut), 15.0)
-                if self.fault == "stall":  # a member that stops mid-round: takes the part, never answers
+                if self.faults and self.faults.stalls(reducer.group.round):  # takes parts, never answers
                     await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time() + 5.0))
                     return
             except (asyncio.TimeoutError, TimeoutError):

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import torch
 
 from barnraise.coordinator.errors import BarnraiseError
-from barnraise.peer.averaging.allreduce import AllReduce, ExchangeStats
+from barnraise.peer.averaging.allreduce import AllReduce, ExchangeStats, PartFaults
 from barnraise.peer.averaging.codecs import ErrorFeedback
 from barnraise.peer.averaging.matchmaking import MAX_CONTROL_BYTES, Matchmaker, RoundTiming
 from barnraise.peer.averaging.robust import RobustConfig
@@ -81,7 +81,7 @@ class Averager:
         topk_fraction: float,
         ask_codec: str = "",
         bandwidth_bps: float = 0.0,
-        fault: str = "",
+        faults: PartFaults | None = None,  # tests only: see peer/injection.py
         auth=None,
         robust: RobustConfig | None = None,
     ):
@@ -96,7 +96,7 @@ class Averager:
             p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec, auth=auth
         )
         self.allreduce = AllReduce(
-            p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, fault=fault, auth=auth, robust=robust
+            p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, faults=faults, auth=auth, robust=robust
         )
         self.feedback = ErrorFeedback()
         self._confirms: dict[str, _Confirmations] = {}

@@ -25,6 +25,10 @@ def register_peer(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after N completed rounds")
+    # Hidden hooks for tests and benchmarks: faults by (peer, round) (peer/injection.py) and the
+    # events the peer writes (peer/events.py). The older fault flags below build the same plan.
+    p.add_argument("--inject", type=Path, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--events", type=Path, default=None, help=argparse.SUPPRESS)
     p.add_argument("--slowdown", type=float, default=1.0, help=argparse.SUPPRESS)
     p.add_argument("--tamper", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--token", type=Path, default=None, help="membership token file (closed runs)")
@@ -39,7 +43,7 @@ def register_peer(sub) -> None:
         "--cache-budget-mb", type=float, default=1024, help="disk for cached shards, MiB (default 1024)"
     )
     p.add_argument("--lease-s", type=float, default=60.0, help=argparse.SUPPRESS)  # shard lease length
-    p.add_argument("--ledger", type=Path, default=None, help=argparse.SUPPRESS)  # tests: trained ranges
+    p.add_argument("--ledger", type=Path, default=None, help=argparse.SUPPRESS)  # range_trained events only
     p.add_argument("--serve-corrupt-shards", action="store_true", help=argparse.SUPPRESS)  # tests
     p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
     p.add_argument(
@@ -56,7 +60,6 @@ def shard_options(args):
     """``ShardOptions`` from the peer's flags; a bad value is a one-line ConfigError."""
     from barnraise.coordinator.leases import LeaseConfig
     from barnraise.peer.data.feed import ShardOptions
-    from barnraise.peer.data.shardserver import ServeConfig
 
     if not args.cache_budget_mb >= 0:
         raise ConfigError(f"--cache-budget-mb must be 0 or more MiB, got {args.cache_budget_mb:g}")
@@ -64,15 +67,34 @@ def shard_options(args):
         return ShardOptions(
             cache_budget_bytes=int(args.cache_budget_mb * (1 << 20)),
             lease=LeaseConfig(lease_s=args.lease_s),
-            serve=ServeConfig(corrupt=args.serve_corrupt_shards),
-            ledger=args.ledger,
         )
     except ValueError as e:
         raise ConfigError(f"peer: {e}") from e
 
 
+def injection_plan(args):
+    """The faults of ``--inject FILE`` plus those the older hidden flags stand for, each for every
+    round (peer/injection.py); None if there are none."""
+    from barnraise.peer.injection import Fault, InjectionPlan, load_plan
+
+    aliases = [
+        (args.slowdown > 1, {"kind": "slowdown", "factor": args.slowdown}),
+        (args.tamper, {"kind": "tamper"}),
+        (args.fault, {"kind": "fault", "mode": args.fault}),
+        (args.attack, {"kind": "attack", "mode": args.attack}),
+        (args.serve_corrupt_shards, {"kind": "corrupt_shards"}),
+    ]
+    try:
+        flags = InjectionPlan(tuple(Fault(**fault) for given, fault in aliases if given))
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    plan = load_plan(args.inject) + flags if args.inject else flags
+    return plan if plan.faults else None
+
+
 def cmd_peer(args) -> int:
     from barnraise.peer.daemon import PeerConfig, PeerDaemon
+    from barnraise.peer.events import open_events
 
     cfg = PeerConfig(
         initial_peers=tuple(args.initial_peers),
@@ -84,21 +106,13 @@ def cmd_peer(args) -> int:
         device=args.device,
         threads=args.threads,
         max_rounds=args.max_rounds,
-        slowdown=args.slowdown,
-        tamper=args.tamper,
         shards=shard_options(args),
         codec=args.codec,
         bandwidth_mbit=args.bandwidth_mbit,
-        fault=args.fault,
         token=args.token,
         run_key_fingerprint=args.run_key_fingerprint,
-        attack=args.attack,
+        inject=injection_plan(args),
     )
-    if args.attack:
-        from barnraise.peer.attacks import ATTACKS
-
-        if args.attack not in ATTACKS:
-            raise ConfigError(f"unknown attack {args.attack!r}: choose one of {', '.join(ATTACKS)}")
     if args.run_key_fingerprint:
         from barnraise.coordinator.keys import parse_fingerprint
 
@@ -114,7 +128,8 @@ def cmd_peer(args) -> int:
         from barnraise.coordinator.metrics import parse_metrics_address
 
         parse_metrics_address(args.metrics_port)
-    daemon = PeerDaemon(cfg)
+    events = open_events(args.events, ledger=args.ledger)
+    daemon = PeerDaemon(cfg, events)
     running = threading.Event()
     metrics = None
 
@@ -134,6 +149,7 @@ def cmd_peer(args) -> int:
         if metrics is not None:
             metrics.stop()
         daemon.close()
+        events.close()
     return 0
 
 

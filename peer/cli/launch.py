@@ -30,6 +30,7 @@ class Child:
     name: str
     proc: subprocess.Popen
     log_path: Path | None = None
+    events_path: Path | None = None  # a peer's events (peer/events.py: read_events)
 
 
 @dataclass
@@ -106,7 +107,10 @@ class Swarm:
         threading.Thread(target=copy, daemon=True, name=f"drain-{child.name}").start()
 
     def start_peer(self, name: str, extra: list[str] | None = None, env: dict | None = None) -> Child:
-        return self.spawn(
+        """A peer named ``name`` that writes its events to WORKDIR/NAME.events.jsonl (appended to
+        when a peer of that name is started again)."""
+        events = self.workdir / f"{name}.events.jsonl"
+        child = self.spawn(
             name,
             [
                 "peer",
@@ -116,10 +120,14 @@ class Swarm:
                 "/ip4/127.0.0.1/tcp/0",
                 "--cache-dir",
                 str(self.workdir / name),
+                "--events",
+                str(events),
                 *(extra or []),
             ],
             env=env,
         )
+        child.events_path = events
+        return child
 
     def signal(self, child: Child, sig: int) -> None:
         try:

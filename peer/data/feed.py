@@ -11,11 +11,9 @@ the steps since its last renewal; the next owner resumes where the record says.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +21,7 @@ import torch
 
 from barnraise.coordinator import leases as lease_rules
 from barnraise.coordinator import records
-from barnraise.coordinator.errors import BarnraiseError, ConfigError, IntegrityError
+from barnraise.coordinator.errors import BarnraiseError, IntegrityError
 from barnraise.peer.data.leasing import HeldLease, LeaseClient, LeaseKeeper
 from barnraise.peer.data.shards import (
     DEFAULT_CACHE_BUDGET_BYTES,
@@ -34,6 +32,15 @@ from barnraise.peer.data.shards import (
     trainable_tokens,
 )
 from barnraise.peer.data.shardserver import CacheAnnouncer, PeerShardSources, ServeConfig, ShardServer
+from barnraise.peer.events import (
+    NO_EVENTS,
+    EpochComplete,
+    EventLog,
+    FirstShard,
+    RangeTrained,
+    ShardFetched,
+    ShardSkipped,
+)
 from barnraise.protos import manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -49,7 +56,6 @@ class ShardOptions:
     cache_budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES  # disk the shard cache may use, bytes
     lease: lease_rules.LeaseConfig = field(default_factory=lease_rules.LeaseConfig)
     serve: ServeConfig = field(default_factory=ServeConfig)
-    ledger: Path | None = None  # tests: append one JSON line per trained batch (token range)
     idle_wait_s: float = 2.0  # seconds next_batch waits for a free shard before giving the round back
 
     def __post_init__(self) -> None:
@@ -59,33 +65,6 @@ class ShardOptions:
             raise ValueError(f"idle_wait_s must be >= 0 s, got {self.idle_wait_s}")
 
 
-class TrainingLedger:
-    """Which token ranges this peer trained, one JSON line per step, flushed at once.
-
-    Tests read it to count gaps and duplicates across peers, including one killed with SIGKILL:
-    every line written before the kill is in the file.
-    """
-
-    def __init__(self, path: Path, peer_id: str):
-        self.peer_id = peer_id
-        try:
-            self._file = open(path, "a", encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"cannot open ledger {path}: {e.strerror}") from e
-        self._lock = threading.Lock()
-
-    def write(self, *, epoch: int, shard: int, start: int, end: int, sha256: str) -> None:
-        entry = {"peer": self.peer_id, "epoch": epoch, "shard": shard, "start": start, "end": end}
-        line = json.dumps(entry | {"sha256": sha256, "t": time.time()})
-        with self._lock:
-            self._file.write(line + "\n")
-            self._file.flush()
-
-    def close(self) -> None:
-        with self._lock:
-            self._file.close()
-
-
 @dataclass
 class _Current:
     """The shard being trained: its lease, its reader, and a step handed out but not yet confirmed."""
@@ -93,7 +72,7 @@ class _Current:
     info: manifest_pb2.ShardInfo
     held: HeldLease
     reader: BatchReader
-    sha256: str  # digest of the bytes actually read (ledger)
+    sha256: str  # digest of the bytes actually read (range_trained events)
     pending: tuple[int, int] | None = None  # token range of the last batch handed to the trainer
 
 
@@ -110,14 +89,14 @@ class ShardFeed:
         leases: LeaseClient,
         keeper: LeaseKeeper,
         peers: PeerShardSources | None = None,
-        ledger: TrainingLedger | None = None,
+        events: EventLog = NO_EVENTS,
         idle_wait_s: float = 2.0,
     ):
         self.manifest = manifest
         self.cache = cache
         self.sources = list(sources)  # fallback sources (the coordinator), after peers
         self.peer_id = peer_id
-        self.leases, self.keeper, self.peers, self.ledger = leases, keeper, peers, ledger
+        self.leases, self.keeper, self.peers, self.events = leases, keeper, peers, events
         self.idle_wait_s = idle_wait_s
         self.shards = sorted(manifest.shards, key=lambda s: s.index)
         self.start_at = lease_rules.start_position(peer_id, len(self.shards))
@@ -148,7 +127,7 @@ class ShardFeed:
         """The next batch of this peer's leased shard; None if no shard is free for ``idle_wait_s``.
 
         Being called again means the previous batch's step completed: only then does its range
-        count as trained (ledger, lease offset).
+        count as trained (lease offset, range_trained event).
         """
         deadline = time.monotonic() + self.idle_wait_s
         if self._asked_at is None:
@@ -186,9 +165,16 @@ class ShardFeed:
         start, end = cur.pending
         cur.pending = None
         self.keeper.progress(cur.held, end)
-        if self.ledger is not None:
-            self.ledger.write(
-                epoch=cur.held.epoch, shard=cur.info.index, start=start, end=end, sha256=cur.sha256
+        if self.events.enabled:
+            self.events.emit(
+                RangeTrained(
+                    peer=self.peer_id,
+                    epoch=cur.held.epoch,
+                    shard=cur.info.index,
+                    start=start,
+                    end=end,
+                    sha256=cur.sha256,
+                )
             )
 
     def _release(self, *, finished: bool) -> None:
@@ -208,7 +194,7 @@ class ShardFeed:
         for _ in range(3):  # at most a couple of epoch changes per look
             self._refresh_done()
             if len(self.done) >= len(self.shards):
-                log.info("epoch %d complete: all %d shards trained", self.epoch, len(self.shards))
+                self.events.emit(EpochComplete(epoch=self.epoch, shards=len(self.shards)), log)
                 self._set_epoch(self.epoch + 1)
                 continue
             now = time.monotonic()
@@ -238,6 +224,7 @@ class ShardFeed:
             got = self.cache.fetch(info, sources)
         except BarnraiseError as e:
             log.error("%s; skipping this shard for now (back to the pool)", e)
+            self.events.emit(ShardSkipped(index=info.index, reason=str(e)))
             self.cache.pinned.discard(info.sha256)
             self.keeper.drop(held)
             self.unobtainable[held.shard] = time.monotonic() + UNOBTAINABLE_BACKOFF_S
@@ -249,16 +236,17 @@ class ShardFeed:
             return False
         if self.first_shard_s is None:
             self.first_shard_s = time.monotonic() - (self._asked_at or time.monotonic())
-            log.info("first shard in hand %.2f s after the trainer asked", self.first_shard_s)
+            self.events.emit(FirstShard(seconds=self.first_shard_s), log)
         if got.source != "cache":
-            log.info(
-                "shard %d: %d bytes from %s in %.2f s", info.index, len(got.data), got.source, got.seconds
+            fetched = ShardFetched(
+                index=info.index, bytes=len(got.data), source=got.source, seconds=got.seconds
             )
+            self.events.emit(fetched, log)
         reader = BatchReader(
             shard_tokens(got.data, self.manifest.dataset.token_dtype), self.manifest.model.seq_len
         )
         reader.offset = held.offset
-        digest = hashlib.sha256(got.data).hexdigest() if self.ledger is not None else info.sha256
+        digest = hashlib.sha256(got.data).hexdigest() if self.events.enabled else info.sha256
         self.current = _Current(info=info, held=held, reader=reader, sha256=digest)
         log.info(
             "training shard %d of epoch %d from token %d (%d windows left)",
@@ -287,8 +275,6 @@ class ShardFeed:
                 closer()
             except Exception as e:
                 log.debug("closing the shard feed: %s", e)
-        if self.ledger is not None:
-            self.ledger.close()
         log.debug("shard feed closed in %.2f s", time.monotonic() - t0)
 
     # --- wiring -------------------------------------------------------------------------------
@@ -303,21 +289,24 @@ class ShardFeed:
         cache_dir: Path,
         sources: Sequence[ShardSourceRef],
         options: ShardOptions,
+        events: EventLog = NO_EVENTS,
+        corrupt_shards: Callable[[], bool] | None = None,
     ) -> ShardFeed:
         """A feed with its cache, shard server, cache announcer and lease keeper running.
 
         ``cache_dir`` is the run's cache directory; ``sources`` are tried after peers (the
-        coordinator). ``loop`` is the peer's ``P2PLoop``.
+        coordinator). ``loop`` is the peer's ``P2PLoop``. ``events`` gets the shard events;
+        ``corrupt_shards`` (tests only, peer/injection.py) says when to corrupt what is served.
         """
-        cache = ShardCache(cache_dir / "shards", options.cache_budget_bytes)
+        cache = ShardCache(cache_dir / "shards", options.cache_budget_bytes, events)
         cache.enforce_budget()
         server = ShardServer(loop.p2p, cache, manifest, options.serve)
+        server.corrupt = corrupt_shards
         loop.call(server.register(), 10.0)
         announcer = CacheAnnouncer(dht, cache, manifest, peer_id, options.serve)
         cache.on_change = announcer.changed
         announcer.start()
         keeper = LeaseKeeper(LeaseClient(dht, manifest, peer_id, options.lease))
-        ledger = TrainingLedger(options.ledger, peer_id) if options.ledger else None
         feed = cls(
             manifest,
             cache,
@@ -326,7 +315,7 @@ class ShardFeed:
             leases=keeper.client,
             keeper=keeper,
             peers=PeerShardSources(dht, loop, cache, manifest, peer_id),
-            ledger=ledger,
+            events=events,
             idle_wait_s=options.idle_wait_s,
         )
         feed._closers = [keeper.close, announcer.stop]

@@ -21,6 +21,7 @@ import torch
 
 from barnraise.coordinator.atomic import write_atomic
 from barnraise.coordinator.errors import BarnraiseError, IntegrityError
+from barnraise.peer.events import NO_EVENTS, BadCopy, EventLog
 from barnraise.protos import manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,11 @@ class ShardCache:
     Thread-safe: the training thread adds shards while the shard server reads them.
     """
 
-    def __init__(self, cache_dir: Path, budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES):
+    def __init__(
+        self, cache_dir: Path, budget_bytes: int = DEFAULT_CACHE_BUDGET_BYTES, events: EventLog = NO_EVENTS
+    ):
         self.dir = cache_dir
+        self.events = events  # where bad copies are reported (tests and benchmarks)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.budget_bytes = budget_bytes
         self.bad_sources: dict[str, int] = {}  # source name -> bad copies it served
@@ -113,6 +117,7 @@ class ShardCache:
                 continue
             if len(data) != info.size_bytes or hashlib.sha256(data).hexdigest() != info.sha256:
                 self.note_bad(source.name)
+                self.events.emit(BadCopy(index=info.index, source=source.name))
                 log.warning(
                     "shard %d (%s) from %s failed its sha256 check: discarded, trying another source",
                     info.index,

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from barnraise.coordinator import records
@@ -48,7 +49,6 @@ class ServeConfig:
     # uplink two uploads at once each take twice as long, while another holder's uplink sits idle
     max_uploads: int = 1
     announce_every_s: float = 10.0  # seconds between cache announcements (and right after a change)
-    corrupt: bool = False  # tests only: flip bytes of every shard served, to prove downloaders check
 
     def __post_init__(self) -> None:
         if self.max_uploads < 1:
@@ -106,6 +106,9 @@ def parse_announcements(raw: dict[str, bytes], n_shards: int) -> dict[str, set[i
 class ShardServer:
     """Serves verified shards from this peer's cache to other peers."""
 
+    # tests only, installed from outside (peer/injection.py): True while what is served must be corrupted
+    corrupt: Callable[[], bool] | None = None
+
     def __init__(self, p2p, cache: ShardCache, manifest: manifest_pb2.RunManifest, cfg: ServeConfig):
         self.p2p = p2p
         self.cache = cache
@@ -152,7 +155,7 @@ class ShardServer:
         if data is None:
             await self._refuse(writer, shards_pb2.FETCH_NOT_FOUND)
             return
-        if self.cfg.corrupt:
+        if self.corrupt is not None and self.corrupt():
             data = bytes(b ^ 0x5A for b in data[:64]) + data[64:]
         reply = shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_OK, total_bytes=len(data))
         await write_frame(writer, reply, REPLY_TIMEOUT_S)

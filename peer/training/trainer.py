@@ -42,12 +42,10 @@ class InnerTrainer:
         model: torch.nn.Module,
         cfg: manifest_pb2.TrainingConfig,
         info: DeviceInfo,
-        slowdown: float = 1.0,
     ):
         self.model = model.to(info.device)
         self.cfg = cfg
         self.info = info
-        self.slowdown = slowdown  # >1 throttles this peer (benchmarks of heterogeneous swarms)
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay)
         self.micro_batch = cfg.batch_size
 
@@ -91,7 +89,10 @@ class InnerTrainer:
         deadline: float,
         next_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor] | None],
         should_stop: Callable[[], bool],
+        slowdown: float = 1.0,
     ) -> WindowResult:
+        """Inner steps until ``deadline``. ``slowdown`` > 1 sleeps (slowdown - 1) x each step's time
+        after it: an injected fault (peer/injection.py) for tests and benchmarks of slow peers."""
         res = WindowResult()
         while time.time() < deadline and not should_stop():
             t0 = time.perf_counter()
@@ -106,7 +107,7 @@ class InnerTrainer:
             res.samples += batch[0].shape[0]
             res.loss_sum += loss
             dt = time.perf_counter() - t0
-            if self.slowdown > 1.0:
-                time.sleep(min(dt * (self.slowdown - 1.0), max(0.0, deadline - time.time())))
+            if slowdown > 1.0:
+                time.sleep(min(dt * (slowdown - 1.0), max(0.0, deadline - time.time())))
             res.compute_s += time.perf_counter() - t0
         return res

@@ -1,9 +1,10 @@
 """What each averaging round ended with, across every peer that ever lived in a run.
 
 Two sources, read after the run: the probe's ``snapshot`` events (round and hash of every global
-state a peer published, so also of peers killed later) and the peers' ``round N:`` log lines
-(whether the round's average was applied, and if not, why), joined with the probe's
-``allreduce`` events that say which group each peer was in. A round *agreed* when, in every group
+state a peer published, so also of peers killed later) and the peers' own events files
+(``round_applied`` and ``round_missed`` from ``barnraise.peer.events``: whether the round's average
+was applied, and if not, why), joined with the probe's ``allreduce`` events that say which group
+each peer was in. A round *agreed* when, in every group
 of that round, the members that published a state for it published the same hash (two groups of
 one round legitimately end with different states); it *missed its deadline* for a peer that
 could not apply it because some step came too late (joined after the group closed, averaging did
@@ -12,15 +13,13 @@ not finish in time, the leader's verdict never came).
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-_APPLIED = re.compile(r"\bround (\d+): averaged with (\d+) peer\(s\)[^,]*, params (\w+)")
-_MISSED = re.compile(r"\bround (\d+): not applied \((.*)\); local progress")
+from barnraise.peer.events import RoundApplied, RoundMissed, read_events
 
 
 @dataclass
@@ -30,7 +29,7 @@ class RoundAudit:
     round: int
     hashes: Counter[str] = field(default_factory=Counter)  # params hash -> peers that published it
     group_hashes: dict[str, set[str]] = field(default_factory=dict)  # group id -> hashes its members hold
-    applied: int = 0  # peers whose log says the round's average was applied
+    applied: int = 0  # peers whose events say the round's average was applied
     group_sizes: Counter[int] = field(default_factory=Counter)  # reported group size -> peers
     missed: list[str] = field(default_factory=list)  # reasons of peers that could not apply it
 
@@ -52,8 +51,8 @@ class RoundAudit:
         }
 
 
-def audit(events: Iterable[dict[str, Any]], logs: Sequence[Path]) -> list[RoundAudit]:
-    """Per-round audit from snapshot events and peer log files, oldest round first."""
+def audit(events: Iterable[dict[str, Any]], peer_events: Sequence[Path]) -> list[RoundAudit]:
+    """Per-round audit from snapshot events and the peers' events files, oldest round first."""
     rounds: dict[int, RoundAudit] = {}
 
     def get(r: int) -> RoundAudit:
@@ -74,18 +73,14 @@ def audit(events: Iterable[dict[str, Any]], logs: Sequence[Path]) -> list[RoundA
                 ra.hashes[e["hash"]] += 1
                 if key in group_of:  # a state synced from a donor has no group: it is not a vote
                     ra.group_hashes.setdefault(group_of[key], set()).add(e["hash"])
-    for path in logs:
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        for line in text.splitlines():
-            if m := _APPLIED.search(line):
-                ra = get(int(m.group(1)))
+    for path in peer_events:
+        for e in read_events(path):
+            if isinstance(e, RoundApplied):
+                ra = get(e.round)
                 ra.applied += 1
-                ra.group_sizes[int(m.group(2))] += 1
-            elif m := _MISSED.search(line):
-                get(int(m.group(1))).missed.append(m.group(2)[:160])
+                ra.group_sizes[e.members] += 1
+            elif isinstance(e, RoundMissed):
+                get(e.round).missed.append(e.reason[:160])
     return [rounds[r] for r in sorted(rounds)]
 
 

@@ -216,7 +216,7 @@ def cmd_swarm(args: argparse.Namespace) -> int:
     for e in result.events:
         print(f"  {e.text()}" + (f"   [{e.scheduled}]" if e.scheduled else ""))
     print(
-        "\nrounds, from peers' 'round N:' log lines (peers = who logged it):\n"
+        "\nrounds, from peers' round events (peers = who reported it):\n"
         + format_rounds(result.rounds, show_peers=True)
     )
     print(

@@ -132,7 +132,8 @@ def per_round(
 
 @dataclass(frozen=True, kw_only=True)
 class RoundLine:
-    """A line a peer logged about a round (e.g. "round 8: loss 2.04, averaged with 2 peers")."""
+    """A peer's report about a round: one of its events, worded as its log line says it
+    (e.g. "round 8: averaged with 2 peer(s) in 1.20 s, params ...")."""
 
     t_s: float  # seconds since the run started
     host: str  # host name of the peer that logged it

@@ -2,8 +2,9 @@
 
 Layout: ``boot`` (bootstrap, unshaped), ``p1..pN`` (peers, shaped per the scenario), ``stat``
 (where ``barnraise status`` is polled from, unshaped so polling does not steal peer bandwidth).
-The swarm code is only reached through its CLI, so this module works with whatever version of
-barnraise is installed, and the command used to run it is configurable.
+The swarm code is reached through its CLI (the command used to run it is configurable); what each
+peer did per round is read afterwards from the events file it writes (``--events``, read with
+``barnraise.peer.events.read_events``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STATUS_HOST = "stat"
+EVENTS_FILE = "events.jsonl"  # in each peer's cache dir (LOG_DIR/cache/NAME), kept across restarts
 _INITIAL_PEERS_RE = re.compile(r"--initial-peers[= ]+['\"]?(/ip4/[^\s'\",]+)")
 
 
@@ -95,9 +97,6 @@ class SwarmConfig:
     bootstrap_args: tuple[str, ...] = ()  # extra arguments for `barnraise bootstrap`
     peer_args: tuple[str, ...] = ()  # extra arguments for every `barnraise peer`
     status_args: tuple[str, ...] = ()  # extra arguments for `barnraise status`
-    # Peer log lines about a round; group 1 = round number, group 2 = the rest. Finer-grained than
-    # status polls; if the log format changes, only the per-round table from logs goes empty.
-    round_log_pattern: str = r"\bround (\d+): (.*)$"
 
     def __post_init__(self) -> None:
         if not self.barnraise:
@@ -122,7 +121,7 @@ class SwarmResult:
 
     initial_peers: str  # bootstrap multiaddr at the end of the run
     events: list[EventRecord]  # everything the churn runner did or saw
-    rounds: list[RoundReport]  # per round, from peers' "round N:" log lines
+    rounds: list[RoundReport]  # per round, from peers' round events (windows, applied, missed)
     status_rounds: list[RoundReport]  # per round as `barnraise status` saw it (coarser)
     report_path: Path  # JSON file with all of the above
 
@@ -135,8 +134,6 @@ class Swarm:
         self.net = net
         self.initial_peers: str | None = None
         self.processes: dict[str, subprocess.Popen[Any]] = {}
-        self._round_re = re.compile(config.round_log_pattern)
-        self._round_lines: list[tuple[float, str, int, str]] = []  # (monotonic, host, round, text)
         config.log_dir.mkdir(parents=True, exist_ok=True)
 
     def _spawn(
@@ -171,10 +168,21 @@ class Swarm:
         threading.Thread(target=tee, name=f"log-{name}", daemon=True).start()
         return proc
 
-    def _note_round_line(self, host: str, line: str) -> None:
-        if match := self._round_re.search(line.rstrip("\n")):
-            text = match.group(2).strip() if match.lastindex and match.lastindex >= 2 else ""
-            self._round_lines.append((time.monotonic(), host, int(match.group(1)), text))
+    def events_path(self, name: str) -> Path:
+        return self.config.log_dir / "cache" / name / EVENTS_FILE
+
+    def round_lines(self, t0_unix: float) -> list[RoundLine]:
+        """What each peer reported about a round since ``t0_unix``, as its log line says it
+        ("round N: <text>"), timed in seconds since ``t0_unix``."""
+        from barnraise.peer.events import RoundApplied, RoundMissed, WindowTrained, read_events
+
+        lines = []
+        for name in self.config.scenario.all_peers():
+            for e in read_events(self.events_path(name)):
+                if isinstance(e, WindowTrained | RoundApplied | RoundMissed) and e.t >= t0_unix:
+                    text = str(e).split(": ", 1)[1]
+                    lines.append(RoundLine(t_s=e.t - t0_unix, host=name, round=e.round, text=text))
+        return sorted(lines, key=lambda ln: ln.t_s)
 
     def start_bootstrap(self) -> subprocess.Popen[Any]:
         """Start the bootstrap and block until it prints its ``--initial-peers`` multiaddr."""
@@ -227,9 +235,11 @@ class Swarm:
             str(cache),
             "--listen",
             f"/ip4/{self.net.ip(name)}/tcp/0",
+            "--events",
+            str(self.events_path(name)),
             *cfg.peer_args,
         ]
-        return self._spawn(name, argv, lambda line: self._note_round_line(name, line))
+        return self._spawn(name, argv)
 
     def probe(self) -> RoundSample | None:
         """Ask the swarm for its round from the status namespace; None when it does not answer."""
@@ -266,10 +276,7 @@ class Swarm:
             round_poll_s=self.config.status_interval_s,
         )
         events = runner.run(duration_s if duration_s is not None else scenario.duration_s)
-        lines = [
-            RoundLine(t_s=t - runner.t0, host=host, round=rnd, text=text)
-            for t, host, rnd, text in list(self._round_lines)
-        ]
+        lines = self.round_lines(time.time() - (time.monotonic() - runner.t0))
         rounds = per_round_from_logs(lines, [(e.t_s, e.text()) for e in events], runner.end_s)
         status_rounds = runner.report()
         report_path = self.config.log_dir / "netsim-report.json"

@@ -115,13 +115,15 @@ def test_agreement_flags_a_split_round(tmp_path: Path) -> None:
         {"kind": "snapshot", "source": "p1", "round": 4, "hash": "bb", "t": 2.0},
         {"kind": "snapshot", "source": "p2", "round": 4, "hash": "cc", "t": 2.1},
     ]
-    log = tmp_path / "p1.log"
-    log.write_text(
-        "00:00 INFO peer.daemon: round 3: averaged with 2 peer(s) in 1.00 s, params aa\n"
-        "00:01 WARNING peer.daemon: round 4: not applied (averaging did not finish in time); local progress ...\n"
-    )
-    audits = agreement.audit(events, [log])
+    from barnraise.peer.events import RoundApplied, RoundMissed, open_events
+
+    path = tmp_path / "p1.events.jsonl"
+    sink = open_events(path)
+    sink.emit(RoundApplied(round=3, members=2, params_hash="aa", duration_s=1.0))
+    sink.emit(RoundMissed(round=4, reason="averaging did not finish in time"))
+    sink.close()
+    audits = agreement.audit(events, [path, tmp_path / "killed-before-it-wrote.jsonl"])
     summary = agreement.summarise(audits)
     assert summary["rounds_disagreed"] == [4]
     assert summary["rounds_missed_deadline"] == 1
-    assert audits[0].applied == 1 and audits[0].agreed
+    assert audits[0].applied == 1 and audits[0].agreed and audits[0].group_sizes == {2: 1}

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from barnraise.peer.cli.launch import Swarm
+from barnraise.peer.events import RoundApplied, ShardSkipped, read_events
 from tests.conftest import init_run, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(180)
@@ -77,18 +78,21 @@ def test_corrupted_shard_and_edited_hash_are_never_trained_on(swarm, tmp_path):
     victim = shards[0]
     victim.write_bytes(victim.read_bytes()[:-10] + b"XXXXXXXXXX")
     edited = "f" * 64
+    bad = set()
 
     def edit(m):
+        bad.update({m.shards[-1].index, next(s.index for s in m.shards if s.sha256 == victim.name)})
         m.shards[-1].sha256 = edited
 
     edit_manifest(run, edit, resign=True)
     swarm.start_bootstrap(run)
     peer = swarm.start_peer("peer1", ["--threads", "1"])
+
+    def skipped() -> set[int]:
+        return {e.index for e in read_events(peer.events_path, ShardSkipped)}
+
     wait_for(
-        lambda: (
-            peer.log_path.read_text().count("skipping this shard") >= 2
-            and "averaged with" in peer.log_path.read_text()
-        ),
+        lambda: skipped() == bad and read_events(peer.events_path, RoundApplied),
         120,
         what="the peer to skip both bad shards and train",
     )

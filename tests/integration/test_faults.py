@@ -7,23 +7,20 @@ newcomer or a peer that fell behind adopts the swarm's state before contributing
 
 from __future__ import annotations
 
-import re
 import signal
 import time
 
 import pytest
 
-from tests.conftest import init_run, wait_for
+from barnraise.peer.events import ExchangeDone, Joined, RoundApplied, StateAdopted, WindowTrained, read_events
+from tests.conftest import init_run, inject, wait_for
 
 pytestmark = pytest.mark.timeout(300)
 
-APPLIED = re.compile(r"round (\d+): averaged with (\d+) peer\(s\) in [0-9.]+ s, params (\w+)")
-SYNCED = re.compile(r"synced state of round (\d+) \(params (\w+)\)")
-
 
 def applied(child) -> dict[int, str]:
-    """round -> params hash after that round, from a peer's log."""
-    return {int(r): h for r, _, h in APPLIED.findall(child.log_path.read_text())}
+    """round -> params hash after that round, from a peer's events."""
+    return {e.round: e.params_hash for e in read_events(child.events_path, RoundApplied)}
 
 
 def agreed_rounds(*children) -> list[int]:
@@ -44,28 +41,39 @@ def test_bad_parts_are_left_out_and_named(swarm, tmp_path):
     swarm.start_bootstrap(tmp_path / "run")
     honest = [swarm.start_peer(f"honest{i}", ["--threads", "1"]) for i in (1, 2)]
     bad = {
-        fault: swarm.start_peer(f"bad-{fault}", ["--threads", "1", "--fault", fault])
+        fault: swarm.start_peer(
+            f"bad-{fault}",
+            ["--threads", "1", *inject(tmp_path / f"{fault}.json", {"kind": "fault", "mode": fault})],
+        )
         for fault in ("nan", "shape", "oversize")
     }
 
     def ids() -> dict[str, str] | None:
-        found = {f: re.search(r"peer (\w+) joined run", c.log_path.read_text()) for f, c in bad.items()}
-        return {f: m.group(1) for f, m in found.items()} if all(found.values()) else None
+        found = {f: read_events(c.events_path, Joined) for f, c in bad.items()}
+        return {f: j[0].peer_id for f, j in found.items()} if all(found.values()) else None
+
+    def offenders() -> dict[str, str]:
+        """peer id -> every reason the honest peers' exchanges gave for leaving it out."""
+        seen: dict[str, str] = {}
+        for c in honest:
+            for e in read_events(c.events_path, ExchangeDone):
+                for pid, why in e.offenders.items():
+                    seen[pid] = f"{seen.get(pid, '')}; {why}"
+        return seen
+
+    expected = {"nan": "non-finite", "shape": "elements where", "oversize": "exceeds the cap"}
 
     def named() -> bool:
-        text = "".join(c.log_path.read_text() for c in honest)
-        peer_ids = ids()
-        return bool(peer_ids) and all(f"left {pid[:12]} out of part" in text for pid in peer_ids.values())
+        peer_ids, why = ids(), offenders()
+        return bool(peer_ids) and all(expected[f] in why.get(pid, "") for f, pid in peer_ids.items())
 
     wait_for(
         lambda: len(agreed_rounds(*honest)) >= 3 and named(),
         180,
         every_s=2,
-        what="3 agreed rounds and every offender named in the honest peers' logs",
+        what="3 agreed rounds and every offender named, with its fault, in the honest peers' exchanges",
     )
     assert not disagreeing_rounds(*honest)
-    text = "".join(c.log_path.read_text() for c in honest)
-    assert "non-finite" in text and "elements where" in text and "exceeds the cap" in text
 
 
 def test_killed_frozen_and_late_peers(swarm, tmp_path):
@@ -78,12 +86,11 @@ def test_killed_frozen_and_late_peers(swarm, tmp_path):
     )
     wait_for(lambda: len(agreed_rounds(p1, p2, victim, frozen)) >= 2, 120, every_s=1, what="4 peers agreeing")
 
-    def just_after_a_round_end():
-        n = len(applied(p1))
+    def just_after_a_round_end() -> None:
+        n = len(read_events(p1.events_path, WindowTrained))
         wait_for(
-            lambda: "compute" in p1.log_path.read_text().splitlines()[-1], 20, every_s=0.05, what="round end"
+            lambda: len(read_events(p1.events_path, WindowTrained)) > n, 20, every_s=0.05, what="round end"
         )
-        return n
 
     just_after_a_round_end()
     time.sleep(0.3)  # inside matchmaking / all-reduce
@@ -102,15 +109,14 @@ def test_killed_frozen_and_late_peers(swarm, tmp_path):
 
     late = swarm.start_peer("late", ["--threads", "1"])
     wait_for(
-        lambda: SYNCED.search(late.log_path.read_text()) and applied(late),
+        lambda: read_events(late.events_path, StateAdopted) and applied(late),
         90,
         every_s=1,
         what="the late peer to sync and then contribute",
     )
-    r, h = SYNCED.search(late.log_path.read_text()).groups()
-    assert applied(p1).get(int(r)) == h, "late peer did not adopt the swarm's params"
-    text = late.log_path.read_text()
-    assert text.index("synced state") < text.index("averaged with")
+    synced = read_events(late.events_path, StateAdopted)[0]
+    assert applied(p1).get(synced.round) == synced.params_hash, "late peer did not adopt the swarm's params"
+    assert synced.t < read_events(late.events_path, RoundApplied)[0].t, "contributed before syncing"
 
     swarm.signal(frozen, signal.SIGCONT)
     wait_for(

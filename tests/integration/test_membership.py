@@ -17,6 +17,7 @@ import pytest
 
 from barnraise.coordinator import keys, records, signing, tokens
 from barnraise.peer.cli.launch import Swarm, barnraise_argv
+from barnraise.peer.events import Joined, read_events
 from barnraise.peer.net.wire import close_writer, read_frame, write_frame
 from barnraise.peer.sync.statesync import STATE_HANDLER
 from barnraise.protos import averaging_pb2, coordinator_pb2, coordinator_pb2_grpc, heartbeat_pb2
@@ -44,7 +45,7 @@ def closed(tmp_path_factory):
             "member",
             ["--threads", "1", "--identity", str(tmp / "member.id"), "--token", str(tmp / "member.token")],
         )
-        wait_for(lambda: "joined run" in member.log_path.read_text(), 90, what="the member to join")
+        wait_for(lambda: read_events(member.events_path, Joined), 90, what="the member to join")
         yield {"tmp": tmp, "run": run, "swarm": swarm, "member": member, "member_id": member_id}
     finally:
         swarm.close()

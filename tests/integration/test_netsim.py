@@ -170,8 +170,11 @@ def test_swarm_with_fake_cli_reports_rounds(tmp_path: Path) -> None:
             print(f"peers can join with: barnraise peer --initial-peers {listen}/p2p/QmFake", flush=True)
             time.sleep(120)
         elif cmd == "peer":
+            events = open(args[args.index("--events") + 1], "a")
             for i in range(240):
-                print(f"12:00:00 INFO peer.daemon: round {i}: loss 1.0, averaged with 2 peer(s)", flush=True)
+                applied = {"round": i, "members": 2, "params_hash": "ab12", "duration_s": 0.1}
+                events.write(json.dumps({"event": "round_applied", "t": time.time(), **applied}) + "\\n")
+                events.flush()
                 time.sleep(0.5)
         elif cmd == "status":
             run = pathlib.Path(sys.argv[0]).parent / "run"
@@ -215,6 +218,7 @@ def test_swarm_with_fake_cli_reports_rounds(tmp_path: Path) -> None:
     logged = {r.round: r.peers for r in result.rounds if r.round is not None}
     assert set(logged[1]) >= {"p1"} and any("p3" in peers for peers in logged.values())
     report = json.loads(result.report_path.read_text())
+    assert report["round_lines"][0]["text"] == "averaged with 2 peer(s) in 0.10 s, params ab12"
     assert report["hosts"]["p3"]["up_mbit"] == 25 and report["hosts"]["boot"]["up_mbit"] is None
     assert (tmp_path / "logs" / "p3.log").exists()
 

@@ -1,16 +1,16 @@
 """Data shards across real peers: leases survive a SIGKILL, bad copies are never trained, peers
 serve each other when the coordinator is gone.
 
-Peers run with ``--ledger FILE``: one JSON line per trained step (shard, token range, sha256 of the
-bytes read), flushed at once, so even a SIGKILLed peer's ledger says what it trained. Coverage of
-an epoch is computed from the ledgers of all peers: a gap is a trainable token no peer trained, a
-duplicate is a token trained more than once.
+Every peer writes its events (``--events``, passed by ``Swarm.start_peer``), among them one
+``range_trained`` per trained step (shard, token range, sha256 of the bytes read), flushed at once,
+so even a SIGKILLed peer's file says what it trained. Coverage of an epoch is computed from the
+ranges of all peers: a gap is a trainable token no peer trained, a duplicate is a token trained
+more than once. Peers are slowed down by injected faults (``--inject``) so they train for longer.
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import signal
 import time
@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import init_run, wait_for
+from barnraise.peer.events import BadCopy, EpochComplete, Joined, RangeTrained, ShardFetched, read_events
+from tests.conftest import init_run, inject, wait_for
 
 SEQ_LEN = 64  # gpt-nano's context
 STEP = 4 * SEQ_LEN  # tokens per step at --batch-size 4
@@ -27,7 +28,15 @@ STEPS_LEFT = 3  # kill a peer with at least this many steps of its shard left: i
 LEASE_S = 5.0  # short, so a dead peer's shard comes back soon; renewals every LEASE_S / 3
 RECORDED_AFTER_S = LEASE_S / 3 + 1.5  # a renewal has recorded progress this long into a shard
 PATIENCE_S = 30.0  # on a machine too fast for that, settle for a peer halfway through a shard
-PEER_FLAGS = ["--threads", "1", "--lease-s", str(LEASE_S), "--slowdown", "5"]
+PEER_FLAGS = ["--threads", "1", "--lease-s", str(LEASE_S)]
+
+
+def slowed(tmp_path: Path, name: str, factor: float, *more: dict) -> list[str]:
+    """Flags for a peer whose compute runs ``factor`` times slower, with ``more`` faults."""
+    return [
+        *PEER_FLAGS,
+        *inject(tmp_path / f"{name}.inject.json", {"kind": "slowdown", "factor": factor}, *more),
+    ]
 
 
 def corpus(tmp_path: Path, n_bytes: int = 34_000) -> Path:
@@ -47,10 +56,8 @@ def make_run(tmp_path: Path) -> tuple[Path, dict]:
     return run, json.loads((run / "manifest.json").read_text())
 
 
-def ledger(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+def ranges(child) -> list[RangeTrained]:
+    return read_events(child.events_path, RangeTrained)
 
 
 def trainable(n_tokens: int) -> int:
@@ -58,16 +65,16 @@ def trainable(n_tokens: int) -> int:
 
 
 def coverage(
-    rows: list[dict], manifest: dict, epoch: int
+    rows: list[RangeTrained], manifest: dict, epoch: int
 ) -> tuple[int, int, dict[tuple[int, int], set[str]]]:
     """(gaps, duplicates, who trained each duplicated (shard, token)) for one epoch."""
     counts: dict[int, Counter] = defaultdict(Counter)
     who: dict[tuple[int, int], set[str]] = defaultdict(set)
     for r in rows:
-        if r["epoch"] == epoch:
-            for t in range(r["start"], r["end"]):
-                counts[r["shard"]][t] += 1
-                who[(r["shard"], t)].add(r["peer"])
+        if r.epoch == epoch:
+            for t in range(r.start, r.end):
+                counts[r.shard][t] += 1
+                who[(r.shard, t)].add(r.peer)
     gaps = dups = 0
     for s in manifest["shards"]:
         c = counts[s.get("index", 0)]
@@ -77,11 +84,9 @@ def coverage(
     return gaps, dups, dup_who
 
 
-def peer_id_in(log_path: Path, timeout_s: float = 60) -> str:
-    found = wait_for(
-        lambda: re.search(r"peer (\w+) joined run", log_path.read_text()), timeout_s, 0.5, "peer to join"
-    )
-    return found.group(1)
+def peer_id_of(child, timeout_s: float = 60) -> str:
+    joined = wait_for(lambda: read_events(child.events_path, Joined), timeout_s, 0.5, "peer to join")
+    return joined[0].peer_id
 
 
 def seed_cache(peer_dir: Path, run: Path, run_id: str) -> None:
@@ -97,8 +102,7 @@ def test_killed_peer_shards_are_re_leased_and_the_epoch_is_covered_once(swarm, t
     run, manifest = make_run(tmp_path)
     swarm.start_bootstrap(run)
     names = ("p1", "p2", "p3")
-    flags = [*PEER_FLAGS, "--slowdown", "10"]
-    peers = {n: swarm.start_peer(n, [*flags, "--ledger", str(tmp_path / f"{n}.ledger")]) for n in names}
+    peers = {n: swarm.start_peer(n, slowed(tmp_path, n, 10)) for n in names}
     sizes = {s.get("index", 0): int(s["n_tokens"]) for s in manifest["shards"]}
 
     began = time.monotonic()
@@ -107,13 +111,13 @@ def test_killed_peer_shards_are_re_leased_and_the_epoch_is_covered_once(swarm, t
         # a peer in the middle of a shard (it holds a lease), ideally one whose progress a renewal
         # has recorded already; returns (peer, whether a renewal surely recorded progress)
         for n in names:
-            rows = ledger(tmp_path / f"{n}.ledger")
-            if not rows or rows[-1]["end"] >= trainable(sizes[rows[-1]["shard"]]) - STEPS_LEFT * STEP:
+            rows = ranges(peers[n])
+            if not rows or rows[-1].end >= trainable(sizes[rows[-1].shard]) - STEPS_LEFT * STEP:
                 continue
-            here = [r for r in rows if (r["epoch"], r["shard"]) == (rows[-1]["epoch"], rows[-1]["shard"])]
-            if time.time() - here[0]["t"] > RECORDED_AFTER_S:
+            here = [r for r in rows if (r.epoch, r.shard) == (rows[-1].epoch, rows[-1].shard)]
+            if time.time() - here[0].t > RECORDED_AFTER_S:
                 return n, True
-            halfway = rows[-1]["end"] >= trainable(sizes[rows[-1]["shard"]]) // 2
+            halfway = rows[-1].end >= trainable(sizes[rows[-1].shard]) // 2
             if halfway and time.monotonic() - began > PATIENCE_S:
                 return n, False
         return None
@@ -122,40 +126,40 @@ def test_killed_peer_shards_are_re_leased_and_the_epoch_is_covered_once(swarm, t
     swarm.signal(peers[victim], signal.SIGKILL)
     killed_at = time.time()
     peers[victim].proc.wait(timeout=10)
-    last = ledger(tmp_path / f"{victim}.ledger")[-1]  # what it trained up to the kill
-    epoch = last["epoch"]
+    last = ranges(peers[victim])[-1]  # what it trained up to the kill
+    epoch = last.epoch
     survivors = [n for n in names if n != victim]
     wait_for(
-        lambda: any(f"epoch {epoch} complete" in (tmp_path / f"{n}.log").read_text() for n in survivors),
+        lambda: any(
+            e.epoch == epoch for n in survivors for e in read_events(peers[n].events_path, EpochComplete)
+        ),
         90,
         1.0,
         f"epoch {epoch} to complete without {victim}",
     )
-    swarm.close(grace_s=1.0)  # ledgers are flushed line by line: no need for a clean exit
+    swarm.close(grace_s=1.0)  # events are flushed line by line: no need for a clean exit
 
-    rows = [r for n in names for r in ledger(tmp_path / f"{n}.ledger")]
-    victim_id = ledger(tmp_path / f"{victim}.ledger")[0]["peer"]
+    rows = [r for n in names for r in ranges(peers[n])]
+    victim_id = last.peer
     gaps, dups, dup_who = coverage(rows, manifest, epoch)
-    taken_over = [
-        r for r in rows if r["epoch"] == epoch and r["shard"] == last["shard"] and r["peer"] != victim_id
-    ]
-    resumed_at = min((r["start"] for r in taken_over), default=None)
+    taken_over = [r for r in rows if r.epoch == epoch and r.shard == last.shard and r.peer != victim_id]
+    resumed_at = min((r.start for r in taken_over), default=None)
     with capsys.disabled():
         print(
-            f"\n[shards] epoch {epoch}: killed {victim} in shard {last['shard']} at token {last['end']}; "
+            f"\n[shards] epoch {epoch}: killed {victim} in shard {last.shard} at token {last.end}; "
             f"re-leased from token {resumed_at}; gaps {gaps} tokens, duplicates {dups} tokens"
         )
     assert gaps == 0
     assert taken_over, "the killed peer's shard was never re-leased"
-    assert min(r["t"] for r in taken_over) > killed_at, "re-leased before the victim died"
-    assert 0 <= resumed_at <= last["end"]
+    assert min(r.t for r in taken_over) > killed_at, "re-leased before the victim died"
+    assert 0 <= resumed_at <= last.end
     if recorded:
         assert resumed_at > 0, "the next owner did not resume from the offset the victim recorded"
     # duplicates only where the victim trained past the offset it last recorded
     for (shard, t), who in dup_who.items():
-        assert victim_id in who and shard == last["shard"] and resumed_at <= t < last["end"], (shard, t, who)
-    assert dups == last["end"] - resumed_at
-    assert all(r["end"] - r["start"] > 0 for r in rows)
+        assert victim_id in who and shard == last.shard and resumed_at <= t < last.end, (shard, t, who)
+    assert dups == last.end - resumed_at
+    assert all(r.end - r.start > 0 for r in rows)
 
 
 @pytest.mark.timeout(120)
@@ -163,27 +167,23 @@ def test_corrupted_copy_from_a_peer_is_discarded_and_fetched_elsewhere(swarm, tm
     run, manifest = make_run(tmp_path)
     swarm.start_bootstrap(run)
     seed_cache(tmp_path / "liar", run, manifest["run_id"])
-    liar = swarm.start_peer("liar", [*PEER_FLAGS, "--slowdown", "20", "--serve-corrupt-shards"])
-    honest = swarm.start_peer(
-        "honest", [*PEER_FLAGS, "--slowdown", "1", "--ledger", str(tmp_path / "honest.ledger")]
-    )
-    liar_id = peer_id_in(liar.log_path)
-    bad = re.compile(rf"shard (\d+) \(\w+\) from peer {liar_id} failed its sha256 check")
+    liar = swarm.start_peer("liar", slowed(tmp_path, "liar", 20, {"kind": "corrupt_shards"}))
+    honest = swarm.start_peer("honest", PEER_FLAGS)
+    liar_id = peer_id_of(liar)
 
-    def refetched():
-        text = honest.log_path.read_text()
-        return [
-            int(s) for s in bad.findall(text) if re.search(rf"shard {s}: \d+ bytes from coordinator", text)
-        ]
+    def refetched() -> list[int]:
+        bad = {e.index for e in read_events(honest.events_path, BadCopy) if e.source == f"peer {liar_id}"}
+        good = read_events(honest.events_path, ShardFetched)
+        return sorted(
+            i for i in bad if any(e.index == i and e.source.startswith("coordinator ") for e in good)
+        )
 
     shards = wait_for(refetched, 90, 0.5, "a bad copy from the liar, then a good one from the coordinator")
-    wait_for(lambda: {r["shard"] for r in ledger(tmp_path / "honest.ledger")} & set(shards), 30, 0.5)
+    wait_for(lambda: {r.shard for r in ranges(honest)} & set(shards), 30, 0.5)
     swarm.close(grace_s=1.0)
     digests = {s.get("index", 0): s["sha256"] for s in manifest["shards"]}
-    rows = ledger(tmp_path / "honest.ledger")
-    assert rows and all(r["sha256"] == digests[r["shard"]] for r in rows), (
-        "trained on bytes that fail the hash"
-    )
+    rows = ranges(honest)
+    assert rows and all(r.sha256 == digests[r.shard] for r in rows), "trained on bytes that fail the hash"
     cached = {p.name for p in (tmp_path / "honest" / manifest["run_id"] / "shards").iterdir()}
     assert cached <= set(digests.values())
 
@@ -193,33 +193,31 @@ def test_peers_keep_getting_shards_from_each_other_without_the_coordinator(swarm
     run, manifest = make_run(tmp_path)
     boot = swarm.start_bootstrap(run)
     seed_cache(tmp_path / "seeder", run, manifest["run_id"])
-    seeder = swarm.start_peer("seeder", [*PEER_FLAGS, "--slowdown", "20"])
-    newcomer = swarm.start_peer(
-        "newcomer", [*PEER_FLAGS, "--slowdown", "1", "--ledger", str(tmp_path / "new.ledger")]
-    )
-    seeder_id = peer_id_in(seeder.log_path)
-    peer_id_in(newcomer.log_path)  # both have the manifest: the coordinator is not needed any more
+    seeder = swarm.start_peer("seeder", slowed(tmp_path, "seeder", 20))
+    newcomer = swarm.start_peer("newcomer", PEER_FLAGS)
+    seeder_id = peer_id_of(seeder)
+    peer_id_of(newcomer)  # both have the manifest: the coordinator is not needed any more
     swarm.signal(boot, signal.SIGKILL)
     boot.proc.wait(timeout=10)
-    stopped_at, log_mark = time.time(), len(newcomer.log_path.read_text())
+    stopped_at = time.time()
 
-    def after_stop() -> str:
-        return newcomer.log_path.read_text()[log_mark:]
+    def after_stop() -> list[ShardFetched]:
+        return [e for e in read_events(newcomer.events_path, ShardFetched) if e.t > stopped_at]
 
     wait_for(
-        lambda: len(re.findall(rf"bytes from peer {seeder_id}", after_stop())) >= 2,
+        lambda: len([e for e in after_stop() if e.source == f"peer {seeder_id}"]) >= 2,
         60,
         0.5,
         "two shards from the seeder with the coordinator gone",
     )
     swarm.close(grace_s=1.0)
-    assert not re.search(r"bytes from coordinator", after_stop()), (
+    assert not [e for e in after_stop() if e.source.startswith("coordinator ")], (
         "the coordinator served shards after it died"
     )
     digests = {s.get("index", 0): s["sha256"] for s in manifest["shards"]}
-    rows = [r for r in ledger(tmp_path / "new.ledger") if r["t"] > stopped_at]
-    assert len({r["shard"] for r in rows}) >= 2
-    assert all(r["sha256"] == digests[r["shard"]] for r in rows)
+    rows = [r for r in ranges(newcomer) if r.t > stopped_at]
+    assert len({r.shard for r in rows}) >= 2
+    assert all(r.sha256 == digests[r.shard] for r in rows)
 
 
 @pytest.mark.timeout(90)

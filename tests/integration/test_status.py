@@ -32,7 +32,7 @@ from barnraise.coordinator import keys
 from barnraise.coordinator.status_schema import schema_errors
 from barnraise.peer.cli.launch import Child, Swarm, barnraise_argv
 from barnraise.peer.cli.status_view import render_text
-from tests.conftest import ROOT, init_run, run_cli, wait_for
+from tests.conftest import ROOT, init_run, inject, run_cli, wait_for
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -84,7 +84,7 @@ def hs(tmp_path_factory):
                 f"127.0.0.1:{h.peer_metrics}",
             ],
             "honest2": [],
-            "tampered": ["--tamper"],
+            "tampered": inject(tmp / "tamper.json", {"kind": "tamper"}),
         }
         for name in ids:
             h.children[name] = swarm.start_peer(

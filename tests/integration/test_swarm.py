@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import re
+import math
 
 import pytest
 
+from barnraise.peer.events import WindowTrained, read_events
 from tests.conftest import init_run, status_json, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
-ROUND_LOSS = re.compile(r"round (\d+): loss ([0-9.]+)")
 
-
-def round_losses(log_text: str) -> list[tuple[int, float]]:
-    return [(int(r), float(loss)) for r, loss in ROUND_LOSS.findall(log_text)]
+def round_losses(child) -> list[tuple[int, float]]:
+    """(round, mean inner loss) of each window in which the peer trained."""
+    return [(e.round, e.loss) for e in read_events(child.events_path, WindowTrained) if math.isfinite(e.loss)]
 
 
 def test_two_peers_train_together(swarm, tmp_path):
@@ -40,7 +40,7 @@ def test_two_peers_train_together(swarm, tmp_path):
             assert key in p
         assert p["samples_per_s"] > 0
     for child in peers:
-        losses = round_losses(child.log_path.read_text())
+        losses = round_losses(child)
         assert len(losses) >= 3, losses
         assert losses[-1][1] < losses[0][1], f"loss did not fall: {losses}"
 

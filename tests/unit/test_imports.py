@@ -2,11 +2,13 @@
 
     protos <- coordinator <- coordinator.operator
                           <- peer.net <- peer.{training, data, averaging} <- peer.sync <- peer <- peer.cli
+                          <- peer.events <- peer.data
 
 ``coordinator`` is what the swarm agrees on (manifest and codec catalogue, records, signing,
 leases, run clock, errors, health rules); ``coordinator.operator`` is the run operator's node and
-commands; ``peer`` is the volunteer's daemon, grouped by concern; ``peer.cli`` is the top: the one
-``barnraise`` entry point, which alone reaches both sides.
+commands; ``peer`` is the volunteer's daemon, grouped by concern; ``peer.events`` (what a peer
+reports to tests and benchmarks) sits under every part that emits one; ``peer.cli`` is the top: the
+one ``barnraise`` entry point, which alone reaches both sides.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ ALLOWED: dict[str, set[str]] = {
     "coordinator.operator": {"protos", "coordinator", "coordinator.operator"},
     "peer.net": {"protos", "coordinator", "peer.net"},
     "peer.training": {"protos", "coordinator", "peer.training"},
-    "peer.data": {"protos", "coordinator", "peer.net", "peer.data"},
+    "peer.events": {"coordinator", "peer.events"},
+    "peer.data": {"protos", "coordinator", "peer.net", "peer.events", "peer.data"},
     "peer.averaging": {"protos", "coordinator", "peer.net", "peer.averaging"},
     "peer.sync": {"protos", "coordinator", "peer.net", "peer.training", "peer.averaging", "peer.sync"},
-    "peer": {"protos", "coordinator", "peer.net", "peer.training", "peer.data", "peer.averaging", "peer.sync", "peer"},
+    "peer": {"protos", "coordinator", "peer.net", "peer.events", "peer.training", "peer.data", "peer.averaging", "peer.sync", "peer"},
     "peer.cli": set(),  # the top: anything
 }
 

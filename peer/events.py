@@ -1,0 +1,274 @@
+"""What a peer did, as typed events, for tests and benchmarks to read instead of its log lines.
+
+A peer started with the hidden ``barnraise peer --events FILE`` appends one JSON object per event
+to FILE, flushed as it is written, so a peer killed with SIGKILL loses nothing it had reported::
+
+    {"event": "round_applied", "t": 1732250000.12, "round": 12, "members": 3, "params_hash": "..."}
+
+``t`` is the unix time of the event. Without a file, ``EventLog.emit`` writes nothing. Log lines
+stay for people to read (an event the daemon logs is its ``str``, so the two cannot drift apart);
+``read_events(path, kind)`` turns a file back into these classes and is what tests and benchmark
+scripts share. The events:
+
+    joined          the peer joined a run
+    window_trained  a round's compute window closed
+    exchange_done   an averaging attempt ended, applied or not, with the offenders it saw
+    round_applied   the round's average was applied: the global state moved
+    round_missed    it was not; the local progress is carried to the next round
+    state_adopted   a state downloaded from a donor replaced ours
+    first_shard     the first shard was in hand
+    shard_fetched   a verified shard arrived from a source
+    bad_copy        a source served bytes that failed the manifest's sha256 (discarded)
+    shard_skipped   no source served a good copy of a leased shard: back to the pool for a while
+    range_trained   a completed step trained tokens [start, end) of a shard (the old ``--ledger`` line)
+    epoch_complete  every shard of an epoch was trained, as far as this peer knows
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, TypeVar
+
+from barnraise.coordinator.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    kind: ClassVar[str] = ""  # the "event" key of its JSON line
+    line: ClassVar[str] = ""  # the daemon's log line, filled from the fields (str.format)
+    t: float = field(default_factory=time.time)  # unix seconds when it happened
+
+    def __str__(self) -> str:
+        return self.line.format_map(vars(self)) if self.line else repr(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Joined(Event):
+    kind: ClassVar[str] = "joined"
+    peer_id: str  # this peer's id
+    run_id: str  # the run it joined
+
+
+@dataclass(frozen=True, kw_only=True)
+class WindowTrained(Event):
+    kind: ClassVar[str] = "window_trained"
+    line: ClassVar[str] = (
+        "round {round}: loss {loss:.3f}, {samples_per_s:.0f} samples/s, compute {compute_s:.2f} s of {wall_s:.2f} s"
+    )
+    round: int  # the round whose window closed
+    loss: float  # mean inner loss of the window (NaN when no step ran)
+    samples: int  # sequences trained in the window
+    samples_per_s: float  # over compute time (the heartbeat's figure; kept from the last window with steps)
+    compute_s: float  # seconds spent computing
+    wall_s: float  # seconds since the previous window closed
+
+    @classmethod
+    def of(cls, r: int, window, samples_per_s: float, wall_s: float) -> WindowTrained:
+        """From the trainer's ``WindowResult`` of round ``r``."""
+        return cls(
+            round=r,
+            loss=window.mean_loss,
+            samples=window.samples,
+            samples_per_s=samples_per_s,
+            compute_s=window.compute_s,
+            wall_s=wall_s,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExchangeDone(Event):
+    kind: ClassVar[str] = "exchange_done"
+    round: int  # the round averaged
+    members: list[str]  # peer ids of the group (empty if none formed)
+    bytes_sent: int  # payload and control frames, bytes
+    bytes_received: int  # likewise, bytes
+    duration_s: float  # matchmaking, all-reduce and verdict, seconds
+    ok: bool  # the group agreed on the average this peer assembled
+    reason: str  # why not, when not ok
+    offenders: dict[str, str]  # peer id -> what it did, as this peer saw it or was told
+
+    @classmethod
+    def of(cls, out) -> ExchangeDone:
+        """From the averager's ``RoundOutcome``, which has every field of this event but ``t``."""
+        return cls(**{f.name: getattr(out, f.name) for f in dataclasses.fields(cls) if f.name != "t"})
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundApplied(Event):
+    kind: ClassVar[str] = "round_applied"
+    line: ClassVar[str] = (
+        "round {round}: averaged with {members} peer(s) in {duration_s:.2f} s, params {params_hash}"
+    )
+    round: int  # the round whose average moved the global state
+    members: int  # group size, this peer included
+    params_hash: str  # of the global state after the outer step
+    duration_s: float  # of the averaging, seconds
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoundMissed(Event):
+    kind: ClassVar[str] = "round_missed"
+    line: ClassVar[str] = "round {round}: not applied ({reason}); local progress carried to the next round"
+    round: int  # the round not applied
+    reason: str  # why
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateAdopted(Event):
+    kind: ClassVar[str] = "state_adopted"
+    line: ClassVar[str] = "synced state of round {round} (params {params_hash}) from {donor:.12}"
+    round: int  # of the adopted state
+    params_hash: str  # its hash
+    donor: str  # peer id of the peer that served it
+
+
+@dataclass(frozen=True, kw_only=True)
+class FirstShard(Event):
+    kind: ClassVar[str] = "first_shard"
+    line: ClassVar[str] = "first shard in hand {seconds:.2f} s after the trainer asked"
+    seconds: float  # from the trainer's first request to a verified shard in hand
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardFetched(Event):
+    kind: ClassVar[str] = "shard_fetched"
+    line: ClassVar[str] = "shard {index}: {bytes} bytes from {source} in {seconds:.2f} s"
+    index: int  # the shard's index in the manifest
+    bytes: int  # its size
+    source: str  # "coordinator HOST:PORT" or "peer PEER_ID"
+    seconds: float  # wall time of the fetch, bad copies before it included
+
+
+@dataclass(frozen=True, kw_only=True)
+class BadCopy(Event):
+    kind: ClassVar[str] = "bad_copy"
+    index: int  # the shard's index in the manifest
+    source: str  # who served the copy that failed its sha256
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardSkipped(Event):
+    kind: ClassVar[str] = "shard_skipped"
+    index: int  # the shard's index in the manifest
+    reason: str  # what each source said
+
+
+@dataclass(frozen=True, kw_only=True)
+class RangeTrained(Event):
+    kind: ClassVar[str] = "range_trained"
+    peer: str  # peer id of the peer that trained it
+    epoch: int  # of the swarm's pass over the dataset
+    shard: int  # the shard's index in the manifest
+    start: int  # first token
+    end: int  # one past the last token
+    sha256: str  # of the shard bytes actually read
+
+
+@dataclass(frozen=True, kw_only=True)
+class EpochComplete(Event):
+    kind: ClassVar[str] = "epoch_complete"
+    line: ClassVar[str] = "epoch {epoch} complete: all {shards} shards trained"
+    epoch: int  # the epoch every shard of which is done
+    shards: int  # how many shards that is
+
+
+KINDS: dict[str, type[Event]] = {
+    cls.kind: cls
+    for cls in (
+        Joined,
+        WindowTrained,
+        ExchangeDone,
+        RoundApplied,
+        RoundMissed,
+        StateAdopted,
+        FirstShard,
+        ShardFetched,
+        BadCopy,
+        ShardSkipped,
+        RangeTrained,
+        EpochComplete,
+    )
+}
+
+
+class EventLog:
+    """The one sink every event goes through: JSON Lines files, each with an optional kind filter.
+
+    Safe to use from several threads. With no file, ``emit`` does nothing and ``enabled`` is False.
+    """
+
+    def __init__(self, outputs: Sequence[tuple[Path, frozenset[str] | None]] = ()):
+        self._files = []
+        self._lock = threading.Lock()
+        for path, kinds in outputs:
+            try:
+                self._files.append((open(path, "a", encoding="utf-8"), kinds))
+            except OSError as e:
+                self.close()
+                raise ConfigError(f"cannot open events file {path}: {e.strerror}") from e
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._files)
+
+    def emit(self, event: Event, log: logging.Logger | None = None, level: int = logging.INFO) -> None:
+        """Write ``event``; with ``log``, also log its line for people (``str(event)``)."""
+        if log is not None:
+            log.log(level, "%s", event)
+        if not self._files:
+            return
+        line = json.dumps({"event": event.kind, **dataclasses.asdict(event)}) + "\n"
+        with self._lock:
+            for f, kinds in self._files:
+                if (kinds is None or event.kind in kinds) and not f.closed:
+                    f.write(line)
+                    f.flush()
+
+    def close(self) -> None:
+        with self._lock:
+            for f, _ in self._files:
+                f.close()
+
+
+NO_EVENTS = EventLog()
+
+
+def open_events(path: Path | None = None, *, ledger: Path | None = None) -> EventLog:
+    """The sink of ``--events FILE`` (every event) and ``--ledger FILE`` (``range_trained`` only)."""
+    outputs = [(path, None)] if path is not None else []
+    if ledger is not None:
+        outputs.append((ledger, frozenset({RangeTrained.kind})))
+    return EventLog(outputs) if outputs else NO_EVENTS
+
+
+E = TypeVar("E", bound=Event)
+
+
+def read_events(path: Path, kind: type[E] | None = None) -> list[E]:
+    """Events in ``path``, oldest first; only those of class ``kind`` if given.
+
+    A missing file has none; a line cut short by a kill and kinds this version does not know are
+    skipped. A known kind whose fields differ raises TypeError: the file and the reader disagree.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in text.splitlines():
+        try:
+            raw = json.loads(line)
+        except ValueError:
+            continue
+        name = raw.pop("event", None) if isinstance(raw, dict) else None
+        cls = KINDS.get(name) if isinstance(name, str) else None
+        if cls is not None and (kind is None or cls is kind):
+            out.append(cls(**raw))
+    return out
