@@ -1,3 +1,4 @@
-"""State sync between peers: a newcomer, or a peer that fell behind, downloads the global state from a
-donor and checks it against the announced hash. May import ``protos``, ``coordinator``, ``peer.net``,
-``peer.training`` and ``peer.averaging``."""
+"""The global state a peer holds and how it moves: the immutable state and its outer step, a
+launched round's life up to the state it leads to, and state sync between peers (serving it,
+catching up). May import ``protos``, ``coordinator``, ``peer.net``, ``peer.training`` and
+``peer.averaging``."""

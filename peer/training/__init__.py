@@ -1,2 +1,2 @@
-"""Compute on one peer: device choice and batch fitting, the model, the inner steps, and the global
-state with its outer step. No networking: may import ``protos`` and ``coordinator`` only."""
+"""Compute on one peer: device choice and batch fitting, the model, the inner steps. No
+networking: may import ``protos`` and ``coordinator`` only."""

@@ -27,7 +27,16 @@ ALLOWED: dict[str, set[str]] = {
     "peer.data": {"protos", "coordinator", "peer.net", "peer.data"},
     "peer.averaging": {"protos", "coordinator", "peer.net", "peer.averaging"},
     "peer.sync": {"protos", "coordinator", "peer.net", "peer.training", "peer.averaging", "peer.sync"},
-    "peer": {"protos", "coordinator", "peer.net", "peer.training", "peer.data", "peer.averaging", "peer.sync", "peer"},
+    "peer": {
+        "protos",
+        "coordinator",
+        "peer.net",
+        "peer.training",
+        "peer.data",
+        "peer.averaging",
+        "peer.sync",
+        "peer",
+    },
     "peer.cli": set(),  # the top: anything
 }
 
