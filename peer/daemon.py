@@ -135,6 +135,7 @@ class PeerDaemon:
             cache_dir=run_cache,
             sources=sources,
             options=cfg.shards,
+            auth=self.auth,
         )
         self.cache = self.feed.cache
         model = build_model(self.manifest.model, self.manifest.seed)

@@ -16,6 +16,7 @@ import torch
 
 from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.peer.averaging.averager import RoundOutcome
+from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.peer.net.p2ploop import P2PLoop
 from barnraise.peer.sync.statesync import StateServer, download_state
 from barnraise.peer.training.state import GlobalState
@@ -33,7 +34,7 @@ def pair():
     a = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     b = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=a.get_visible_maddrs())
     loops = [P2PLoop(a), P2PLoop(b)]
-    server = StateServer(loops[0].p2p, RUN, outer_lr=0.7, outer_momentum=0.9)
+    server = StateServer(loops[0].p2p, RUN, outer_lr=0.7, outer_momentum=0.9, auth=OPEN_RUN)
     loops[0].call(server.register(), 10.0)
     try:
         yield server, loops[1], loops[0].p2p.peer_id.to_base58()
@@ -46,7 +47,8 @@ def pair():
 
 def _fetch(loop: P2PLoop, donor: str, min_round: int, wait_s: float) -> GlobalState:
     return loop.call(
-        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, min_round=min_round, wait_s=wait_s), 40.0
+        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, auth=OPEN_RUN, min_round=min_round, wait_s=wait_s),
+        40.0,
     )
 
 
@@ -113,4 +115,4 @@ def test_non_finite_average_is_never_served_and_wrong_run_is_refused(pair):
     server.track(12, bad, state.params_hash())
     assert _fetch(requester, donor, min_round=12, wait_s=5.0).round == 11
     with pytest.raises(PeerUnavailable, match="no state"):
-        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0), 20.0)
+        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0, auth=OPEN_RUN), 20.0)
