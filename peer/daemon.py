@@ -132,6 +132,7 @@ class PeerDaemon:
             cache_dir=self.cfg.cache_dir / self.manifest.run_id,
             sources=sources,
             options=self.cfg.shards,
+            auth=self.auth,
         )
         self.cache = self.feed.cache
 

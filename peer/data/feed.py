@@ -34,6 +34,7 @@ from barnraise.peer.data.shards import (
     trainable_tokens,
 )
 from barnraise.peer.data.shardserver import CacheAnnouncer, PeerShardSources, ServeConfig, ShardServer
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -303,15 +304,17 @@ class ShardFeed:
         cache_dir: Path,
         sources: Sequence[ShardSourceRef],
         options: ShardOptions,
+        auth: PeerAuth | OpenRun,
     ) -> ShardFeed:
         """A feed with its cache, shard server, cache announcer and lease keeper running.
 
         ``cache_dir`` is the run's cache directory; ``sources`` are tried after peers (the
-        coordinator). ``loop`` is the peer's ``P2PLoop``.
+        coordinator). ``loop`` is the peer's ``P2PLoop``; ``auth`` signs our shard requests to
+        peers and checks theirs.
         """
         cache = ShardCache(cache_dir / "shards", options.cache_budget_bytes)
         cache.enforce_budget()
-        server = ShardServer(loop.p2p, cache, manifest, options.serve)
+        server = ShardServer(loop.p2p, cache, manifest, options.serve, auth=auth)
         loop.call(server.register(), 10.0)
         announcer = CacheAnnouncer(dht, cache, manifest, peer_id, options.serve)
         cache.on_change = announcer.changed
@@ -325,7 +328,7 @@ class ShardFeed:
             peer_id,
             leases=keeper.client,
             keeper=keeper,
-            peers=PeerShardSources(dht, loop, cache, manifest, peer_id),
+            peers=PeerShardSources(dht, loop, cache, manifest, peer_id, auth=auth),
             ledger=ledger,
             idle_wait_s=options.idle_wait_s,
         )

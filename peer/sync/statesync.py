@@ -19,9 +19,10 @@ import threading
 import time
 from collections import Counter
 
-from barnraise.coordinator.errors import BarnraiseError, IntegrityError, PeerUnavailable
+from barnraise.coordinator.errors import IntegrityError, PeerUnavailable
 from barnraise.coordinator.runclock import RoundClock
-from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
+from barnraise.peer.net import rpc
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.peer.sync.rounds import LaunchedRound
 from barnraise.peer.sync.state import GlobalState, tensor_hash
 from barnraise.protos import averaging_pb2, heartbeat_pb2
@@ -30,22 +31,29 @@ log = logging.getLogger(__name__)
 
 STATE_HANDLER = "barnraise.state"
 CHUNK_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 4096  # a request or a header: ids, numbers and a signed membership token
 MAX_DONOR_WAIT_S = 30.0  # a requester cannot hold a donor's stream open longer than this
 POLL_S = 0.05  # how often a waiting donor looks at its averaging round
+STATE = rpc.Method(
+    name=STATE_HANDLER,
+    request=averaging_pb2.StateRequest,
+    max_request_bytes=MAX_MESSAGE_BYTES,
+    refusal=lambda why: averaging_pb2.StateHeader(ok=False, reason=why),
+)
 
 
 class StateServer:
-    def __init__(self, p2p, run_id: str, auth=None):
+    def __init__(self, p2p, run_id: str, *, auth: PeerAuth | OpenRun):
         self.p2p = p2p
         self.run_id = run_id
-        self.auth = auth  # barnraise.peer.net.auth.PeerAuth: who may download our state (None: anyone)
+        self.auth = auth  # who may download our state (OPEN_RUN: anyone)
         self._lock = threading.Lock()
         self._current: GlobalState | None = None  # the state this peer holds (states never change)
         self._inflight: LaunchedRound | None = None  # the round launched from it, if any
         self._blob: tuple[GlobalState, bytes] | None = None  # the last state served, serialized
 
     async def register(self) -> None:
-        await self.p2p.add_binary_stream_handler(STATE_HANDLER, self._handle)
+        await rpc.serve(self.p2p, STATE, self._serve, access=self.auth)
 
     def publish(self, state: GlobalState) -> None:
         """Called by the training thread after each outer step (or sync). States are immutable, so
@@ -90,38 +98,21 @@ class StateServer:
             self._blob = (state, blob)
         return blob
 
-    async def _handle(self, stream_info, reader, writer) -> None:
-        try:
-            req = await read_frame(reader, averaging_pb2.StateRequest, 4096, 10.0)
-            remote = stream_info.peer_id.to_base58()
-            if (
-                self.auth is not None
-                and (refused := self.auth.refuse(req, STATE_HANDLER, remote)) is not None
-            ):
-                await write_frame(writer, averaging_pb2.StateHeader(ok=False, reason=refused), 5.0)
-                return
-            state = await self._choose(req.min_round, req.wait_s) if req.run_id == self.run_id else None
-            if state is None or state.round < 0:
-                await write_frame(
-                    writer, averaging_pb2.StateHeader(ok=False, reason="no state for that run"), 5.0
-                )
-                return
-            blob = await asyncio.to_thread(self._serialized, state)
-            await write_frame(
-                writer,
-                averaging_pb2.StateHeader(
-                    ok=True, round=state.round, params_hash=state.params_hash(), total_bytes=len(blob)
-                ),
-                5.0,
-            )
-            for i in range(0, len(blob), CHUNK_BYTES):
-                await write_frame(writer, blob[i : i + CHUNK_BYTES], 60.0)
-        except BarnraiseError as e:
-            log.debug("state request from %s failed: %s", stream_info.peer_id.to_base58()[:12], e)
-        except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("state handler failed")
-        finally:
-            await finish_stream(reader, writer)
+    async def _serve(
+        self, stream: rpc.Stream, req: averaging_pb2.StateRequest
+    ) -> averaging_pb2.StateHeader | None:
+        """A member's request, once ``rpc.serve`` has checked its membership: a header, then the state."""
+        state = await self._choose(req.min_round, req.wait_s) if req.run_id == self.run_id else None
+        if state is None or state.round < 0:
+            return averaging_pb2.StateHeader(ok=False, reason="no state for that run")
+        blob = await asyncio.to_thread(self._serialized, state)
+        header = averaging_pb2.StateHeader(
+            ok=True, round=state.round, params_hash=state.params_hash(), total_bytes=len(blob)
+        )
+        await stream.write(header, STATE.reply_timeout_s)
+        for i in range(0, len(blob), CHUNK_BYTES):
+            await stream.write(blob[i : i + CHUNK_BYTES], 60.0)
+        return None
 
 
 async def download_state(
@@ -130,42 +121,33 @@ async def download_state(
     run_id: str,
     numel: int,
     timeout_s: float,
-    auth=None,
+    *,
+    auth: PeerAuth | OpenRun,
     min_round: int = -1,
     wait_s: float = 0.0,
 ) -> GlobalState:
-    """Download ``donor``'s state; with ``min_round``, the donor may wait ``wait_s`` for that round's."""
-    from hivemind.p2p import PeerID
+    """Download ``donor``'s state; with ``min_round``, the donor may wait ``wait_s`` for that round's.
 
-    writer = None
-    try:
-        _, reader, writer = await asyncio.wait_for(
-            p2p.call_binary_stream_handler(PeerID.from_base58(donor), STATE_HANDLER), 10.0
-        )
-        request = averaging_pb2.StateRequest(run_id=run_id, min_round=min_round, wait_s=wait_s)
-        if auth is not None:
-            auth.attach(request, STATE_HANDLER)
-        await write_frame(writer, request, 5.0)
-        head = await read_frame(reader, averaging_pb2.StateHeader, 4096, 10.0 + min(wait_s, MAX_DONOR_WAIT_S))
-        expected = 8 * numel + 64
+    ``timeout_s``: the most seconds between two frames of the state."""
+    request = averaging_pb2.StateRequest(run_id=run_id, min_round=min_round, wait_s=wait_s)
+    async with rpc.call(
+        p2p, donor, STATE, request, access=auth, connect_timeout_s=10.0, send_timeout_s=5.0
+    ) as stream:
+        wait = 10.0 + min(wait_s, MAX_DONOR_WAIT_S)
+        head = await stream.read(averaging_pb2.StateHeader, MAX_MESSAGE_BYTES, wait)
         if not head.ok:
             raise PeerUnavailable(f"donor {donor[:12]} has no state: {head.reason}")
-        if head.total_bytes > expected:
+        if head.total_bytes > 8 * numel + 64:
             raise IntegrityError(
                 f"donor {donor[:12]} announced {head.total_bytes} bytes of state, more than the model needs"
             )
         buf = bytearray()
         while len(buf) < head.total_bytes:
-            buf += await read_frame_bytes(reader, CHUNK_BYTES, timeout_s)
-        state = GlobalState.from_bytes(bytes(buf), numel)
-        if state.params_hash() != head.params_hash or state.round != head.round:
-            raise IntegrityError(f"state from {donor[:12]} does not match the hash it announced")
-        return state
-    except (asyncio.TimeoutError, TimeoutError) as e:
-        raise PeerUnavailable(f"donor {donor[:12]} did not answer in time") from e
-    finally:
-        if writer is not None:
-            close_writer(writer)
+            buf += await stream.read_bytes(CHUNK_BYTES, timeout_s)
+    state = GlobalState.from_bytes(bytes(buf), numel)
+    if state.params_hash() != head.params_hash or state.round != head.round:
+        raise IntegrityError(f"state from {donor[:12]} does not match the hash it announced")
+    return state
 
 
 def sync_target(clock: RoundClock, now: float, numel: int, mbit: float) -> tuple[int, float]:

@@ -17,6 +17,7 @@ import torch
 from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.peer.averaging.averager import RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan
+from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.peer.net.p2ploop import P2PLoop
 from barnraise.peer.sync.rounds import LaunchedRound
 from barnraise.peer.sync.state import GlobalState, OuterStep
@@ -36,7 +37,7 @@ def pair():
     a = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     b = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=a.get_visible_maddrs())
     loops = [P2PLoop(a), P2PLoop(b)]
-    server = StateServer(loops[0].p2p, RUN)
+    server = StateServer(loops[0].p2p, RUN, auth=OPEN_RUN)
     loops[0].call(server.register(), 10.0)
     try:
         yield server, loops[1], loops[0].p2p.peer_id.to_base58()
@@ -49,7 +50,8 @@ def pair():
 
 def _fetch(loop: P2PLoop, donor: str, min_round: int, wait_s: float) -> GlobalState:
     return loop.call(
-        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, min_round=min_round, wait_s=wait_s), 40.0
+        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, auth=OPEN_RUN, min_round=min_round, wait_s=wait_s),
+        40.0,
     )
 
 
@@ -121,4 +123,4 @@ def test_non_finite_average_is_never_served_and_wrong_run_is_refused(pair):
     _track(server, state, 12, bad)
     assert _fetch(requester, donor, min_round=12, wait_s=5.0).round == 11
     with pytest.raises(PeerUnavailable, match="no state"):
-        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0), 20.0)
+        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0, auth=OPEN_RUN), 20.0)
