@@ -1,4 +1,5 @@
-"""What the swarm agrees on: run manifest and keys, bootstrap node, shard registry, gRPC service,
-swarm health. Imports run one way: ``protos`` <- ``coordinator`` <- ``peer``."""
+"""What the swarm agrees on, imported by the peer and the operator alike: manifest and codec catalogue,
+records, signing, keys and tokens, leases, run clock, errors, health rules. May import ``protos``
+only; ``coordinator.operator`` and ``peer`` build on it, never the other way round."""
 
 __version__ = "0.1.0"

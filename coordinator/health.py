@@ -198,6 +198,63 @@ def median_or_none(values: Sequence[float], digits: int = 2) -> float | None:
     return round(statistics.median(values), digits) if values else None
 
 
+def report_round(clock_round: int | None, alive: Sequence[dict]) -> int:
+    """The swarm's round: the clock's, or without one the median round live peers claim, which a few
+    liars cannot move far."""
+    if clock_round is not None:
+        return clock_round
+    return int(statistics.median_low([p["round"] for p in alive])) if alive else 0
+
+
+def fill_contributions(peers: Sequence[dict]) -> None:
+    """Set each row's ``contribution``: its share of the listed peers' samples."""
+    samples_total = sum(p["samples_total"] for p in peers)
+    for p in peers:
+        p["contribution"] = round(p["samples_total"] / samples_total, 4) if samples_total else 0.0
+
+
+def target_group_size(run: RunInfo | None, kept: Sequence[heartbeat_pb2.Heartbeat]) -> int:
+    """The run's target group size as the run announced it, else the one most peers report; 0: unknown."""
+    if run is not None and run.group_size:
+        return run.group_size
+    sizes = Counter(hb.group_size for hb in kept if hb.group_size)
+    return sizes.most_common(1)[0][0] if sizes else 0
+
+
+def coordinator_entry(run: RunInfo | None) -> dict | None:
+    """The report's ``coordinator``: the bootstrap node that announced the run, if one did."""
+    if run is None or run.source != "coordinator":
+        return None
+    return {
+        "peer_id": sanitize(run.coordinator_peer_id),
+        "grpc_addrs": [sanitize(a, 80) for a in run.grpc_addrs[:8]],
+        "version": sanitize(run.version, 64),
+    }
+
+
+def swarm_totals(peers: Sequence[dict], agreement: dict | None) -> dict:
+    """The report's ``totals``: sums and medians over live peers (samples over all listed ones)."""
+    alive = [p for p in peers if p["alive"]]
+    losses = [p["loss"] for p in alive if p["loss"] > 0]
+    mean_loss = round(sum(losses) / len(losses), 4) if losses else None
+    trend = loss_trend(alive)
+    walls = [p["round_wall_s"] for p in alive if p["round_wall_s"] > 0]
+    fractions = [p["compute_fraction"] for p in alive if p["compute_fraction"] > 0]
+    return {
+        "peers_alive": len(alive),
+        "peers_dead": len(peers) - len(alive),
+        "samples_per_s": round(sum(p["samples_per_s"] for p in alive), 2),
+        "samples_total": sum(p["samples_total"] for p in peers),
+        "mean_loss": mean_loss,
+        "loss_trend": trend,
+        "loss_trend_label": trend_label(trend, mean_loss),
+        "round_wall_s": median_or_none(walls),
+        "compute_fraction": median_or_none(fractions, 3),
+        "bytes_sent": sum(p["bytes_sent"] for p in alive),
+        "agreement": agreement,
+    }
+
+
 def build_report(
     run: RunInfo | None,
     beats: Sequence[heartbeat_pb2.Heartbeat],
@@ -212,58 +269,25 @@ def build_report(
     kept, dropped = screen(beats, now, clock_round)
     rejected = [*rejected, *dropped]
     peers = sorted((peer_entry(b, now) for b in kept), key=lambda p: (-p["samples_total"], p["peer_id"]))
-    alive = [p for p in peers if p["alive"]]
-    if clock_round is not None:
-        round_no = clock_round
-    else:  # no clock: the median claim, which a few liars cannot move far
-        round_no = int(statistics.median_low([p["round"] for p in alive])) if alive else 0
-    samples_total = sum(p["samples_total"] for p in peers)
-    for p in peers:
-        p["contribution"] = round(p["samples_total"] / samples_total, 4) if samples_total else 0.0
-    losses = [p["loss"] for p in alive if p["loss"] > 0]
-    mean_loss = round(sum(losses) / len(losses), 4) if losses else None
-    trend = loss_trend(alive)
-    sizes = Counter(hb.group_size for hb in kept if hb.group_size)
-    group_size = run.group_size if run is not None and run.group_size else 0
-    group_size = group_size or (sizes.most_common(1)[0][0] if sizes else 0)
+    fill_contributions(peers)
+    round_no = report_round(clock_round, [p for p in peers if p["alive"]])
     findings, agreement = find_problems(
         peers=peers,
         round_no=round_no,
         clock_known=clock_round is not None,
         run_version=run.version if run is not None else "",
-        group_size=group_size,
+        group_size=target_group_size(run, kept),
         rejected=rejected,
     )
-    walls = [p["round_wall_s"] for p in alive if p["round_wall_s"] > 0]
-    fractions = [p["compute_fraction"] for p in alive if p["compute_fraction"] > 0]
-    coordinator = None
-    if run is not None and run.source == "coordinator":
-        coordinator = {
-            "peer_id": sanitize(run.coordinator_peer_id),
-            "grpc_addrs": [sanitize(a, 80) for a in run.grpc_addrs[:8]],
-            "version": sanitize(run.version, 64),
-        }
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": sanitize(run.run_id) if run is not None else "",
         "run_source": run.source if run is not None else "none",
-        "coordinator": coordinator,
+        "coordinator": coordinator_entry(run),
         "round": round_no,
         "round_s": float(run.round_s) if run is not None else 0.0,
         "peers": peers,
-        "totals": {
-            "peers_alive": len(alive),
-            "peers_dead": len(peers) - len(alive),
-            "samples_per_s": round(sum(p["samples_per_s"] for p in alive), 2),
-            "samples_total": samples_total,
-            "mean_loss": mean_loss,
-            "loss_trend": trend,
-            "loss_trend_label": trend_label(trend, mean_loss),
-            "round_wall_s": median_or_none(walls),
-            "compute_fraction": median_or_none(fractions, 3),
-            "bytes_sent": sum(p["bytes_sent"] for p in alive),
-            "agreement": agreement,
-        },
+        "totals": swarm_totals(peers, agreement),
         "findings": findings,
         "records": {"shown": len(peers), "ignored": len(rejected), "reasons": dict(Counter(rejected))},
         "generated_at": now,

@@ -10,7 +10,7 @@ import json
 import logging
 import secrets
 import time
-from dataclasses import Field, dataclass, field, fields
+from dataclasses import Field, asdict, dataclass, field, fields
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -31,7 +31,10 @@ SHARDS_DIR = "shards"
 
 @dataclass(frozen=True, kw_only=True)
 class ModelPreset:
-    """A built-in GPT size. Parameter counts are for a 256-token (byte) vocabulary."""
+    """A built-in GPT size. Parameter counts are for a 256-token (byte) vocabulary.
+
+    Its fields are ``ModelConfig``'s of the same name (``model_config`` copies them by name).
+    """
 
     d_model: int  # width
     n_layer: int  # transformer blocks
@@ -62,7 +65,8 @@ def _flag(default, help: str, **argparse_kw):
 
 @dataclass(frozen=True, kw_only=True)
 class TrainingDefaults:
-    """A run's training settings, fixed at ``init`` and carried by the manifest.
+    """A run's training settings, fixed at ``init`` and carried by the manifest as ``TrainingConfig``,
+    whose fields have the same names (``build_manifest`` copies them by name).
 
     DiLoCo's defaults (outer Nesterov SGD, lr 0.7, momentum 0.9). The fields made with ``_flag``
     are ``barnraise init``'s flags (``--round-s`` for ``round_s``): their defaults and help text are
@@ -116,15 +120,7 @@ def model_config(name: str, vocab_size: int) -> manifest_pb2.ModelConfig:
     if name not in MODEL_PRESETS:
         known = ", ".join(MODEL_PRESETS)
         raise ConfigError(f"unknown model {name!r}: choose one of {known}")
-    p = MODEL_PRESETS[name]
-    return manifest_pb2.ModelConfig(
-        name=name,
-        vocab_size=vocab_size,
-        seq_len=p.seq_len,
-        d_model=p.d_model,
-        n_layer=p.n_layer,
-        n_head=p.n_head,
-    )
+    return manifest_pb2.ModelConfig(name=name, vocab_size=vocab_size, **asdict(MODEL_PRESETS[name]))
 
 
 def build_manifest(
@@ -142,20 +138,7 @@ def build_manifest(
         created_at=time.time(),
         seed=secrets.randbits(31) if seed is None else seed,
         model=model,
-        training=manifest_pb2.TrainingConfig(
-            inner_lr=training.inner_lr,
-            inner_weight_decay=training.inner_weight_decay,
-            batch_size=training.batch_size,
-            outer_lr=training.outer_lr,
-            outer_momentum=training.outer_momentum,
-            round_s=training.round_s,
-            round_delay=training.round_delay,
-            codec=training.codec,
-            topk_fraction=training.topk_fraction,
-            group_size=training.group_size,
-            grad_clip=training.grad_clip,
-            aggregator=training.aggregator,
-        ),
+        training=manifest_pb2.TrainingConfig(**asdict(training)),
         dataset=dataset,
         shards=shards,
         membership=manifest_pb2.Membership(open=not closed),

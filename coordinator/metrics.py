@@ -21,56 +21,41 @@ log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "0.0.0.0"
 
-# (metric name, help, report key) for the swarm-wide gauges read from report["totals"]
-SWARM_GAUGES = (
-    ("barnraise_samples_per_second", "Samples per second over live peers.", "samples_per_s"),
-    ("barnraise_samples", "Samples processed by the listed peers since they started.", "samples_total"),
-    ("barnraise_mean_loss", "Mean of live peers' last inner loss.", "mean_loss"),
-    (
-        "barnraise_loss_trend",
-        "Median loss change per round over live peers (negative: falling).",
-        "loss_trend",
-    ),
-    ("barnraise_round_wall_seconds", "Median wall time of a round at live peers.", "round_wall_s"),
-    (
-        "barnraise_compute_fraction",
-        "Median share of round time live peers spend computing.",
-        "compute_fraction",
-    ),
-    ("barnraise_bytes_sent", "Averaging bytes live peers sent in their last round.", "bytes_sent"),
+# The gauges read from the report: (report section, metric name after the section's prefix, key,
+# help). A "totals" gauge is one swarm-wide value of report["totals"]; a "peers" gauge has one value per
+# row of report["peers"], labelled with the peer's id.
+GAUGE_PREFIX = {"totals": "barnraise_", "peers": "barnraise_peer_"}
+GAUGES = (
+    ("totals", "samples_per_second", "samples_per_s", "Samples per second over live peers."),
+    ("totals", "samples", "samples_total", "Samples processed by the listed peers since they started."),
+    ("totals", "mean_loss", "mean_loss", "Mean of live peers' last inner loss."),
+    ("totals", "loss_trend", "loss_trend", "Median loss change per round of live peers (negative: falling)."),
+    ("totals", "round_wall_seconds", "round_wall_s", "Median wall time of a round at live peers."),
+    ("totals", "compute_fraction", "compute_fraction", "Median share of a round live peers spend computing."),
+    ("totals", "bytes_sent", "bytes_sent", "Averaging bytes live peers sent in their last round."),
+    ("peers", "up", "alive", "1 if the peer's heartbeat is fresh, 0 if it is marked dead."),
+    ("peers", "samples_per_second", "samples_per_s", "The peer's samples per second in its last round."),
+    ("peers", "samples", "samples_total", "Samples the peer processed since it started."),
+    ("peers", "contribution", "contribution", "The peer's share of the listed peers' samples."),
+    ("peers", "loss", "loss", "The peer's mean inner loss in its last round."),
+    ("peers", "round", "round", "Round the peer is working in."),
+    ("peers", "hash_round", "hash_round", "Round whose average produced the peer's parameters."),
+    ("peers", "last_seen_seconds", "last_seen_s", "Seconds since the peer's last heartbeat."),
+    ("peers", "bytes_sent", "bytes_sent", "Averaging bytes the peer sent in its last round."),
+    ("peers", "bytes_received", "bytes_received", "Averaging bytes the peer received in its last round."),
+    ("peers", "rounds_joined", "rounds_joined", "Rounds the peer averaged in."),
+    ("peers", "rounds_missed", "rounds_missed", "Rounds the peer was left out of."),
+    ("peers", "rounds_late", "rounds_late", "Rounds whose averaging missed its deadline at the peer."),
+    ("peers", "compute_fraction", "compute_fraction", "Share of its round time the peer spent computing."),
+    ("peers", "round_wall_seconds", "round_wall_s", "Wall time of the peer's last round."),
+    ("peers", "disagrees", "disagrees", "1 if the peer's parameters differ from the majority's."),
+    ("peers", "straggler", "straggler", "1 if the peer is flagged as a straggler."),
 )
-# (metric name, help, peer row key) for the per-peer gauges
-PEER_GAUGES = (
-    ("barnraise_peer_up", "1 if the peer's heartbeat is fresh, 0 if it is marked dead.", "alive"),
-    (
-        "barnraise_peer_samples_per_second",
-        "The peer's samples per second in its last round.",
-        "samples_per_s",
-    ),
-    ("barnraise_peer_samples", "Samples the peer processed since it started.", "samples_total"),
-    ("barnraise_peer_contribution", "The peer's share of the listed peers' samples.", "contribution"),
-    ("barnraise_peer_loss", "The peer's mean inner loss in its last round.", "loss"),
-    ("barnraise_peer_round", "Round the peer is working in.", "round"),
-    ("barnraise_peer_hash_round", "Round whose average produced the peer's parameters.", "hash_round"),
-    ("barnraise_peer_last_seen_seconds", "Seconds since the peer's last heartbeat.", "last_seen_s"),
-    ("barnraise_peer_bytes_sent", "Averaging bytes the peer sent in its last round.", "bytes_sent"),
-    (
-        "barnraise_peer_bytes_received",
-        "Averaging bytes the peer received in its last round.",
-        "bytes_received",
-    ),
-    ("barnraise_peer_rounds_joined", "Rounds the peer averaged in.", "rounds_joined"),
-    ("barnraise_peer_rounds_missed", "Rounds the peer was left out of.", "rounds_missed"),
-    ("barnraise_peer_rounds_late", "Rounds whose averaging missed its deadline at the peer.", "rounds_late"),
-    (
-        "barnraise_peer_compute_fraction",
-        "Share of its round time the peer spent computing.",
-        "compute_fraction",
-    ),
-    ("barnraise_peer_round_wall_seconds", "Wall time of the peer's last round.", "round_wall_s"),
-    ("barnraise_peer_disagrees", "1 if the peer's parameters differ from the majority's.", "disagrees"),
-    ("barnraise_peer_straggler", "1 if the peer is flagged as a straggler.", "straggler"),
-)
+
+
+def gauges_of(section: str) -> list[tuple[str, str, str]]:
+    """(metric name, report key, help) of the gauges read from ``section`` of the report."""
+    return [(GAUGE_PREFIX[s] + name, key, doc) for s, name, key, doc in GAUGES if s == section]
 
 
 def parse_metrics_address(text: str) -> tuple[str, int]:
@@ -137,7 +122,7 @@ class ReportCollector:
         peers.add_metric([*run, "alive"], totals["peers_alive"])
         peers.add_metric([*run, "dead"], totals["peers_dead"])
         yield peers
-        for name, doc, key in SWARM_GAUGES:
+        for name, key, doc in gauges_of("totals"):
             yield gauge(name, doc, totals[key])
         agreement = totals["agreement"]
         yield gauge(
@@ -153,7 +138,7 @@ class ReportCollector:
             kinds.add_metric([*run, kind], n)
         yield kinds
         yield gauge("barnraise_records_ignored", "Heartbeat records ignored.", report["records"]["ignored"])
-        for name, doc, key in PEER_GAUGES:
+        for name, key, doc in gauges_of("peers"):
             family = GaugeMetricFamily(name, doc, labels=["run", "peer"])
             for p in report["peers"]:
                 family.add_metric([*run, p["peer_id"]], float(p[key]))

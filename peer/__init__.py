@@ -1,2 +1,3 @@
-"""The peer daemon and the command line: device fitting, local steps, codecs, averaging, outer
-step, state sync, heartbeats."""
+"""The volunteer's peer: the daemon (``daemon.py``) that joins a run and trains round after round, and
+its heartbeat, over one subpackage per concern (``net``, ``training``, ``data``, ``averaging``,
+``sync``). May import ``protos``, ``coordinator`` and those subpackages; only ``peer.cli`` sits above."""

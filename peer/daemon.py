@@ -5,79 +5,58 @@ the pseudo-gradient (global params - local params) is averaged with the group, w
 samples each member processed, and the outer Nesterov step is applied on the CPU so that every
 member ends with bit-identical parameters. A round that fails leaves the local progress in place;
 it is carried into the next round's update.
+
+One round in six files: this loop (``run``), ``peer/averaging/plan.py`` (every deadline),
+``peer/averaging/averager.py`` (matchmaking, exchange, verdict), ``peer/averaging/allreduce.py``
+(the butterfly exchange), ``peer/sync/rounds.py`` (the state the round leads to, shared with the
+state server) and ``peer/sync/state.py`` (the outer step).
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 
 from barnraise.coordinator import records
 from barnraise.coordinator.dhtnode import DHTOptions, start_dht
-from barnraise.coordinator.errors import BarnraiseError, PeerUnavailable
+from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.coordinator.manifest import DEFAULT_AGGREGATOR
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.coordinator.signing import verify_manifest
 from barnraise.peer import events
 from barnraise.peer.averaging.averager import Averager, RoundOutcome
-from barnraise.peer.averaging.matchmaking import RoundTiming, plan_timing
+from barnraise.peer.averaging.plan import RoundPlan, reduce_budget
 from barnraise.peer.averaging.robust import RobustConfig
-from barnraise.peer.data.feed import ShardFeed, ShardOptions
+from barnraise.peer.config import PeerConfig
+from barnraise.peer.data.feed import ShardFeed
 from barnraise.peer.data.shards import ShardSourceRef
 from barnraise.peer.heartbeat import HeartbeatPublisher, PeerStats
 from barnraise.peer.injection import InjectionPlan, Injector
 from barnraise.peer.net.auth import PeerAuth, dht_extra, open_identity
 from barnraise.peer.net.coordinator_client import CoordinatorClient
 from barnraise.peer.net.p2ploop import P2PLoop
-from barnraise.peer.sync.statesync import StateServer, choose_donors, download_state, sync_target
+from barnraise.peer.sync.catchup import CatchUp
+from barnraise.peer.sync.rounds import LaunchedRound, finished
+from barnraise.peer.sync.state import GlobalState, OuterStep, all_finite, flat_params, load_flat
+from barnraise.peer.sync.statesync import StateServer
 from barnraise.peer.training.device import pick_device
 from barnraise.peer.training.model import build_model, count_params
-from barnraise.peer.training.state import GlobalState, all_finite, flat_params, load_flat
 from barnraise.peer.training.trainer import InnerTrainer
 from barnraise.protos import heartbeat_pb2
+
+__all__ = ["PeerConfig", "PeerDaemon"]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, kw_only=True)
-class PeerConfig:
-    initial_peers: tuple[str, ...]  # multiaddrs of any swarm member (usually the bootstrap)
-    run_id: str = ""  # which run, if the swarm hosts several
-    listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)  # DHT/P2P listen multiaddrs
-    announce: tuple[str, ...] = ()  # public multiaddrs, if behind NAT with port forwarding
-    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "barnraise")
-    identity: Path | None = None  # default: CACHE_DIR/peer.id (same file = same peer id)
-    device: str = "auto"  # auto, cpu, cuda, cuda:N
-    threads: int = 0  # CPU threads; 0: all cores
-    max_rounds: int = 0  # leave after this many rounds (0: run until stopped)
-    join_timeout_s: float = 30.0  # finding the run in the DHT
-    codec: str = ""  # ask groups for a smaller update codec than the run's (slow uplink)
-    bandwidth_mbit: float = 0.0  # declared upload bandwidth, Mbit/s: parts reduced follow it (0 = unknown)
-    shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
-    token: Path | None = None  # membership token file (closed runs)
-    run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)
-    inject: InjectionPlan | None = None  # tests and benchmarks only: faults by (peer, round)
-
-
-@dataclass
-class _Pending:
-    """An averaging round launched on the P2P loop, not yet applied."""
-
-    round: int
-    future: concurrent.futures.Future  # -> RoundOutcome
-    snapshot: torch.Tensor  # live params when the update was taken
-    weight: float  # samples the update carries
-    timing: RoundTiming
-
-
 class PeerDaemon:
+    """One volunteer's peer. Threads: the caller's (``run``: training, applying rounds), the P2P loop
+    (averaging, serving state and shards), the heartbeat, lease and cache-announcement threads,
+    and hivemind's DHT process; the README's "Concurrency" section says what each may touch."""
+
     def __init__(self, cfg: PeerConfig, events: events.EventLog = events.NO_EVENTS):
         self.cfg = cfg
         self.events = events  # what tests and benchmarks read (--events)
@@ -85,10 +64,30 @@ class PeerDaemon:
         self.stats = PeerStats()
         self.dht = self.loop = self.heartbeat = self.client = self.feed = None
         self.auth = self.identity_lock = None
-        self._sync: concurrent.futures.Future | None = None  # a state download running on the P2P loop
 
     # --- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
+        self._join_run()
+        self.loop = P2PLoop(self.dht)
+        self._open_data()
+        model = self._build_training()
+        self._start_averaging()
+        self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
+        self.heartbeat.start()
+        if not self.inject.tamper:
+            self.sync_from_swarm()
+        log.info(
+            "peer %s joined run %s (%s, %d params, device %s)",
+            self.peer_id,
+            self.manifest.run_id,
+            self.manifest.model.name,
+            count_params(model),
+            self.info.description,
+        )
+        self.events.emit(events.Joined(peer_id=self.peer_id, run_id=self.manifest.run_id))
+
+    def _join_run(self) -> None:
+        """Start our DHT node, find the run, fetch and verify its manifest, check our membership."""
         cfg = self.cfg
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         identity = cfg.identity or cfg.cache_dir / "peer.id"
@@ -120,37 +119,52 @@ class PeerDaemon:
         )
         self.auth.attach_to_client(self.client)
         self.auth.start(self.dht)
-        self.clock = RoundClock(genesis=genesis, round_s=self.manifest.training.round_s)
+        t = self.manifest.training
+        self.clock = RoundClock(genesis=genesis, round_s=t.round_s)
         self.inject = Injector(cfg.inject or InjectionPlan(), self.peer_id, self.clock)
-        self.info = pick_device(cfg.device, cfg.threads)
-        run_cache = cfg.cache_dir / self.manifest.run_id
-        self.loop = P2PLoop(self.dht)
+        self.outer = OuterStep(lr=t.outer_lr, momentum=t.outer_momentum)
+        self.stats.update(genesis=genesis, round_s=t.round_s, group_size=t.group_size or 32)
+
+    def _open_data(self) -> None:
+        """Shards: cached, leased, served to other peers, fetched from peers or the coordinator."""
         sources = [ShardSourceRef(name=f"coordinator {self.client.address}", fetch=self.client.fetch_shard)]
         self.feed = ShardFeed.open(
             dht=self.dht,
             loop=self.loop,
             manifest=self.manifest,
             peer_id=self.peer_id,
-            cache_dir=run_cache,
+            cache_dir=self.cfg.cache_dir / self.manifest.run_id,
             sources=sources,
-            options=cfg.shards,
+            options=self.cfg.shards,
+            auth=self.auth,
             events=self.events,
-            corrupt_shards=self.inject.corrupts_shards if cfg.inject else None,
+            corrupt_shards=self.inject.corrupts_shards if self.cfg.inject else None,
         )
         self.cache = self.feed.cache
+
+    def _build_training(self) -> torch.nn.Module:
+        """The run's model from its seed, the initial global state, and the inner trainer on our device."""
+        cfg, t = self.cfg, self.manifest.training
+        self.info = pick_device(cfg.device, cfg.threads)
         model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
-        self.stats.update(
-            init_hash=self.state.params_hash(),
-            genesis=genesis,
-            round_s=self.manifest.training.round_s,
-            group_size=self.manifest.training.group_size or 32,
-        )
+        self.stats.update(init_hash=self.state.params_hash())
         if self.inject.tamper:
-            self.state = self.inject.tampered(model)
-        self.trainer = InnerTrainer(model, self.manifest.training, self.info)
+            self.state = self.state.perturbed(1e-3)
+            load_flat(model, self.state.params)
+        self.trainer = InnerTrainer(model, t, self.info)
         self.trainer.fit(self.feed.sample)
-        t = self.manifest.training
+        self.stats.update(
+            device=self.info.description,
+            device_memory_bytes=self.info.memory_bytes,
+            batch_size=t.batch_size,
+            micro_batch=self.trainer.micro_batch,
+        )
+        return model
+
+    def _start_averaging(self) -> None:
+        """The averaging protocol and the state server on the P2P loop; background catch-up."""
+        cfg, t = self.cfg, self.manifest.training
         self.averager = Averager(
             p2p=self.loop.p2p,
             dht=self.dht,
@@ -165,92 +179,36 @@ class PeerDaemon:
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
         )
-        self.state_server = StateServer(
-            self.loop.p2p, self.manifest.run_id, t.outer_lr, t.outer_momentum, auth=self.auth
-        )
+        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
         self.loop.call(self.averager.register(), 10.0)
         self.loop.call(self.state_server.register(), 10.0)
-        self.stats.update(
-            device=self.info.description,
-            device_memory_bytes=self.info.memory_bytes,
-            batch_size=t.batch_size,
-            micro_batch=self.trainer.micro_batch,
+        self.catchup = CatchUp(
+            loop=self.loop,
+            dht=self.dht,
+            run_id=self.manifest.run_id,
+            peer_id=self.peer_id,
+            clock=self.clock,
+            auth=self.auth,
+            link_mbit=cfg.bandwidth_mbit,
+            held=lambda: self.state,
         )
         self._publish_state()
-        self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
-        self.heartbeat.start()
-        if not self.inject.tamper:
-            self.sync_from_swarm()
-        log.info(
-            "peer %s joined run %s (%s, %d params, device %s)",
-            self.peer_id,
-            self.manifest.run_id,
-            self.manifest.model.name,
-            count_params(model),
-            self.info.description,
-        )
-        self.events.emit(events.Joined(peer_id=self.peer_id, run_id=self.manifest.run_id))
 
     def _publish_state(self) -> None:
         self.state_server.publish(self.state)
         self.stats.update(params_hash=self.state.params_hash(), hash_round=self.state.round)
 
+    # --- catching up ----------------------------------------------------------------------------
     def sync_from_swarm(self) -> bool:
         """Start from the newest state a donor has at hand, and fetch the state the next round starts
         from in the background while training (waiting for it would idle the device for up to a
         round); True if we adopted a state now."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
-        try:
-            found = self.loop.call(self._fetch_state(wait=False), 200.0)
-        except BarnraiseError as e:
-            log.warning("state sync failed: %s", e)
-            found = None
+        found = self.catchup.now()
         if found is not None:
             self._adopt(*found, rebase=False)
-        self._sync = self.loop.submit(self._fetch_state())
+        self.catchup.start()
         return found is not None
-
-    async def _fetch_state(self, wait: bool = True) -> tuple[GlobalState, str] | None:
-        """On the P2P loop: (the state the swarm's next round starts from, its donor), or None if we
-        hold it already or no donor has it. ``wait=False``: the newest state a donor has at hand."""
-        run_id, me = self.manifest.run_id, self.peer_id
-        try:
-            beats = await asyncio.get_running_loop().run_in_executor(
-                None, lambda: records.read_heartbeats(self.dht, run_id, timeout_s=5.0, admit=self.auth.admits)
-            )
-        except BarnraiseError:
-            return None
-        phash, rnd, donors = choose_donors(beats, me)
-        numel = self.state.params.numel()
-        min_round, wait_s = sync_target(self.clock, time.time(), numel, self.cfg.bandwidth_mbit)
-        forked = rnd >= self.state.round and phash != self.state.params_hash()  # the majority moved elsewhere
-        if not donors or (self.state.round >= min_round and not forked):
-            return None
-        for donor in donors[:3]:
-            try:
-                state = await download_state(
-                    self.loop.p2p,
-                    donor,
-                    run_id,
-                    numel,
-                    60.0,
-                    auth=self.auth,
-                    min_round=min_round,
-                    wait_s=wait_s if wait else 0.0,
-                )
-            except BarnraiseError as e:
-                log.warning("state download from %s failed: %s", donor[:12], e)
-                continue
-            if state.round < self.state.round:
-                log.info(
-                    "donor %s served round %d, older than ours (%d)",
-                    donor[:12],
-                    state.round,
-                    self.state.round,
-                )
-                continue
-            return state, donor
-        return None
 
     def _adopt(self, new: GlobalState, donor: str, rebase: bool) -> None:
         """Take ``new`` as our global state; with ``rebase`` the live params keep their progress."""
@@ -264,19 +222,10 @@ class PeerDaemon:
 
     def _finish_sync(self) -> bool:
         """Adopt a background sync's state if it has arrived; True while one is still running."""
-        if self._sync is None:
-            return False
-        if not self._sync.done():
-            return True
-        try:
-            found = self._sync.result()
-        except Exception as e:  # a failed download: the next stale round starts another
-            log.warning("state sync failed: %s", e)
-            found = None
-        self._sync = None
+        running, found = self.catchup.poll()
         if found is not None and found[0].round > self.state.round:  # we may have averaged our way there
             self._adopt(*found, rebase=True)
-        return False
+        return running
 
     # --- the round loop -----------------------------------------------------------------------
     def run(self) -> None:
@@ -289,48 +238,37 @@ class PeerDaemon:
         """
         t = self.manifest.training
         carried = 0.0  # samples in the live params that no applied average has taken yet
-        pending: _Pending | None = None
+        pending: LaunchedRound | None = None
         completed = 0
         last_end = time.time()
         try:
             while not self.stop_event.is_set():
                 r = self.clock.round_at()
-                end = self.clock.end(r)
                 self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
-                slow = self.inject.slowdown(r)
-                window = self.trainer.train_until(end, self.feed.next_batch, self.stop_event.is_set, slow)
+                window = self.trainer.train_until(
+                    self.clock.end(r), self.feed.next_batch, self.stop_event.is_set, self.inject.slowdown(r)
+                )
                 if self.stop_event.is_set():
                     break
                 carried += window.samples
                 if pending is not None:
                     applied, carried = self._apply(pending, carried)
-                    completed += applied
-                    pending = None
-                if self._finish_sync() and self.state.round < r - 1:  # our base is stale and the new one is
-                    now = time.time()  # on its way: a round with the old base would only be refused
-                    self._report(r, window, max(1e-9, now - last_end))
-                    last_end = now
-                    continue
-                live = flat_params(self.trainer.model)
-                budget = max(2.0, (0.5 if t.round_delay == 0 else 0.7) * t.round_s)
-                timing = plan_timing(end, t.round_s, reduce_budget_s=budget)
-                pending = self._launch(r, live, carried, timing)
-                if t.round_delay == 0:
-                    applied, carried = self._apply(pending, carried)
-                    completed += applied
-                    pending = None
+                    completed, pending = completed + applied, None
+                if not (self._finish_sync() and self.state.round < r - 1):  # else our stale base's new
+                    pending = self._launch(r, carried)  # one is on its way: a round with the old base
+                    if t.round_delay == 0:  # would only be refused
+                        applied, carried = self._apply(pending, carried)
+                        completed, pending = completed + applied, None
                 now = time.time()
-                wall = max(1e-9, now - last_end)
+                self._report(r, window, max(1e-9, now - last_end))
                 last_end = now
-                self._report(r, window, wall)
                 if self.cfg.max_rounds and completed >= self.cfg.max_rounds:
                     log.info("completed %d rounds; leaving", completed)
                     break
         finally:
             if pending is not None:
                 pending.future.cancel()
-            if self._sync is not None:
-                self._sync.cancel()
+            self.catchup.cancel()
 
     def _report(self, r: int, window, wall_s: float) -> None:
         changes = {"compute_fraction": min(1.0, window.compute_s / wall_s), "round_wall_s": wall_s}
@@ -343,38 +281,55 @@ class PeerDaemon:
         self.stats.update(**changes)
         self.events.emit(events.WindowTrained.of(r, window, self.stats.samples_per_s, wall_s), log)
 
-    def _launch(self, r: int, live: torch.Tensor, weight: float, timing: RoundTiming) -> _Pending:
+    def _launch(self, r: int, weight: float) -> LaunchedRound:
         """Start averaging the update (global - live params) on the P2P loop."""
-        snapshot, delta = live, self.state.params - live
+        t = self.manifest.training
+        plan = RoundPlan.make(r, self.clock.end(r), t.round_s, reduce_budget(t.round_s, t.round_delay))
+        base, live = self.state, flat_params(self.trainer.model)
+        delta = base.params - live
         if not all_finite(delta):
-            fut: concurrent.futures.Future = concurrent.futures.Future()
-            fut.set_result(RoundOutcome(round=r, reason="local update is not finite; not sent"))
+            fut = finished(RoundOutcome(round=r, reason="local update is not finite; not sent"))
         else:
-            delta, weight = self.inject.forge(r, delta, weight, base=self.state.params)  # tests: attacks
+            delta, weight = self.inject.forge(r, delta, weight, base=base.params)  # tests: attacks
             fut = self.loop.submit(
                 self.averager.average(
-                    r,
-                    delta,
-                    weight,
-                    self.state.params_hash(),
-                    timing,
-                    ttl_s=4 * self.manifest.training.round_s,
-                    base_round=self.state.round,
+                    r, delta, weight, base.params_hash(), plan, ttl_s=4 * t.round_s, base_round=base.round
                 )
             )
-            self.state_server.track(r, fut, self.state.params_hash())
-        self.stats.watch_deadline(r, fut, timing.confirm_deadline)
-        return _Pending(round=r, future=fut, snapshot=snapshot, weight=weight, timing=timing)
+        launched = LaunchedRound(plan=plan, base=base, future=fut, live=live, weight=weight, outer=self.outer)
+        self.state_server.track(launched)
+        self.stats.watch_deadline(r, fut, plan.confirm_deadline)
+        return launched
 
-    def _apply(self, p: _Pending, carried: float) -> tuple[int, float]:
-        """Wait (bounded) for a launched round and apply it; returns (1 if applied, samples still carried)."""
-        t = self.manifest.training
+    def _apply(self, launched: LaunchedRound, carried: float) -> tuple[int, float]:
+        """Wait (until the plan's apply deadline) for a launched round and apply it; returns
+        (1 if applied, samples still carried)."""
         self.stats.update(phase=heartbeat_pb2.PHASE_AVERAGING)
-        try:
-            out = p.future.result(timeout=max(1.0, p.timing.confirm_deadline - time.time() + 10.0))
-        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError) as e:
-            p.future.cancel()
-            out = RoundOutcome(round=p.round, reason=f"averaging did not finish in time ({type(e).__name__})")
+        out = launched.outcome()
+        self._note_exchange(out)
+        new = launched.next_state()
+        if new is not None:
+            local_progress = flat_params(self.trainer.model) - launched.live
+            self.state = new
+            load_flat(self.trainer.model, new.params + local_progress)
+            self._publish_state()
+            self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
+            h, n = new.params_hash(), len(out.members)
+            self.events.emit(
+                events.RoundApplied(
+                    round=launched.round, members=n, params_hash=h, duration_s=out.duration_s
+                ),
+                log,
+            )
+            return 1, max(0.0, carried - launched.weight)
+        self.stats.update(rounds_missed=self.stats.rounds_missed + 1, last_exclusion=out.reason[:200])
+        self.events.emit(events.RoundMissed(round=launched.round, reason=out.reason), log, logging.WARNING)
+        if out.stale_base and not self.inject.tamper and self.catchup.start():
+            self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
+        return 0, carried
+
+    def _note_exchange(self, out: RoundOutcome) -> None:
+        """What the heartbeat reports of a round's exchange: bytes, codecs, misbehaving peers."""
         self.stats.update(
             bytes_sent=out.bytes_sent,
             bytes_received=out.bytes_received,
@@ -386,28 +341,9 @@ class PeerDaemon:
         if out.offenders:
             log.warning(
                 "round %d: misbehaving peers: %s",
-                p.round,
+                out.round,
                 "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()),
             )
-        if out.ok and out.average is not None and all_finite(out.average):
-            local_progress = flat_params(self.trainer.model) - p.snapshot
-            self.state.outer_step(out.average, t.outer_lr, t.outer_momentum, p.round)
-            load_flat(self.trainer.model, self.state.params + local_progress)
-            self._publish_state()
-            self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
-            h, n = self.state.params_hash(), len(out.members)
-            self.events.emit(
-                events.RoundApplied(round=p.round, members=n, params_hash=h, duration_s=out.duration_s), log
-            )
-            return 1, max(0.0, carried - p.weight)
-        self.stats.update(rounds_missed=self.stats.rounds_missed + 1, last_exclusion=out.reason[:200])
-        self.events.emit(events.RoundMissed(round=p.round, reason=out.reason), log, logging.WARNING)
-        if out.stale_base and not self.inject.tamper and self._sync is None:
-            # Download the swarm's state on the P2P loop while training goes on (at 25 Mbit/s a
-            # gpt-small state takes ~15 s: blocking would idle the device for a round or more).
-            self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
-            self._sync = self.loop.submit(self._fetch_state())
-        return 0, carried
 
     # --- shutdown -------------------------------------------------------------------------------
     def stop(self) -> None:

@@ -47,7 +47,6 @@ from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.attacks import ATTACKS, Attacker
 from barnraise.peer.averaging import codecs
-from barnraise.peer.training.state import GlobalState, load_flat
 from barnraise.protos import averaging_pb2
 
 KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards")
@@ -187,8 +186,8 @@ def broken_part(mode: str, enc: averaging_pb2.EncodedTensor, codec: str, numel: 
 class Injector:
     """A plan at work in one peer: the faults meant for it, the run's clock, the attackers' memory.
 
-    The daemon asks it for the round's slowdown and tamper, and for the update to send
-    (``forge``); ``AllReduce`` for its part faults (``corrupt_part``, ``stalls``); the shard server
+    The daemon asks it whether to tamper with its start state, for the round's slowdown and for
+    the update to send (``forge``); ``AllReduce`` for its part faults (``corrupt_part``, ``stalls``); the shard server
     whether to corrupt what it serves now (``corrupts_shards``).
     """
 
@@ -204,13 +203,6 @@ class Injector:
     def slowdown(self, r: int) -> float:
         return self.plan.slowdown(r)
 
-    def tampered(self, model: torch.nn.Module) -> GlobalState:
-        """A fresh initial state (no cached hash) nudged off the seeded one, loaded into ``model``."""
-        state = GlobalState.initial(model)
-        state.params.add_(torch.randn_like(state.params) * 1e-3)
-        load_flat(model, state.params)
-        return state
-
     def forge(
         self, r: int, update: torch.Tensor, weight: float, base: torch.Tensor
     ) -> tuple[torch.Tensor, float]:
@@ -223,10 +215,11 @@ class Injector:
         return self._attackers[names[0]].forge(r, update, weight, base=base)
 
     def corrupt_part(
-        self, r: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
+        self, r: int, chunk: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
     ) -> averaging_pb2.EncodedTensor | bytes:
+        """What to send as chunk ``chunk`` of a part in round ``r``: the first one broken if a fault says."""
         broken = [m for m in self.plan.modes("fault", r) if m != "stall"]
-        return broken_part(broken[0], enc, codec, numel) if broken else enc
+        return broken_part(broken[0], enc, codec, numel) if broken and chunk == 0 else enc
 
     def stalls(self, r: int) -> bool:
         return "stall" in self.plan.modes("fault", r)

@@ -22,27 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from barnraise.protos import auth_pb2 as barnraise_dot_protos_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62\x61rnraise/protos/shards.proto\x12\x0c\x62\x61rnraise.v1\"\x85\x01\n\nShardLease\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05shard\x18\x03 \x01(\r\x12\x12\n\nclaim_time\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x10\n\x08released\x18\x07 \x01(\x08\"O\n\tShardDone\x12\r\n\x05shard\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\">\n\tEpochMark\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\"Y\n\x11\x43\x61\x63heAnnouncement\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08n_shards\x18\x02 \x01(\r\x12\x0e\n\x06\x62itmap\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\"3\n\x11ShardFetchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\"Q\n\x0fShardFetchReply\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.barnraise.v1.FetchStatus\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04*l\n\x0b\x46\x65tchStatus\x12\x15\n\x11\x46\x45TCH_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x46\x45TCH_OK\x10\x01\x12\x13\n\x0f\x46\x45TCH_NOT_FOUND\x10\x02\x12\x13\n\x0f\x46\x45TCH_WRONG_RUN\x10\x03\x12\x0e\n\nFETCH_BUSY\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1d\x62\x61rnraise/protos/shards.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1b\x62\x61rnraise/protos/auth.proto\"\x85\x01\n\nShardLease\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\r\n\x05shard\x18\x03 \x01(\r\x12\x12\n\nclaim_time\x18\x04 \x01(\x01\x12\x12\n\nexpires_at\x18\x05 \x01(\x01\x12\x0e\n\x06offset\x18\x06 \x01(\x04\x12\x10\n\x08released\x18\x07 \x01(\x08\"O\n\tShardDone\x12\r\n\x05shard\x18\x01 \x01(\r\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x13\n\x0b\x66inished_at\x18\x04 \x01(\x01\">\n\tEpochMark\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\r\n\x05\x65poch\x18\x02 \x01(\x04\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\"Y\n\x11\x43\x61\x63heAnnouncement\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x10\n\x08n_shards\x18\x02 \x01(\r\x12\x0e\n\x06\x62itmap\x18\x03 \x01(\x0c\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\"\\\n\x11ShardFetchRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"a\n\x0fShardFetchReply\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.barnraise.v1.FetchStatus\x12\x13\n\x0btotal_bytes\x18\x02 \x01(\x04\x12\x0e\n\x06reason\x18\x03 \x01(\t*\x7f\n\x0b\x46\x65tchStatus\x12\x15\n\x11\x46\x45TCH_UNSPECIFIED\x10\x00\x12\x0c\n\x08\x46\x45TCH_OK\x10\x01\x12\x13\n\x0f\x46\x45TCH_NOT_FOUND\x10\x02\x12\x13\n\x0f\x46\x45TCH_WRONG_RUN\x10\x03\x12\x0e\n\nFETCH_BUSY\x10\x04\x12\x11\n\rFETCH_REFUSED\x10\x05\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'barnraise.protos.shards_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FETCHSTATUS']._serialized_start=555
-  _globals['_FETCHSTATUS']._serialized_end=663
-  _globals['_SHARDLEASE']._serialized_start=48
-  _globals['_SHARDLEASE']._serialized_end=181
-  _globals['_SHARDDONE']._serialized_start=183
-  _globals['_SHARDDONE']._serialized_end=262
-  _globals['_EPOCHMARK']._serialized_start=264
-  _globals['_EPOCHMARK']._serialized_end=326
-  _globals['_CACHEANNOUNCEMENT']._serialized_start=328
-  _globals['_CACHEANNOUNCEMENT']._serialized_end=417
-  _globals['_SHARDFETCHREQUEST']._serialized_start=419
-  _globals['_SHARDFETCHREQUEST']._serialized_end=470
-  _globals['_SHARDFETCHREPLY']._serialized_start=472
-  _globals['_SHARDFETCHREPLY']._serialized_end=553
+  _globals['_FETCHSTATUS']._serialized_start=641
+  _globals['_FETCHSTATUS']._serialized_end=768
+  _globals['_SHARDLEASE']._serialized_start=77
+  _globals['_SHARDLEASE']._serialized_end=210
+  _globals['_SHARDDONE']._serialized_start=212
+  _globals['_SHARDDONE']._serialized_end=291
+  _globals['_EPOCHMARK']._serialized_start=293
+  _globals['_EPOCHMARK']._serialized_end=355
+  _globals['_CACHEANNOUNCEMENT']._serialized_start=357
+  _globals['_CACHEANNOUNCEMENT']._serialized_end=446
+  _globals['_SHARDFETCHREQUEST']._serialized_start=448
+  _globals['_SHARDFETCHREQUEST']._serialized_end=540
+  _globals['_SHARDFETCHREPLY']._serialized_start=542
+  _globals['_SHARDFETCHREPLY']._serialized_end=639
 # @@protoc_insertion_point(module_scope)

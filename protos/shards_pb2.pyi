@@ -1,6 +1,8 @@
+from barnraise.protos import auth_pb2 as _auth_pb2
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -12,11 +14,13 @@ class FetchStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FETCH_NOT_FOUND: _ClassVar[FetchStatus]
     FETCH_WRONG_RUN: _ClassVar[FetchStatus]
     FETCH_BUSY: _ClassVar[FetchStatus]
+    FETCH_REFUSED: _ClassVar[FetchStatus]
 FETCH_UNSPECIFIED: FetchStatus
 FETCH_OK: FetchStatus
 FETCH_NOT_FOUND: FetchStatus
 FETCH_WRONG_RUN: FetchStatus
 FETCH_BUSY: FetchStatus
+FETCH_REFUSED: FetchStatus
 
 class ShardLease(_message.Message):
     __slots__ = ("peer_id", "epoch", "shard", "claim_time", "expires_at", "offset", "released")
@@ -71,17 +75,21 @@ class CacheAnnouncement(_message.Message):
     def __init__(self, peer_id: _Optional[str] = ..., n_shards: _Optional[int] = ..., bitmap: _Optional[bytes] = ..., timestamp: _Optional[float] = ...) -> None: ...
 
 class ShardFetchRequest(_message.Message):
-    __slots__ = ("run_id", "sha256")
+    __slots__ = ("run_id", "sha256", "auth")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    AUTH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     sha256: str
-    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ...) -> None: ...
+    auth: _auth_pb2.RequestAuth
+    def __init__(self, run_id: _Optional[str] = ..., sha256: _Optional[str] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
 
 class ShardFetchReply(_message.Message):
-    __slots__ = ("status", "total_bytes")
+    __slots__ = ("status", "total_bytes", "reason")
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     status: FetchStatus
     total_bytes: int
-    def __init__(self, status: _Optional[_Union[FetchStatus, str]] = ..., total_bytes: _Optional[int] = ...) -> None: ...
+    reason: str
+    def __init__(self, status: _Optional[_Union[FetchStatus, str]] = ..., total_bytes: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -24,9 +24,9 @@ from barnraise.coordinator.manifest import SHARDS_DIR, TrainingDefaults, model_c
 from barnraise.coordinator.operator.runinit import init_run
 from barnraise.peer.averaging import codecs
 from barnraise.peer.data.shards import BatchReader, shard_tokens
+from barnraise.peer.sync.state import GlobalState, OuterStep, flat_params, load_flat
 from barnraise.peer.training.device import DeviceInfo
 from barnraise.peer.training.model import build_model
-from barnraise.peer.training.state import GlobalState, flat_params, load_flat
 from barnraise.peer.training.trainer import InnerTrainer
 
 CPU = DeviceInfo(device=torch.device("cpu"), description="cpu", memory_bytes=0, autocast_dtype=None)
@@ -152,7 +152,7 @@ def run_diloco(
                 feedback[w].remember(comp, sent)
             deltas.append(sent)
         avg = torch.stack(deltas).mean(0)
-        state.outer_step(avg, work.outer_lr, work.outer_momentum, r)
+        state = OuterStep(lr=work.outer_lr, momentum=work.outer_momentum).apply(state, avg, r)
         for m in models:
             load_flat(m, state.params)
         samples = (r * work.inner_steps + steps) * work.batch_size * work.workers

@@ -30,7 +30,8 @@ from barnraise.coordinator.errors import BarnraiseError, ProtocolError, StreamCl
 from barnraise.peer.averaging import codecs
 from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds, part_bounds
 from barnraise.peer.averaging.robust import RobustConfig
-from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, write_frame
+from barnraise.peer.net import rpc
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
 
 __all__ = ["AllReduce", "ExchangeStats", "PartFaults", "PartReducer", "part_bounds", "result_hash"]
@@ -41,6 +42,20 @@ REDUCE_HANDLER = "barnraise.reduce"
 MAX_HEADER_BYTES = 4096
 MAX_SUMMARY_BYTES = 1 << 16  # the closing ReducedPart: member ids and exclusion reasons
 FRAME_SLACK = 4096  # protobuf fields around a chunk's encoded values
+
+
+def rejected(reason: str) -> averaging_pb2.ReducedPart:
+    """A reducer's refusal of a member's part; it ends the stream."""
+    return averaging_pb2.ReducedPart(status=averaging_pb2.PART_REJECTED, reason=reason)
+
+
+REDUCE = rpc.Method(
+    name=REDUCE_HANDLER,
+    request=averaging_pb2.PartMessage,  # the header; the chunks follow as EncodedTensor frames
+    max_request_bytes=MAX_HEADER_BYTES,
+    refusal=rejected,
+    request_timeout_s=30.0,
+)
 
 
 def result_hash(part_digests: list[bytes]) -> str:
@@ -66,7 +81,7 @@ class PartFaults(Protocol):
     """Faults a test injects into the part exchange, by round (``peer.injection.Injector``)."""
 
     def corrupt_part(
-        self, r: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
+        self, r: int, chunk: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
     ) -> averaging_pb2.EncodedTensor | bytes: ...
 
     def stalls(self, r: int) -> bool: ...
@@ -90,11 +105,11 @@ class AllReduce:
         peer_id: str,
         topk_fraction: float,
         faults: PartFaults | None = None,
-        auth=None,
+        auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
     ):
         self.p2p = p2p
-        self.auth = auth  # peer.auth.PeerAuth: signs our parts, checks others' (None: no checks)
+        self.auth = auth  # signs our parts, checks others', bans peers clipped too often (OPEN_RUN: none)
         self.robust = robust or RobustConfig()  # how reducers combine contributions
         self.peer_id = peer_id
         self.topk_fraction = topk_fraction
@@ -102,7 +117,7 @@ class AllReduce:
         self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
 
     async def register(self) -> None:
-        await self.p2p.add_binary_stream_handler(REDUCE_HANDLER, self._handle_part)
+        await rpc.serve(self.p2p, REDUCE, self._take_part, access=self.auth, on_refused=self._refused)
 
     def _reducer_future(self, group_id: str) -> asyncio.Future[PartReducer]:
         if group_id not in self._reducers:
@@ -142,12 +157,7 @@ class AllReduce:
         if not fut.done():
             fut.set_result(reducer)
         reducer.add(self.peer_id, weight, transmitted[s:e])
-
-        async def finish_at_deadline() -> None:
-            await asyncio.sleep(max(0.0, group.reduce_deadline - time.time()))
-            reducer.finish()
-
-        closer = asyncio.create_task(finish_at_deadline())
+        closer = asyncio.create_task(_finish_at_deadline(reducer))
         jobs = [
             self._own_part(reducer, average, s)
             if j == me
@@ -159,6 +169,16 @@ class AllReduce:
         finally:
             closer.cancel()
             self._reducers.pop(group.group_id, None)
+        failure = self._tally(reducer, stats)
+        if not failure:
+            failure = "; ".join(f"part {j}: {v}" for j, v in enumerate(outcomes) if isinstance(v, str))
+        if failure:
+            return None, transmitted, failure
+        stats.result_hash = result_hash(outcomes)
+        return average, transmitted, ""
+
+    def _tally(self, reducer: PartReducer, stats: ExchangeStats) -> str:
+        """Account for the part we reduced: bytes, clipped and excluded members; why it failed, or ""."""
         own = reducer.result
         stats.bytes_received += reducer.bytes_in
         remote = [p for p in reducer.contributors if p != self.peer_id]
@@ -166,17 +186,12 @@ class AllReduce:
         stats.bytes_sent += len(remote) * reply_bytes  # the same replies to each member
         for p, factor in reducer.clipped.items():
             stats.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
-        if self.auth is not None:
-            self.auth.note_clipped(int(group.round), reducer.clipped)
+        self.auth.note_clipped(int(reducer.group.round), reducer.clipped)
         if own.status != averaging_pb2.PART_OK:
-            return None, transmitted, f"own part failed: {own.reason}"
+            return f"own part failed: {own.reason}"
         for p in own.excluded:
             stats.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
-        failures = [f"part {j}: {v}" for j, v in enumerate(outcomes) if isinstance(v, str)]
-        if failures:
-            return None, transmitted, "; ".join(failures)
-        stats.result_hash = result_hash(outcomes)
-        return average, transmitted, ""
+        return ""
 
     def _encode_chunk(
         self, codec: str, update: torch.Tensor, transmitted: torch.Tensor, lo: int, hi: int
@@ -213,137 +228,127 @@ class AllReduce:
         stats: ExchangeStats,
     ) -> bytes | str:
         """Stream our part j to its reducer and read the reduced part back; returns its digest or why not."""
-        from hivemind.p2p import PeerID
-
         start, end = bounds
-        chunks = chunk_bounds(end - start)
-        writer, sender = None, None
-
-        def deadline_in(extra: float) -> float:
-            return max(0.5, group.reduce_deadline - time.time() + extra)
-
-        async def send_chunks() -> None:
-            for c, (lo, hi) in enumerate(chunks):
-                enc = self._encode_chunk(group.codec, update, transmitted, start + lo, start + hi)
-                faults = self.faults if c == 0 else None  # tests: a broken first chunk (peer/injection.py)
-                payload = faults.corrupt_part(group.round, enc, group.codec, hi - lo) if faults else enc
-                sent = await write_frame(writer, payload, deadline_in(1.0))
-                stats.bytes_sent += sent  # (not `+= await`: concurrent sends would overwrite each other)
-
+        chunks = [(start + lo, start + hi) for lo, hi in chunk_bounds(end - start)]
+        header = averaging_pb2.PartMessage(
+            group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight
+        )
+        stream = None
         try:
-            _, reader, writer = await asyncio.wait_for(
-                self.p2p.call_binary_stream_handler(PeerID.from_base58(peer), REDUCE_HANDLER),
-                deadline_in(1.0),
-            )
-            header = averaging_pb2.PartMessage(
-                group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight
-            )
-            if self.auth is not None:
-                self.auth.attach(header, REDUCE_HANDLER)
-            sent = await write_frame(writer, header, deadline_in(1.0))
-            stats.bytes_sent += sent
-            sender = asyncio.create_task(send_chunks())
-            digest = hashlib.sha256()
-            for lo, hi in chunks:
-                reply = await read_frame(
-                    reader, averaging_pb2.ReducedPart, _chunk_cap(group.codec, hi - lo), deadline_in(2.0)
-                )
-                stats.bytes_received += reply.ByteSize() + 4
-                if reply.status != averaging_pb2.PART_OK or not reply.HasField("tensor"):
-                    return f"reducer {peer[:12]}: {reply.reason or 'failed'}"
-                codecs.decode(reply.tensor, hi - lo, group.codec, out=average[start + lo : start + hi])
-                absorb(digest, reply.tensor)
-            summary = await read_frame(reader, averaging_pb2.ReducedPart, MAX_SUMMARY_BYTES, deadline_in(2.0))
-            stats.bytes_received += summary.ByteSize() + 4
-            if summary.status != averaging_pb2.PART_OK or summary.HasField("tensor"):
-                return f"reducer {peer[:12]}: {summary.reason or 'failed'}"
-            for p, why in zip(summary.excluded, summary.exclusions, strict=False):
-                stats.offenders.setdefault(p, why)
-            return digest.digest()
+            async with rpc.call(
+                self.p2p, peer, REDUCE, header, access=self.auth, connect_timeout_s=_deadline_in(group, 1.0)
+            ) as stream:
+                sender = asyncio.create_task(self._send_chunks(stream, group, update, transmitted, chunks))
+                try:
+                    return await self._read_reduced(stream, group, average, chunks, stats)
+                finally:
+                    if not sender.done():
+                        sender.cancel()
+                    # A send that failed once the reducer had answered (e.g. it rejected us and
+                    # closed) changes nothing: the answer decides.
+                    await asyncio.gather(sender, return_exceptions=True)
         except ProtocolError as e:
             stats.offenders.setdefault(peer, f"sent an invalid reduced part: {e}")
             return f"reducer {peer[:12]} sent an invalid part: {e}"
         except StreamClosed as e:  # a transport fault: the round fails, nobody is blamed
             return f"reducer {peer[:12]} unavailable: {e}"
-        except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError) as e:
+        except BarnraiseError as e:
             stats.offenders.setdefault(peer, f"did not return its reduced part: {e}")
             return f"reducer {peer[:12]} unavailable: {e}"
-        except Exception as e:  # p2pd control errors (peer gone) surface as various types
+        except Exception as e:  # e.g. a decoder failing on what the reducer sent
             stats.offenders.setdefault(peer, f"did not return its reduced part: {type(e).__name__}")
             return f"reducer {peer[:12]} failed: {type(e).__name__}: {e}"
         finally:
-            if sender is not None:
-                if not sender.done():
-                    sender.cancel()
-                # A send that failed once the reducer had answered (e.g. it rejected us and closed)
-                # changes nothing: the answer above decides.
-                await asyncio.gather(sender, return_exceptions=True)
-            if writer is not None:
-                close_writer(writer)
+            if stream is not None:
+                stats.bytes_sent += stream.sent
+                stats.bytes_received += stream.received
 
-    async def _handle_part(self, stream_info, reader, writer) -> None:
-        """A member's contribution: a header frame, then its chunks, each capped by the group's codec."""
-        remote = stream_info.peer_id.to_base58()
-        replier = None
-
-        async def reject(reason: str) -> None:
-            await write_frame(
-                writer, averaging_pb2.ReducedPart(status=averaging_pb2.PART_REJECTED, reason=reason), 5.0
+    async def _send_chunks(
+        self,
+        stream: rpc.Stream,
+        group,
+        update: torch.Tensor,
+        transmitted: torch.Tensor,
+        chunks: list[tuple[int, int]],
+    ) -> None:
+        for c, (lo, hi) in enumerate(chunks):
+            enc = self._encode_chunk(group.codec, update, transmitted, lo, hi)
+            payload = (
+                self.faults.corrupt_part(group.round, c, enc, group.codec, hi - lo) if self.faults else enc
             )
+            await stream.write(payload, _deadline_in(group, 1.0))
 
+    async def _read_reduced(
+        self,
+        stream: rpc.Stream,
+        group,
+        average: torch.Tensor,
+        chunks: list[tuple[int, int]],
+        stats: ExchangeStats,
+    ) -> bytes | str:
+        """The reducer's chunks of our part, decoded into ``average``, and its closing summary."""
+        digest = hashlib.sha256()
+        for lo, hi in chunks:
+            cap = _chunk_cap(group.codec, hi - lo)
+            reply = await stream.read(averaging_pb2.ReducedPart, cap, _deadline_in(group, 2.0))
+            if reply.status != averaging_pb2.PART_OK or not reply.HasField("tensor"):
+                return f"reducer {stream.remote[:12]}: {reply.reason or 'failed'}"
+            codecs.decode(reply.tensor, hi - lo, group.codec, out=average[lo:hi])
+            absorb(digest, reply.tensor)
+        summary = await stream.read(averaging_pb2.ReducedPart, MAX_SUMMARY_BYTES, _deadline_in(group, 2.0))
+        if summary.status != averaging_pb2.PART_OK or summary.HasField("tensor"):
+            return f"reducer {stream.remote[:12]}: {summary.reason or 'failed'}"
+        for p, why in zip(summary.excluded, summary.exclusions, strict=False):
+            stats.offenders.setdefault(p, why)
+        return digest.digest()
+
+    def _refused(self, msg: averaging_pb2.PartMessage, remote: str, reason: str) -> None:
+        """A member of a group we reduce for is refused (banned, token revoked): stop waiting for it."""
+        known = self._reducers.get(msg.group_id)
+        if known is not None and known.done() and remote in {m.peer_id for m in known.result().group.members}:
+            known.result().exclude(remote, reason)
+
+    async def _take_part(
+        self, stream: rpc.Stream, msg: averaging_pb2.PartMessage
+    ) -> averaging_pb2.ReducedPart | None:
+        """A member's contribution, once ``rpc.serve`` has checked its membership: the header ``msg``,
+        then its chunks, each capped by the group's codec; our replies stream back as chunks reduce."""
+        remote = stream.remote
+        fut = self._reducers.get(msg.group_id) or self._reducer_future(msg.group_id)
         try:
-            msg = await read_frame(reader, averaging_pb2.PartMessage, MAX_HEADER_BYTES, 30.0)
-            if (
-                self.auth is not None
-                and (refused := self.auth.refuse(msg, REDUCE_HANDLER, remote)) is not None
-            ):
-                known = self._reducers.get(msg.group_id)
-                if known is not None and known.done():  # a member we refuse: do not wait for it
-                    if remote in {m.peer_id for m in known.result().group.members}:
-                        known.result().exclude(remote, refused)
-                await reject(refused)
-                return
-            fut = self._reducers.get(msg.group_id) or self._reducer_future(msg.group_id)
-            try:
-                reducer = await asyncio.wait_for(asyncio.shield(fut), 15.0)
-                if self.faults and self.faults.stalls(reducer.group.round):  # takes parts, never answers
-                    await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time() + 5.0))
-                    return
-            except (asyncio.TimeoutError, TimeoutError):
-                await reject("unknown group")
-                return
-            if remote not in reducer.members:
-                await reject("not a member of this group")
-                return
-            try:
-                reducer.begin(remote, reducer.validate_header(msg, remote))
-            except ProtocolError as e:
-                reducer.exclude(remote, str(e))
-                await reject(str(e))
-                return
-            replier = asyncio.create_task(self._reply(reducer, remote, writer))
-            await self._receive(reducer, remote, reader)
+            reducer = await asyncio.wait_for(asyncio.shield(fut), 15.0)
+        except (asyncio.TimeoutError, TimeoutError):
+            return rejected("unknown group")
+        if self.faults and self.faults.stalls(reducer.group.round):  # takes parts, never answers
+            await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time() + 5.0))
+            return None
+        if remote not in reducer.members:
+            return rejected("not a member of this group")
+        try:
+            reducer.begin(remote, reducer.validate_header(msg, remote))
+        except ProtocolError as e:
+            reducer.exclude(remote, str(e))
+            return rejected(str(e))
+        replier = asyncio.create_task(self._reply(reducer, remote, stream))
+        try:
+            await self._receive(reducer, remote, stream)
             await asyncio.wait_for(
                 asyncio.shield(replier), max(1.0, reducer.group.reduce_deadline - time.time() + 10.0)
             )
-        except BarnraiseError as e:
-            log.debug("part from %s failed: %s", remote[:12], e)
         except (asyncio.TimeoutError, TimeoutError):
             log.debug("reply to %s did not finish in time", remote[:12])
-        except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("handle_part handler failed")
         finally:
-            if replier is not None and not replier.done():
+            if not replier.done():
                 replier.cancel()
-            await finish_stream(reader, writer)
+        return None
 
-    async def _receive(self, reducer: PartReducer, remote: str, reader) -> None:
+    async def _receive(self, reducer: PartReducer, remote: str, stream: rpc.Stream) -> None:
         """Read ``remote``'s chunks into the reducer; a bad or missing chunk excludes it at once."""
         for c, (lo, hi) in enumerate(reducer.bounds):
             cap = _chunk_cap(reducer.group.codec, hi - lo)
             timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 1.0)
             try:
-                enc = await read_frame(reader, averaging_pb2.EncodedTensor, cap, timeout)
+                enc = await stream.read(averaging_pb2.EncodedTensor, cap, timeout)
                 reducer.bytes_in += enc.ByteSize() + 4
                 reducer.receive_chunk(remote, c, enc)
             except ProtocolError as e:
@@ -353,22 +358,30 @@ class AllReduce:
                 reducer.exclude(remote, f"no chunk {c + 1} of {len(reducer.bounds)}: {e}")
                 return
 
-    async def _reply(self, reducer: PartReducer, remote: str, writer) -> None:
+    async def _reply(self, reducer: PartReducer, remote: str, stream: rpc.Stream) -> None:
         """Send ``remote`` each reduced chunk as soon as it exists, then the closing summary."""
         for c in range(len(reducer.bounds)):
             enc = await reducer.wait_chunk(c, remote)
             if enc is None:
                 break
             timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 5.0)
-            await write_frame(writer, reducer.frame(c), timeout)
+            await stream.write(reducer.frame(c), timeout)
         else:
             await reducer.done.wait()
         if remote in reducer.excluded:
-            reply = averaging_pb2.ReducedPart(
-                status=averaging_pb2.PART_REJECTED, reason=reducer.excluded[remote]
-            )
+            reply = rejected(reducer.excluded[remote])
         elif reducer.result is None:
             return
         else:
             reply = reducer.result
-        await write_frame(writer, reply, max(1.0, reducer.group.reduce_deadline - time.time() + 5.0))
+        await stream.write(reply, max(1.0, reducer.group.reduce_deadline - time.time() + 5.0))
+
+
+def _deadline_in(group: averaging_pb2.Group, extra_s: float) -> float:
+    """Seconds left until the group's reduce deadline plus ``extra_s`` (at least half a second)."""
+    return max(0.5, group.reduce_deadline - time.time() + extra_s)
+
+
+async def _finish_at_deadline(reducer: PartReducer) -> None:
+    await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time()))
+    reducer.finish()

@@ -26,12 +26,20 @@ from barnraise.peer.averaging.allreduce import AllReduce, ExchangeStats, PartFau
 from barnraise.peer.averaging.codecs import ErrorFeedback
 from barnraise.peer.averaging.matchmaking import MAX_CONTROL_BYTES, Matchmaker, RoundTiming
 from barnraise.peer.averaging.robust import RobustConfig
-from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, write_frame
+from barnraise.peer.net import rpc
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
 
 log = logging.getLogger(__name__)
 
 CONFIRM_HANDLER = "barnraise.confirm"
+CONFIRM = rpc.Method(
+    name=CONFIRM_HANDLER,
+    request=averaging_pb2.Confirm,
+    max_request_bytes=MAX_CONTROL_BYTES,
+    refusal=lambda why: averaging_pb2.Verdict(ok=False, reason=why),
+    request_timeout_s=30.0,
+)
 REPORTED = "reported by the group"
 PENALTY_ROUNDS = 3
 CONFIRM_GRACE_S = 3.0  # after the reduce deadline, how long a leader waits for result hashes  # a member seen misbehaving is left out of this many following rounds
@@ -82,11 +90,11 @@ class Averager:
         ask_codec: str = "",
         bandwidth_bps: float = 0.0,
         faults: PartFaults | None = None,  # tests only: see peer/injection.py
-        auth=None,
+        auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
     ):
         self.peer_id = peer_id
-        self.auth = auth  # peer.auth.PeerAuth: signs our requests, checks others' (None: no checks)
+        self.auth = auth  # signs our requests, checks others' (OPEN_RUN: anyone)
         self.run_id = run_id
         self.codec = codec  # the run's codec
         self.ask_codec = ask_codec  # a smaller codec this peer asks its groups for ("" = the run's)
@@ -105,7 +113,7 @@ class Averager:
     async def register(self) -> None:
         await self.matchmaker.register()
         await self.allreduce.register()
-        await self.p2p.add_binary_stream_handler(CONFIRM_HANDLER, self._handle_confirm)
+        await rpc.serve(self.p2p, CONFIRM, self._answer_confirm, access=self.auth)
 
     async def average(
         self,
@@ -216,23 +224,20 @@ class Averager:
         deadline = timing.confirm_deadline
         if leader == self.peer_id:
             return await self._collect(group.group_id, self.peer_id, msg, deadline)
-        from hivemind.p2p import PeerID
-
-        writer = None
+        timeout = max(0.5, deadline - time.time() + 2.0)
         try:
-            timeout = max(0.5, deadline - time.time() + 2.0)
-            _, reader, writer = await asyncio.wait_for(
-                self.p2p.call_binary_stream_handler(PeerID.from_base58(leader), CONFIRM_HANDLER), timeout
+            return await rpc.ask(
+                self.p2p,
+                leader,
+                CONFIRM,
+                msg,
+                averaging_pb2.Verdict,
+                access=self.auth,
+                timeout_s=timeout,
+                max_reply_bytes=MAX_CONTROL_BYTES,
             )
-            if self.auth is not None:
-                self.auth.attach(msg, CONFIRM_HANDLER)
-            await write_frame(writer, msg, timeout)
-            return await read_frame(reader, averaging_pb2.Verdict, MAX_CONTROL_BYTES, timeout)
         except Exception as e:  # leader gone or frozen: no verdict means no apply
             return averaging_pb2.Verdict(ok=False, reason=f"no verdict from leader {leader[:12]}: {e}")
-        finally:
-            if writer is not None:
-                close_writer(writer)
 
     async def _collect(
         self, group_id: str, sender: str, msg: averaging_pb2.Confirm, deadline: float
@@ -251,21 +256,8 @@ class Averager:
             return averaging_pb2.Verdict(ok=False, reason="leader did not decide in time")
         return book.verdict
 
-    async def _handle_confirm(self, stream_info, reader, writer) -> None:
-        remote = stream_info.peer_id.to_base58()
-        try:
-            msg = await read_frame(reader, averaging_pb2.Confirm, MAX_CONTROL_BYTES, 30.0)
-            refused = self.auth.refuse(msg, CONFIRM_HANDLER, remote) if self.auth is not None else None
-            if refused is not None:
-                verdict = averaging_pb2.Verdict(ok=False, reason=refused)
-            elif msg.sender != remote:
-                verdict = averaging_pb2.Verdict(ok=False, reason="sender mismatch")
-            else:
-                verdict = await self._collect(msg.group_id, remote, msg, time.time() + 30.0)
-            await write_frame(writer, verdict, 5.0)
-        except BarnraiseError as e:
-            log.debug("confirm from %s failed: %s", remote[:12], e)
-        except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("handle_confirm handler failed")
-        finally:
-            await finish_stream(reader, writer)
+    async def _answer_confirm(self, stream: rpc.Stream, msg: averaging_pb2.Confirm) -> averaging_pb2.Verdict:
+        """A member's result hash, once ``rpc.serve`` has checked its membership: the verdict, when known."""
+        if msg.sender != stream.remote:
+            return averaging_pb2.Verdict(ok=False, reason="sender mismatch")
+        return await self._collect(msg.group_id, stream.remote, msg, time.time() + 30.0)

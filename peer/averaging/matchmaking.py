@@ -22,13 +22,21 @@ from dataclasses import dataclass, field
 from barnraise.coordinator import records
 from barnraise.coordinator.codecspec import negotiate_codec
 from barnraise.coordinator.errors import BarnraiseError
-from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, write_frame
+from barnraise.peer.net import rpc
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
 
 log = logging.getLogger(__name__)
 
 JOIN_HANDLER = "barnraise.join"
 MAX_CONTROL_BYTES = 64 * 1024
+JOIN = rpc.Method(
+    name=JOIN_HANDLER,
+    request=averaging_pb2.JoinRequest,
+    max_request_bytes=MAX_CONTROL_BYTES,
+    refusal=lambda why: averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=why),
+    reply_timeout_s=10.0,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,21 +102,23 @@ class _LeaderRound:
 
 
 class Matchmaker:
-    def __init__(self, *, p2p, dht, run_id: str, peer_id: str, group_size: int, codec: str, auth=None):
+    def __init__(
+        self, *, p2p, dht, run_id: str, peer_id: str, group_size: int, codec: str, auth: PeerAuth | OpenRun
+    ):
         self.p2p = p2p
         self.dht = dht
         self.run_id = run_id
         self.peer_id = peer_id
         self.group_size = group_size
         self.codec = codec
-        self.auth = auth  # peer.auth.PeerAuth: signs our joins, checks others' (None: no checks)
+        self.auth = auth  # signs our joins, checks others' and who takes part (OPEN_RUN: anyone)
         self._rounds: dict[int, _LeaderRound] = defaultdict(_LeaderRound)
         self.current_round = 0  # requests for rounds far from this are refused
         self.on_group = None  # called with (group, leader) when this peer closes a group it leads
         self.penalties: dict[str, int] = {}  # peer -> last round it is left out of (misbehaved recently)
 
     async def register(self) -> None:
-        await self.p2p.add_binary_stream_handler(JOIN_HANDLER, self._handle_join)
+        await rpc.serve(self.p2p, JOIN, self._answer_join, access=self.auth)
 
     async def announce(self, round_no: int, weight: float, base_hash: str, ttl_s: float) -> None:
         self.current_round = max(self.current_round, round_no)
@@ -140,7 +150,7 @@ class Matchmaker:
                     self.run_id,
                     round_no,
                     timeout_s=3.0,
-                    admit=self.auth.admits if self.auth else None,
+                    admit=self.auth.admits,
                 ),
             )
         except BarnraiseError as e:
@@ -178,25 +188,22 @@ class Matchmaker:
     async def _ask(
         self, leader: str, request: averaging_pb2.JoinRequest, timing: RoundTiming
     ) -> averaging_pb2.JoinReply:
-        from hivemind.p2p import PeerID
-
         timeout = max(1.0, timing.close_at - time.time() + 2.0)
-        writer = None
         try:
-            _, reader, writer = await asyncio.wait_for(
-                self.p2p.call_binary_stream_handler(PeerID.from_base58(leader), JOIN_HANDLER), timeout
+            return await rpc.ask(
+                self.p2p,
+                leader,
+                JOIN,
+                request,
+                averaging_pb2.JoinReply,
+                access=self.auth,
+                timeout_s=timeout,
+                max_reply_bytes=MAX_CONTROL_BYTES,
             )
-            if self.auth is not None:
-                self.auth.attach(request, JOIN_HANDLER)
-            await write_frame(writer, request, timeout)
-            return await read_frame(reader, averaging_pb2.JoinReply, MAX_CONTROL_BYTES, timeout)
-        except (BarnraiseError, asyncio.TimeoutError, TimeoutError, OSError, Exception) as e:
+        except Exception as e:  # leader gone, frozen or broken: no group this round
             return averaging_pb2.JoinReply(
                 status=averaging_pb2.JOIN_REFUSED, reason=f"leader {leader[:12]} unreachable: {e}"
             )
-        finally:
-            if writer is not None:
-                close_writer(writer)
 
     async def _lead(self, round_no: int, state: _LeaderRound, timing: RoundTiming) -> averaging_pb2.JoinReply:
         while time.time() < timing.close_at and not state.expected.issubset(state.joins):
@@ -255,24 +262,11 @@ class Matchmaker:
         state.any_join.set()
         state.closed_ev.set()
 
-    async def _handle_join(self, stream_info, reader, writer) -> None:
-        remote = stream_info.peer_id.to_base58()
-        try:
-            req = await read_frame(reader, averaging_pb2.JoinRequest, MAX_CONTROL_BYTES, 10.0)
-            refused = self.auth.refuse(req, JOIN_HANDLER, remote) if self.auth is not None else None
-            if refused is not None:
-                reply = averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=refused)
-            else:
-                reply = await self._answer_join(remote, req)
-            await write_frame(writer, reply, 10.0)
-        except BarnraiseError as e:
-            log.debug("join from %s failed: %s", remote[:12], e)
-        except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("handle_join handler failed")
-        finally:
-            await finish_stream(reader, writer)
-
-    async def _answer_join(self, remote: str, req: averaging_pb2.JoinRequest) -> averaging_pb2.JoinReply:
+    async def _answer_join(
+        self, stream: rpc.Stream, req: averaging_pb2.JoinRequest
+    ) -> averaging_pb2.JoinReply:
+        """A member's join, once ``rpc.serve`` has checked its membership."""
+        remote = stream.remote
         if req.peer_id != remote or req.run_id != self.run_id:
             return averaging_pb2.JoinReply(
                 status=averaging_pb2.JOIN_REFUSED, reason="peer id or run id mismatch"

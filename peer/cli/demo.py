@@ -27,10 +27,7 @@ def register(sub) -> None:
 
 def cmd_demo(args) -> int:
     from barnraise.coordinator.errors import ConfigError
-    from barnraise.coordinator.manifest import TrainingDefaults
-    from barnraise.coordinator.operator.runinit import init_run
     from barnraise.coordinator.shutdown import stop_on_signals
-    from barnraise.peer.cli.commands import collect_report
     from barnraise.peer.cli.launch import Swarm
     from barnraise.peer.cli.status_view import render_text
 
@@ -39,44 +36,10 @@ def cmd_demo(args) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="barnraise-demo-"))
     swarm = Swarm(workdir=workdir)
     stop_on_signals(lambda: (_ for _ in ()).throw(KeyboardInterrupt()))
-    threads = max(1, (os.cpu_count() or 1) // args.peers)
     print(f"demo: run directory {workdir}", flush=True)
     try:
-        manifest = init_run(
-            workdir / "run", model=args.model, training=TrainingDefaults(round_s=args.round_s)
-        )
-        print(
-            f"demo: run {manifest.run_id}: {len(manifest.shards)} shards of Python source, model {args.model}",
-            flush=True,
-        )
-        swarm.start_bootstrap(workdir / "run")
-        print(f"demo: bootstrap up at {swarm.initial_peers}", flush=True)
-        for i in range(args.peers):
-            swarm.start_peer(f"peer{i + 1}", ["--threads", str(threads)])
-        print(f"demo: started {args.peers} peers; training for {args.duration:.0f} s", flush=True)
-        first_loss = None
-        report = None
-        start = time.monotonic()
-        while time.monotonic() - start < args.duration:
-            time.sleep(min(10.0, max(0.0, args.duration - (time.monotonic() - start))))
-            for c in swarm.children:
-                if c.proc.poll() is not None:
-                    raise ConfigError(f"{c.name} exited with code {c.proc.returncode}; see {c.log_path}")
-            try:
-                report = collect_report([swarm.initial_peers], timeout_s=10.0)
-            except Exception as e:  # status is best effort while the swarm warms up
-                log.debug("status failed: %s", e)
-                continue
-            t = report["totals"]
-            if t["mean_loss"] is not None and first_loss is None:
-                first_loss = t["mean_loss"]
-            hashes = {p["params_hash"] for p in report["peers"] if p["alive"]}
-            loss = f"{t['mean_loss']:.3f}" if t["mean_loss"] is not None else "-"
-            print(
-                f"demo: {time.monotonic() - start:5.0f} s  round {report['round']:3d}  peers {t['peers_alive']}  "
-                f"loss {loss}  samples/s {t['samples_per_s']:.0f}  distinct params {len(hashes)}",
-                flush=True,
-            )
+        start_swarm(swarm, workdir / "run", args)
+        first_loss, report = watch(swarm, args.duration)
         if report is not None:
             sys.stdout.write(render_text(report))
             final = report["totals"]["mean_loss"]
@@ -94,3 +57,56 @@ def cmd_demo(args) -> int:
             print(f"demo: logs kept in {workdir}")
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def start_swarm(swarm, run_dir: Path, args) -> None:
+    """Create the run in ``run_dir``, then start its bootstrap and ``args.peers`` peers, sharing the
+    machine's cores between them."""
+    from barnraise.coordinator.manifest import TrainingDefaults
+    from barnraise.coordinator.operator.runinit import init_run
+
+    manifest = init_run(run_dir, model=args.model, training=TrainingDefaults(round_s=args.round_s))
+    print(
+        f"demo: run {manifest.run_id}: {len(manifest.shards)} shards of Python source, model {args.model}",
+        flush=True,
+    )
+    swarm.start_bootstrap(run_dir)
+    print(f"demo: bootstrap up at {swarm.initial_peers}", flush=True)
+    threads = max(1, (os.cpu_count() or 1) // args.peers)
+    for i in range(args.peers):
+        swarm.start_peer(f"peer{i + 1}", ["--threads", str(threads)])
+    print(f"demo: started {args.peers} peers; training for {args.duration:.0f} s", flush=True)
+
+
+def watch(swarm, duration_s: float) -> tuple[float | None, dict | None]:
+    """Print the swarm's progress every 10 s for ``duration_s``; returns (first mean loss seen, last
+    report). ConfigError if a child exits meanwhile."""
+    from barnraise.coordinator.errors import ConfigError
+    from barnraise.peer.cli.commands import collect_report
+
+    first_loss = report = None
+    start = time.monotonic()
+    while time.monotonic() - start < duration_s:
+        time.sleep(min(10.0, max(0.0, duration_s - (time.monotonic() - start))))
+        for c in swarm.children:
+            if c.proc.poll() is not None:
+                raise ConfigError(f"{c.name} exited with code {c.proc.returncode}; see {c.log_path}")
+        try:
+            report = collect_report([swarm.initial_peers], timeout_s=10.0)
+        except Exception as e:  # status is best effort while the swarm warms up
+            log.debug("status failed: %s", e)
+            continue
+        if first_loss is None:
+            first_loss = report["totals"]["mean_loss"]
+        print(progress_line(report, time.monotonic() - start), flush=True)
+    return first_loss, report
+
+
+def progress_line(report: dict, elapsed_s: float) -> str:
+    t = report["totals"]
+    hashes = {p["params_hash"] for p in report["peers"] if p["alive"]}
+    loss = f"{t['mean_loss']:.3f}" if t["mean_loss"] is not None else "-"
+    return (
+        f"demo: {elapsed_s:5.0f} s  round {report['round']:3d}  peers {t['peers_alive']}  "
+        f"loss {loss}  samples/s {t['samples_per_s']:.0f}  distinct params {len(hashes)}"
+    )

@@ -80,6 +80,21 @@ def finding_line(f: dict) -> str:
     return f"{f['kind']}: {who}{clean(f['detail'], 160)}"
 
 
+def finding_style(f: dict) -> str:
+    return "red" if f["kind"] in SEVERE else ("dim" if f["kind"] == "records_ignored" else "yellow")
+
+
+def findings_lines(findings: list[dict]) -> list[tuple[str, str]]:
+    """(line, rich style) for the findings: the first ``MAX_FINDINGS``, a count of the rest, or the
+    all-clear."""
+    lines = [(f"! {finding_line(f)}", finding_style(f)) for f in findings[:MAX_FINDINGS]]
+    if len(findings) > MAX_FINDINGS:
+        lines.append((f"! ... and {len(findings) - MAX_FINDINGS} more findings (see --json)", ""))
+    if not findings:
+        lines.append(("no findings: the swarm looks healthy", "green"))
+    return lines
+
+
 def render_text(report: dict, max_rows: int | None = None) -> str:
     """The report as plain text lines (no colours, no escapes)."""
     lines = []
@@ -103,20 +118,67 @@ def render_text(report: dict, max_rows: int | None = None) -> str:
         )
     if len(shown) < len(report["peers"]):
         lines.append(f"... and {len(report['peers']) - len(shown)} more peers")
-    findings = report["findings"]
-    for f in findings[:MAX_FINDINGS]:
-        lines.append(f"! {finding_line(f)}")
-    if len(findings) > MAX_FINDINGS:
-        lines.append(f"! ... and {len(findings) - MAX_FINDINGS} more findings (see --json)")
-    if not findings:
-        lines.append("no findings: the swarm looks healthy")
+    lines += [line for line, _style in findings_lines(report["findings"])]
     return "\n".join(lines) + "\n"
+
+
+# The rich table's columns: (header, justification); the rows are ``peer_cells``.
+RICH_COLUMNS = (
+    ("peer", "left"),
+    ("device", "left"),
+    ("round", "right"),
+    ("phase", "left"),
+    ("loss", "right"),
+    ("samples/s", "right"),
+    ("share", "right"),
+    ("sent", "right"),
+    ("params", "left"),
+    ("joined/missed", "right"),
+    ("seen", "right"),
+    ("status", "left"),
+)
+
+
+def peer_cells(p: dict) -> list[str]:
+    """One peer's row of the rich table, in ``RICH_COLUMNS`` order."""
+    return [
+        short_id(clean(p["peer_id"], 64)),
+        clean(p["device"], 24),
+        str(p["round"]),
+        p["phase"],
+        f"{p['loss']:.3f}",
+        f"{p['samples_per_s']:.1f}",
+        f"{p['contribution']:.0%}",
+        human_bytes(p["bytes_sent"]),
+        params_cell(p),
+        f"{p['rounds_joined']}/{p['rounds_missed']}",
+        f"{p['last_seen_s']:.1f}s",
+        status_cell(p),
+    ]
+
+
+def peer_style(p: dict) -> str:
+    """Dead peers dim, disagreeing ones red, stragglers yellow."""
+    if not p["alive"]:
+        return "dim"
+    return "red" if p["disagrees"] else ("yellow" if p["straggler"] else "")
+
+
+def peers_table(peers: list[dict]):
+    """The peers as a rich Table."""
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
+    for name, justify in RICH_COLUMNS:
+        table.add_column(name, justify=justify, no_wrap=True)
+    for p in peers:
+        table.add_row(*peer_cells(p), style=peer_style(p))
+    return table
 
 
 def render_rich(report: dict, *, footer: str = "", error: str = "", max_rows: int | None = None):
     """The report as a rich renderable (a Group): summary, peers table, findings, footer."""
     from rich.console import Group
-    from rich.table import Table
     from rich.text import Text
 
     parts: list = []
@@ -126,55 +188,11 @@ def render_rich(report: dict, *, footer: str = "", error: str = "", max_rows: in
     if message:
         parts.append(Text(message, style="yellow"))
     else:
-        table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
-        for name, justify in (
-            ("peer", "left"),
-            ("device", "left"),
-            ("round", "right"),
-            ("phase", "left"),
-            ("loss", "right"),
-            ("samples/s", "right"),
-            ("share", "right"),
-            ("sent", "right"),
-            ("params", "left"),
-            ("joined/missed", "right"),
-            ("seen", "right"),
-            ("status", "left"),
-        ):
-            table.add_column(name, justify=justify, no_wrap=True)
         shown = report["peers"] if max_rows is None else report["peers"][:max_rows]
-        for p in shown:
-            style = (
-                "dim"
-                if not p["alive"]
-                else ("red" if p["disagrees"] else ("yellow" if p["straggler"] else ""))
-            )
-            table.add_row(
-                short_id(clean(p["peer_id"], 64)),
-                clean(p["device"], 24),
-                str(p["round"]),
-                p["phase"],
-                f"{p['loss']:.3f}",
-                f"{p['samples_per_s']:.1f}",
-                f"{p['contribution']:.0%}",
-                human_bytes(p["bytes_sent"]),
-                params_cell(p),
-                f"{p['rounds_joined']}/{p['rounds_missed']}",
-                f"{p['last_seen_s']:.1f}s",
-                status_cell(p),
-                style=style,
-            )
-        parts.append(table)
+        parts.append(peers_table(shown))
         if len(shown) < len(report["peers"]):
             parts.append(Text(f"... and {len(report['peers']) - len(shown)} more peers", style="dim"))
-        findings = report["findings"]
-        for f in findings[:MAX_FINDINGS]:
-            style = "red" if f["kind"] in SEVERE else ("dim" if f["kind"] == "records_ignored" else "yellow")
-            parts.append(Text(f"! {finding_line(f)}", style=style))
-        if len(findings) > MAX_FINDINGS:
-            parts.append(Text(f"! ... and {len(findings) - MAX_FINDINGS} more findings (see --json)"))
-        if not findings:
-            parts.append(Text("no findings: the swarm looks healthy", style="green"))
+        parts += [Text(line, style=style) for line, style in findings_lines(report["findings"])]
     if error:
         parts.append(Text(f"last refresh failed: {clean(error, 200)}", style="red"))
     if footer:

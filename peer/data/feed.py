@@ -41,6 +41,7 @@ from barnraise.peer.events import (
     ShardFetched,
     ShardSkipped,
 )
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -289,18 +290,20 @@ class ShardFeed:
         cache_dir: Path,
         sources: Sequence[ShardSourceRef],
         options: ShardOptions,
+        auth: PeerAuth | OpenRun,
         events: EventLog = NO_EVENTS,
         corrupt_shards: Callable[[], bool] | None = None,
     ) -> ShardFeed:
         """A feed with its cache, shard server, cache announcer and lease keeper running.
 
         ``cache_dir`` is the run's cache directory; ``sources`` are tried after peers (the
-        coordinator). ``loop`` is the peer's ``P2PLoop``. ``events`` gets the shard events;
-        ``corrupt_shards`` (tests only, peer/injection.py) says when to corrupt what is served.
+        coordinator). ``loop`` is the peer's ``P2PLoop``; ``auth`` signs our shard requests to
+        peers and checks theirs. ``events`` gets the shard events; ``corrupt_shards`` (tests only,
+        peer/injection.py) says when to corrupt what is served.
         """
         cache = ShardCache(cache_dir / "shards", options.cache_budget_bytes, events)
         cache.enforce_budget()
-        server = ShardServer(loop.p2p, cache, manifest, options.serve)
+        server = ShardServer(loop.p2p, cache, manifest, options.serve, auth=auth)
         server.corrupt = corrupt_shards
         loop.call(server.register(), 10.0)
         announcer = CacheAnnouncer(dht, cache, manifest, peer_id, options.serve)
@@ -314,7 +317,7 @@ class ShardFeed:
             peer_id,
             leases=keeper.client,
             keeper=keeper,
-            peers=PeerShardSources(dht, loop, cache, manifest, peer_id),
+            peers=PeerShardSources(dht, loop, cache, manifest, peer_id, auth=auth),
             events=events,
             idle_wait_s=options.idle_wait_s,
         )

@@ -78,28 +78,24 @@ class LeaseClient:
         return leases.highest_epoch(raw)
 
     # --- writes -------------------------------------------------------------------------------
-    def _store_lease(self, lease: shards_pb2.ShardLease) -> bool:
+    def _store(self, key: str, subkey: str, record, ttl_s: float) -> bool:
+        """Store one of this run's protobuf records, within the DHT call deadline."""
         return records.store(
-            self.dht,
-            records.lease_key(self.run_id, lease.epoch, lease.shard),
-            self.peer_id,
-            lease.SerializeToString(),
-            self.cfg.lease_retention_s,
-            timeout_s=self.timeout_s,
+            self.dht, key, subkey, record.SerializeToString(), ttl_s, timeout_s=self.timeout_s
         )
 
     def store_held(self, held: HeldLease, *, expires_at: float, released: bool = False) -> bool:
-        return self._store_lease(
-            shards_pb2.ShardLease(
-                peer_id=self.peer_id,
-                epoch=held.epoch,
-                shard=held.shard,
-                claim_time=held.claim_time,
-                expires_at=expires_at,
-                offset=held.offset,
-                released=released,
-            )
+        lease = shards_pb2.ShardLease(
+            peer_id=self.peer_id,
+            epoch=held.epoch,
+            shard=held.shard,
+            claim_time=held.claim_time,
+            expires_at=expires_at,
+            offset=held.offset,
+            released=released,
         )
+        key = records.lease_key(self.run_id, held.epoch, held.shard)
+        return self._store(key, self.peer_id, lease, self.cfg.lease_retention_s)
 
     def claim(self, epoch: int, shard: int) -> HeldLease | None:
         """Try to take a shard: None if another peer holds it or wins the race for it.
@@ -160,25 +156,11 @@ class LeaseClient:
 
     def mark_done(self, epoch: int, shard: int) -> bool:
         done = shards_pb2.ShardDone(shard=shard, epoch=epoch, peer_id=self.peer_id, finished_at=time.time())
-        return records.store(
-            self.dht,
-            records.done_key(self.run_id, epoch),
-            str(shard),
-            done.SerializeToString(),
-            self.cfg.done_retention_s,
-            timeout_s=self.timeout_s,
-        )
+        return self._store(records.done_key(self.run_id, epoch), str(shard), done, self.cfg.done_retention_s)
 
     def publish_epoch(self, epoch: int) -> bool:
         mark = shards_pb2.EpochMark(peer_id=self.peer_id, epoch=epoch, timestamp=time.time())
-        return records.store(
-            self.dht,
-            records.epoch_key(self.run_id),
-            self.peer_id,
-            mark.SerializeToString(),
-            self.cfg.epoch_mark_ttl_s,
-            timeout_s=self.timeout_s,
-        )
+        return self._store(records.epoch_key(self.run_id), self.peer_id, mark, self.cfg.epoch_mark_ttl_s)
 
 
 @dataclass

@@ -9,7 +9,8 @@ ranks the same way; peers that did, last; peers that sent ``MAX_BAD_COPIES``, ne
 
 What comes back is unverified: ``ShardCache.fetch`` checks the sha256 against the manifest and
 discards a bad copy. Every read has a size cap and every network wait a deadline; a serving peer
-limits concurrent uploads (``FETCH_BUSY``) so its own averaging traffic is not starved.
+limits concurrent uploads (``FETCH_BUSY``) so its own averaging traffic is not starved, and in a
+closed run serves members only (``FETCH_REFUSED``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ from barnraise.coordinator import records
 from barnraise.coordinator.errors import BarnraiseError, PeerUnavailable, ProtocolError
 from barnraise.peer.data.leasing import dht_alive
 from barnraise.peer.data.shards import ShardCache, ShardSourceRef
+from barnraise.peer.net import rpc
+from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.peer.net.p2ploop import P2PLoop
-from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
 from barnraise.protos import manifest_pb2, shards_pb2
 
 log = logging.getLogger(__name__)
@@ -37,8 +39,17 @@ CHUNK_BYTES = 1 << 20  # shard data frames carry at most this much
 CONNECT_TIMEOUT_S = 10.0  # opening a stream to a peer
 REPLY_TIMEOUT_S = 10.0  # the serving peer's answer to a request
 MIN_RATE_BYTES_S = 128 * 1024  # slowest transfer tolerated: 1 Mbit/s, beyond which we try another source
-MAX_REQUEST_BYTES = 1024  # a request is a run id and a digest
+MAX_REQUEST_BYTES = 4096  # a request is a run id, a digest and a signed membership token (<= 1 KiB)
+MAX_REPLY_BYTES = 1024  # a status, a size and a refusal reason
 MAX_BAD_COPIES = 3  # a peer that served this many bad copies is not asked again
+SHARD = rpc.Method(
+    name=SHARD_HANDLER,
+    request=shards_pb2.ShardFetchRequest,
+    max_request_bytes=MAX_REQUEST_BYTES,
+    refusal=lambda why: shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_REFUSED, reason=why),
+    request_timeout_s=REPLY_TIMEOUT_S,
+    reply_timeout_s=REPLY_TIMEOUT_S,
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -109,8 +120,17 @@ class ShardServer:
     # tests only, installed from outside (peer/injection.py): True while what is served must be corrupted
     corrupt: Callable[[], bool] | None = None
 
-    def __init__(self, p2p, cache: ShardCache, manifest: manifest_pb2.RunManifest, cfg: ServeConfig):
+    def __init__(
+        self,
+        p2p,
+        cache: ShardCache,
+        manifest: manifest_pb2.RunManifest,
+        cfg: ServeConfig,
+        *,
+        auth: PeerAuth | OpenRun,
+    ):
         self.p2p = p2p
+        self.auth = auth  # who may fetch our shards (OPEN_RUN: anyone)
         self.cache = cache
         self.run_id = manifest.run_id
         self.shards = {s.sha256: s for s in manifest.shards}
@@ -119,65 +139,61 @@ class ShardServer:
         self.served = 0  # shards served whole
 
     async def register(self) -> None:
-        await self.p2p.add_binary_stream_handler(SHARD_HANDLER, self._handle)
+        await rpc.serve(self.p2p, SHARD, self._serve, access=self.auth)
 
-    async def _handle(self, stream_info, reader, writer) -> None:
-        who = stream_info.peer_id.to_base58()[:12]
+    async def _serve(
+        self, stream: rpc.Stream, req: shards_pb2.ShardFetchRequest
+    ) -> shards_pb2.ShardFetchReply | None:
+        """A member's request, once ``rpc.serve`` has checked its membership: a reply, then the shard."""
+        info = self.shards.get(req.sha256)
+        if req.run_id != self.run_id:
+            return shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_WRONG_RUN)
+        if info is None:
+            return shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_NOT_FOUND)
+        if self.active >= self.cfg.max_uploads:
+            return shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_BUSY)
+        self.active += 1
         try:
-            req = await read_frame(reader, shards_pb2.ShardFetchRequest, MAX_REQUEST_BYTES, REPLY_TIMEOUT_S)
-            info = self.shards.get(req.sha256)
-            if req.run_id != self.run_id:
-                await self._refuse(writer, shards_pb2.FETCH_WRONG_RUN)
-                return
-            if info is None:
-                await self._refuse(writer, shards_pb2.FETCH_NOT_FOUND)
-                return
-            if self.active >= self.cfg.max_uploads:
-                await self._refuse(writer, shards_pb2.FETCH_BUSY)
-                return
-            self.active += 1
-            try:
-                await self._send(writer, info)
-            finally:
-                self.active -= 1
-        except BarnraiseError as e:
-            log.debug("shard request from %s failed: %s", who, e)
-        except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("handle handler failed")
+            return await self._send(stream, info)
         finally:
-            await finish_stream(reader, writer)
+            self.active -= 1
 
-    async def _refuse(self, writer, status: int) -> None:
-        await write_frame(writer, shards_pb2.ShardFetchReply(status=status), REPLY_TIMEOUT_S)
-
-    async def _send(self, writer, info: manifest_pb2.ShardInfo) -> None:
+    async def _send(
+        self, stream: rpc.Stream, info: manifest_pb2.ShardInfo
+    ) -> shards_pb2.ShardFetchReply | None:
         data = await asyncio.to_thread(self.cache.load, info)  # re-verified: a rotten file is never served
         if data is None:
-            await self._refuse(writer, shards_pb2.FETCH_NOT_FOUND)
-            return
+            return shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_NOT_FOUND)
         if self.corrupt is not None and self.corrupt():
             data = bytes(b ^ 0x5A for b in data[:64]) + data[64:]
         reply = shards_pb2.ShardFetchReply(status=shards_pb2.FETCH_OK, total_bytes=len(data))
-        await write_frame(writer, reply, REPLY_TIMEOUT_S)
+        await stream.write(reply, REPLY_TIMEOUT_S)
         per_chunk_s = REPLY_TIMEOUT_S + CHUNK_BYTES / MIN_RATE_BYTES_S
         for i in range(0, len(data), CHUNK_BYTES):
-            await write_frame(writer, data[i : i + CHUNK_BYTES], per_chunk_s)
+            await stream.write(data[i : i + CHUNK_BYTES], per_chunk_s)
         self.served += 1
+        return None
 
 
-async def fetch_from_peer(p2p, peer_id: str, run_id: str, info: manifest_pb2.ShardInfo) -> bytes:
-    """A shard's bytes as one peer serves them (unverified: the caller checks the sha256)."""
-    from hivemind.p2p import PeerID
-
-    writer = None
+def _status_name(reply: shards_pb2.ShardFetchReply) -> str:
     try:
-        _, reader, writer = await asyncio.wait_for(
-            p2p.call_binary_stream_handler(PeerID.from_base58(peer_id), SHARD_HANDLER), CONNECT_TIMEOUT_S
-        )
-        await write_frame(writer, shards_pb2.ShardFetchRequest(run_id=run_id, sha256=info.sha256), 5.0)
-        reply = await read_frame(reader, shards_pb2.ShardFetchReply, 64, REPLY_TIMEOUT_S)
+        name = shards_pb2.FetchStatus.Name(reply.status)
+    except ValueError:  # a status this version does not know
+        name = f"status {reply.status}"
+    return f"{name} ({reply.reason})" if reply.reason else name
+
+
+async def fetch_from_peer(
+    p2p, peer_id: str, run_id: str, info: manifest_pb2.ShardInfo, *, auth: PeerAuth | OpenRun
+) -> bytes:
+    """A shard's bytes as one peer serves them (unverified: the caller checks the sha256)."""
+    request = shards_pb2.ShardFetchRequest(run_id=run_id, sha256=info.sha256)
+    async with rpc.call(
+        p2p, peer_id, SHARD, request, access=auth, connect_timeout_s=CONNECT_TIMEOUT_S, send_timeout_s=5.0
+    ) as stream:
+        reply = await stream.read(shards_pb2.ShardFetchReply, MAX_REPLY_BYTES, REPLY_TIMEOUT_S)
         if reply.status != shards_pb2.FETCH_OK:
-            raise PeerUnavailable(f"peer {peer_id[:12]} refused: {shards_pb2.FetchStatus.Name(reply.status)}")
+            raise PeerUnavailable(f"peer {peer_id[:12]} refused: {_status_name(reply)}")
         if reply.total_bytes != info.size_bytes:
             raise ProtocolError(
                 f"peer {peer_id[:12]} offered {reply.total_bytes} bytes of shard {info.index}, "
@@ -186,22 +202,11 @@ async def fetch_from_peer(p2p, peer_id: str, run_id: str, info: manifest_pb2.Sha
         buf = bytearray()
         per_chunk_s = REPLY_TIMEOUT_S + CHUNK_BYTES / MIN_RATE_BYTES_S
         while len(buf) < info.size_bytes:
-            chunk = await read_frame_bytes(reader, min(CHUNK_BYTES, info.size_bytes - len(buf)), per_chunk_s)
+            chunk = await stream.read_bytes(min(CHUNK_BYTES, info.size_bytes - len(buf)), per_chunk_s)
             if not chunk:
                 raise ProtocolError(f"peer {peer_id[:12]} sent an empty frame")
             buf += chunk
         return bytes(buf)
-    except (asyncio.TimeoutError, TimeoutError) as e:
-        raise PeerUnavailable(f"peer {peer_id[:12]} did not answer in time") from e
-    except (ConnectionError, OSError) as e:
-        raise PeerUnavailable(f"peer {peer_id[:12]} unreachable: {e}") from e
-    except Exception as e:  # p2pd reports dial failures as its own error types
-        if isinstance(e, BarnraiseError):
-            raise
-        raise PeerUnavailable(f"peer {peer_id[:12]} unreachable: {type(e).__name__}: {e}") from e
-    finally:
-        if writer is not None:
-            close_writer(writer)
 
 
 # --- announcing and finding -------------------------------------------------------------------------
@@ -265,9 +270,17 @@ class PeerShardSources:
     """Sources for a shard among peers that announced it, best first."""
 
     def __init__(
-        self, dht, loop: P2PLoop, cache: ShardCache, manifest: manifest_pb2.RunManifest, peer_id: str
+        self,
+        dht,
+        loop: P2PLoop,
+        cache: ShardCache,
+        manifest: manifest_pb2.RunManifest,
+        peer_id: str,
+        *,
+        auth: PeerAuth | OpenRun,
     ):
         self.dht, self.loop, self.cache, self.peer_id = dht, loop, cache, peer_id
+        self.auth = auth  # signs our requests (closed runs)
         self.run_id = manifest.run_id
         self.n_shards = len(manifest.shards)
 
@@ -302,7 +315,7 @@ class PeerShardSources:
         for peer in self.holders(info)[:limit]:
 
             def fetch(i: manifest_pb2.ShardInfo, peer: str = peer) -> bytes:
-                coro = fetch_from_peer(self.loop.p2p, peer, self.run_id, i)
+                coro = fetch_from_peer(self.loop.p2p, peer, self.run_id, i, auth=self.auth)
                 return self.loop.call(coro, transfer_timeout_s(i.size_bytes) + 5.0)
 
             refs.append(ShardSourceRef(name=self.source_name(peer), fetch=fetch))

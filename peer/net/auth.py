@@ -13,8 +13,11 @@ valid one, and registers the peer's key so that its DHT records are sealed. Then
   (``suspects``), one clipped in ``ban_after`` is banned by this peer for the rest of the run;
 - a background thread adopts the run's signed revocation record (revoked tokens, banned peers).
 
-Shard transfer between peers and any later protocol use the same two calls: ``attach`` before
-sending, ``refuse`` first thing in the handler, with a ``RequestAuth auth = 15`` field in the request.
+Every protocol between peers goes through ``peer/net/rpc.py``, which calls ``attach`` on each
+request it sends and ``refuse`` on each it receives, before any handler (the request types carry a
+``RequestAuth auth = 15`` field). ``OPEN_RUN`` stands in for a ``PeerAuth`` where there is no run
+to be a member of (benchmarks, tests): it signs nothing and admits everyone, and says so at the
+call site.
 """
 
 from __future__ import annotations
@@ -239,6 +242,25 @@ class PeerAuth:
         if self.closed:
             channel = grpc.intercept_channel(client.channel, _SigningInterceptor(self))
             client.stub = coordinator_pb2_grpc.CoordinatorStub(channel)
+
+
+class OpenRun:
+    """Membership where everyone is admitted: signs nothing, refuses nobody, keeps no clipping record."""
+
+    def attach(self, msg: Message, method: str) -> None:
+        pass
+
+    def refuse(self, msg: Message, method: str, remote: str) -> str | None:
+        return None
+
+    def admits(self, peer_id: str, token: auth_pb2.SignedToken | None) -> bool:
+        return True
+
+    def note_clipped(self, round_no: int, clipped: dict[str, float]) -> None:
+        pass
+
+
+OPEN_RUN = OpenRun()
 
 
 class _CallDetails(

@@ -48,7 +48,10 @@ async def read_frame_bytes(reader: asyncio.StreamReader, max_bytes: int, timeout
 
 
 async def read_frame(reader: asyncio.StreamReader, cls: type[M], max_bytes: int, timeout_s: float) -> M:
-    data = await read_frame_bytes(reader, max_bytes, timeout_s)
+    return parse_frame(cls, await read_frame_bytes(reader, max_bytes, timeout_s))
+
+
+def parse_frame(cls: type[M], data: bytes) -> M:
     try:
         return cls.FromString(data)
     except Exception as e:

@@ -5,98 +5,68 @@ With averaging overlapped with compute (round delay 1), the state a group starts
 the one it applies at the end of round k: it exists nowhere before then, so a plain download is
 always one round stale and the peer chases the swarm round after round. A donor therefore also
 serves the state it is *about to* hold: once its averaging of the requested round has finished it
-takes the outer step on a copy of its snapshot (the same deterministic step every member takes) and
-serves that, so the requester can join the very next round. The donor serialises on demand, off
-the P2P loop; the training thread never waits for a download.
+serves the round's ``next_state`` (``barnraise.peer.sync.rounds``: the same deterministic outer step
+every member takes, computed once and applied by the daemon too), so the requester can join the
+very next round. The donor serialises on demand, off the P2P loop; the training thread never
+waits for a download.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import logging
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
 
-from barnraise.coordinator.errors import BarnraiseError, IntegrityError, PeerUnavailable
+from barnraise.coordinator.errors import IntegrityError, PeerUnavailable
 from barnraise.coordinator.runclock import RoundClock
-from barnraise.peer.net.wire import close_writer, finish_stream, read_frame, read_frame_bytes, write_frame
-from barnraise.peer.training.state import GlobalState, all_finite, tensor_hash
+from barnraise.peer.net import rpc
+from barnraise.peer.net.auth import OpenRun, PeerAuth
+from barnraise.peer.sync.rounds import LaunchedRound
+from barnraise.peer.sync.state import GlobalState, tensor_hash
 from barnraise.protos import averaging_pb2, heartbeat_pb2
 
 log = logging.getLogger(__name__)
 
 STATE_HANDLER = "barnraise.state"
 CHUNK_BYTES = 1 << 20
+MAX_MESSAGE_BYTES = 4096  # a request or a header: ids, numbers and a signed membership token
 MAX_DONOR_WAIT_S = 30.0  # a requester cannot hold a donor's stream open longer than this
 POLL_S = 0.05  # how often a waiting donor looks at its averaging round
-
-
-@dataclass(frozen=True)
-class _InFlight:
-    """An averaging round the donor has launched: its outcome turns the snapshot into the next state."""
-
-    round: int
-    future: concurrent.futures.Future  # resolves to peer.averager.RoundOutcome
-    base_hash: str  # params hash of the state the round was launched from
+STATE = rpc.Method(
+    name=STATE_HANDLER,
+    request=averaging_pb2.StateRequest,
+    max_request_bytes=MAX_MESSAGE_BYTES,
+    refusal=lambda why: averaging_pb2.StateHeader(ok=False, reason=why),
+)
 
 
 class StateServer:
-    def __init__(self, p2p, run_id: str, outer_lr: float, outer_momentum: float, auth=None):
+    def __init__(self, p2p, run_id: str, *, auth: PeerAuth | OpenRun):
         self.p2p = p2p
         self.run_id = run_id
-        self.outer_lr = outer_lr  # the run's outer step, to stage the state a running round leads to
-        self.outer_momentum = outer_momentum
-        self.auth = auth  # peer.auth.PeerAuth: who may download our state (None: anyone)
+        self.auth = auth  # who may download our state (OPEN_RUN: anyone)
         self._lock = threading.Lock()
-        self._snapshot: GlobalState | None = None
-        self._inflight: _InFlight | None = None
-        self._next: tuple[_InFlight, GlobalState] | None = None  # the state the in-flight round leads to
+        self._current: GlobalState | None = None  # the state this peer holds (states never change)
+        self._inflight: LaunchedRound | None = None  # the round launched from it, if any
         self._blob: tuple[GlobalState, bytes] | None = None  # the last state served, serialized
 
     async def register(self) -> None:
-        await self.p2p.add_binary_stream_handler(STATE_HANDLER, self._handle)
+        await rpc.serve(self.p2p, STATE, self._serve, access=self.auth)
 
     def publish(self, state: GlobalState) -> None:
-        """Called by the training thread after each outer step (or sync): a copy, serialized only
-        when a peer asks for it, so the training thread pays two memory copies per round. A staged
-        state and a finished round are dropped here: they are this state now, or obsolete, and
-        each holds a model-sized tensor."""
-        snap = state.snapshot()
+        """Called by the training thread after each outer step (or sync). States are immutable, so
+        this keeps a reference, serialized only when a peer asks; a finished round is dropped here."""
         with self._lock:
-            self._snapshot = snap
-            self._next = None
-            if self._inflight is not None and self._inflight.round <= snap.round:
+            self._current = state
+            if self._inflight is not None and self._inflight.round <= state.round:
                 self._inflight = None
 
-    def track(self, round_no: int, future: concurrent.futures.Future, base_hash: str) -> None:
-        """Called by the training thread when it launches a round from the published snapshot."""
+    def track(self, launched: LaunchedRound) -> None:
+        """Called by the training thread when it launches a round from the published state."""
         with self._lock:
-            self._inflight = _InFlight(round_no, future, base_hash)
-
-    def _upcoming(self, snap: GlobalState, inflight: _InFlight | None) -> GlobalState | None:
-        """The state ``inflight`` leads to, once it has succeeded: our snapshot after the outer step
-        every member of its group takes (computed once, on a copy)."""
-        if inflight is None or inflight.round <= snap.round or inflight.base_hash != snap.params_hash():
-            return None
-        if not inflight.future.done():
-            return None
-        with self._lock:
-            if self._next is not None and self._next[0] is inflight:
-                return self._next[1]
-        try:
-            out = inflight.future.result()
-        except BaseException:  # cancelled or failed: nothing to stage
-            return None
-        if not out.ok or out.average is None or not all_finite(out.average):
-            return None
-        nxt = snap.snapshot()
-        nxt.outer_step(out.average, self.outer_lr, self.outer_momentum, inflight.round)
-        with self._lock:
-            self._next = (inflight, nxt)
-        return nxt
+            self._inflight = launched
 
     async def _choose(self, min_round: int, wait_s: float) -> GlobalState | None:
         """The state of ``min_round`` if we hold it or our averaging produces it within ``wait_s``
@@ -104,20 +74,18 @@ class StateServer:
         deadline = time.monotonic() + min(max(0.0, wait_s), MAX_DONOR_WAIT_S)
         while True:
             with self._lock:
-                snap, inflight = self._snapshot, self._inflight
-            if snap is None:
+                current, inflight = self._current, self._inflight
+            if current is None:
                 return None
-            if snap.round >= min_round:
-                return snap
-            ours = inflight is not None and inflight.base_hash == snap.params_hash()
+            if current.round >= min_round:
+                return current
+            ours = inflight is not None and inflight.round > current.round and inflight.base is current
             if ours and inflight.future.done():
-                nxt = await asyncio.to_thread(self._upcoming, snap, inflight)
-                if inflight.round >= min_round:  # done, for better or worse: no point waiting
-                    return nxt or snap
-                if time.monotonic() >= deadline:
-                    return nxt or snap
+                nxt = await asyncio.to_thread(inflight.next_state)  # the outer step, once, off the loop
+                if inflight.round >= min_round or time.monotonic() >= deadline:
+                    return nxt or current  # done, for better or worse: no point waiting
             elif time.monotonic() >= deadline:
-                return snap
+                return current
             await asyncio.sleep(POLL_S)
 
     def _serialized(self, state: GlobalState) -> bytes:
@@ -130,38 +98,21 @@ class StateServer:
             self._blob = (state, blob)
         return blob
 
-    async def _handle(self, stream_info, reader, writer) -> None:
-        try:
-            req = await read_frame(reader, averaging_pb2.StateRequest, 4096, 10.0)
-            remote = stream_info.peer_id.to_base58()
-            if (
-                self.auth is not None
-                and (refused := self.auth.refuse(req, STATE_HANDLER, remote)) is not None
-            ):
-                await write_frame(writer, averaging_pb2.StateHeader(ok=False, reason=refused), 5.0)
-                return
-            state = await self._choose(req.min_round, req.wait_s) if req.run_id == self.run_id else None
-            if state is None or state.round < 0:
-                await write_frame(
-                    writer, averaging_pb2.StateHeader(ok=False, reason="no state for that run"), 5.0
-                )
-                return
-            blob = await asyncio.to_thread(self._serialized, state)
-            await write_frame(
-                writer,
-                averaging_pb2.StateHeader(
-                    ok=True, round=state.round, params_hash=state.params_hash(), total_bytes=len(blob)
-                ),
-                5.0,
-            )
-            for i in range(0, len(blob), CHUNK_BYTES):
-                await write_frame(writer, blob[i : i + CHUNK_BYTES], 60.0)
-        except BarnraiseError as e:
-            log.debug("state request from %s failed: %s", stream_info.peer_id.to_base58()[:12], e)
-        except Exception:  # a bug here must not pass for a closed stream on the other side
-            log.exception("state handler failed")
-        finally:
-            await finish_stream(reader, writer)
+    async def _serve(
+        self, stream: rpc.Stream, req: averaging_pb2.StateRequest
+    ) -> averaging_pb2.StateHeader | None:
+        """A member's request, once ``rpc.serve`` has checked its membership: a header, then the state."""
+        state = await self._choose(req.min_round, req.wait_s) if req.run_id == self.run_id else None
+        if state is None or state.round < 0:
+            return averaging_pb2.StateHeader(ok=False, reason="no state for that run")
+        blob = await asyncio.to_thread(self._serialized, state)
+        header = averaging_pb2.StateHeader(
+            ok=True, round=state.round, params_hash=state.params_hash(), total_bytes=len(blob)
+        )
+        await stream.write(header, STATE.reply_timeout_s)
+        for i in range(0, len(blob), CHUNK_BYTES):
+            await stream.write(blob[i : i + CHUNK_BYTES], 60.0)
+        return None
 
 
 async def download_state(
@@ -170,42 +121,33 @@ async def download_state(
     run_id: str,
     numel: int,
     timeout_s: float,
-    auth=None,
+    *,
+    auth: PeerAuth | OpenRun,
     min_round: int = -1,
     wait_s: float = 0.0,
 ) -> GlobalState:
-    """Download ``donor``'s state; with ``min_round``, the donor may wait ``wait_s`` for that round's."""
-    from hivemind.p2p import PeerID
+    """Download ``donor``'s state; with ``min_round``, the donor may wait ``wait_s`` for that round's.
 
-    writer = None
-    try:
-        _, reader, writer = await asyncio.wait_for(
-            p2p.call_binary_stream_handler(PeerID.from_base58(donor), STATE_HANDLER), 10.0
-        )
-        request = averaging_pb2.StateRequest(run_id=run_id, min_round=min_round, wait_s=wait_s)
-        if auth is not None:
-            auth.attach(request, STATE_HANDLER)
-        await write_frame(writer, request, 5.0)
-        head = await read_frame(reader, averaging_pb2.StateHeader, 4096, 10.0 + min(wait_s, MAX_DONOR_WAIT_S))
-        expected = 8 * numel + 64
+    ``timeout_s``: the most seconds between two frames of the state."""
+    request = averaging_pb2.StateRequest(run_id=run_id, min_round=min_round, wait_s=wait_s)
+    async with rpc.call(
+        p2p, donor, STATE, request, access=auth, connect_timeout_s=10.0, send_timeout_s=5.0
+    ) as stream:
+        wait = 10.0 + min(wait_s, MAX_DONOR_WAIT_S)
+        head = await stream.read(averaging_pb2.StateHeader, MAX_MESSAGE_BYTES, wait)
         if not head.ok:
             raise PeerUnavailable(f"donor {donor[:12]} has no state: {head.reason}")
-        if head.total_bytes > expected:
+        if head.total_bytes > 8 * numel + 64:
             raise IntegrityError(
                 f"donor {donor[:12]} announced {head.total_bytes} bytes of state, more than the model needs"
             )
         buf = bytearray()
         while len(buf) < head.total_bytes:
-            buf += await read_frame_bytes(reader, CHUNK_BYTES, timeout_s)
-        state = GlobalState.from_bytes(bytes(buf), numel)
-        if state.params_hash() != head.params_hash or state.round != head.round:
-            raise IntegrityError(f"state from {donor[:12]} does not match the hash it announced")
-        return state
-    except (asyncio.TimeoutError, TimeoutError) as e:
-        raise PeerUnavailable(f"donor {donor[:12]} did not answer in time") from e
-    finally:
-        if writer is not None:
-            close_writer(writer)
+            buf += await stream.read_bytes(CHUNK_BYTES, timeout_s)
+    state = GlobalState.from_bytes(bytes(buf), numel)
+    if state.params_hash() != head.params_hash or state.round != head.round:
+        raise IntegrityError(f"state from {donor[:12]} does not match the hash it announced")
+    return state
 
 
 def sync_target(clock: RoundClock, now: float, numel: int, mbit: float) -> tuple[int, float]:

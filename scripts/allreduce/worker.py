@@ -81,6 +81,7 @@ class Ours:
     def __init__(self, node: Node, phase: str, codec: str, cfg: argparse.Namespace):
         from barnraise.peer.averaging.averager import Averager
         from barnraise.peer.averaging.robust import RobustConfig
+        from barnraise.peer.net.auth import OPEN_RUN
 
         self.node, self.cfg = node, cfg
         self.av = Averager(
@@ -92,6 +93,7 @@ class Ours:
             group_size=cfg.peers,
             topk_fraction=cfg.topk_fraction,
             robust=RobustConfig(aggregator=cfg.aggregator),
+            auth=OPEN_RUN,  # a benchmark swarm without membership
         )
         node.loop.call(self.av.register(), timeout_s=30.0)
         self.formed_at: dict[int, float] = {}

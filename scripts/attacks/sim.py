@@ -29,9 +29,9 @@ from barnraise.peer.averaging import codecs
 from barnraise.peer.averaging.allreduce import PartReducer, part_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.data.shards import shard_tokens
+from barnraise.peer.sync.state import GlobalState, OuterStep, flat_params, load_flat
 from barnraise.peer.training.device import DeviceInfo
 from barnraise.peer.training.model import build_model
-from barnraise.peer.training.state import GlobalState, flat_params, load_flat
 from barnraise.peer.training.trainer import InnerTrainer
 from barnraise.protos import averaging_pb2, manifest_pb2
 from scripts.diloco_sim import Stream
@@ -217,7 +217,7 @@ def run(
         average, reduce_s = reduce_round(r, updates, weights, robust, cfg.codec, clipped, excluded)
         reduce_times.append(reduce_s)
         if average is not None and bool(torch.isfinite(average).all()):
-            state.outer_step(average, cfg.outer_lr, cfg.outer_momentum, r)
+            state = OuterStep(lr=cfg.outer_lr, momentum=cfg.outer_momentum).apply(state, average, r)
         if trace:
             load_flat(peers[0][0].model, state.params)
             curve.append(evaluate(peers[0][0].model, corpus))

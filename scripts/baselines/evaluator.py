@@ -47,7 +47,7 @@ class Evaluator:
 
     def loss(self, params: torch.Tensor) -> float:
         """Mean loss of ``params`` on the evaluation batch (in chunks, to bound memory)."""
-        from barnraise.peer.training.state import load_flat
+        from barnraise.peer.sync.state import load_flat
 
         if params.numel() != self.numel:
             raise ValueError(f"snapshot has {params.numel()} values, the model {self.numel}")

@@ -150,7 +150,7 @@ class Workload:
         return float(loss.item()), int(x.shape[0])
 
     def flat_params(self) -> torch.Tensor:
-        from barnraise.peer.training.state import flat_params
+        from barnraise.peer.sync.state import flat_params
 
         return flat_params(self.model)
 

@@ -30,8 +30,17 @@ def agreed_rounds(*children) -> list[int]:
 
 
 def disagreeing_rounds(*children) -> list[int]:
+    """Rounds these peers applied as members of one group, yet ended with different params.
+
+    Peers that averaged in different groups of a round (a peer left out for a few rounds after
+    misbehaving forms a group of its own) may legitimately hold different states."""
     logs = [applied(c) for c in children]
-    common = set(logs[0]).intersection(*logs[1:])
+    ids = {read_events(c.events_path, Joined)[0].peer_id for c in children}
+    together = [
+        {e.round for e in read_events(c.events_path, ExchangeDone) if e.ok and ids <= set(e.members)}
+        for c in children
+    ]
+    common = set(logs[0]).intersection(*logs[1:], *together)
     return sorted(r for r in common if len({log[r] for log in logs}) != 1)
 
 

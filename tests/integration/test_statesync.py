@@ -16,14 +16,18 @@ import torch
 
 from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.peer.averaging.averager import RoundOutcome
+from barnraise.peer.averaging.plan import RoundPlan
+from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.peer.net.p2ploop import P2PLoop
+from barnraise.peer.sync.rounds import LaunchedRound
+from barnraise.peer.sync.state import GlobalState, OuterStep
 from barnraise.peer.sync.statesync import StateServer, download_state
-from barnraise.peer.training.state import GlobalState
 
 pytestmark = pytest.mark.timeout(120)
 
 NUMEL = 5000
 RUN = "run-statesync"
+OUTER = OuterStep(lr=0.7, momentum=0.9)
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +37,7 @@ def pair():
     a = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"])
     b = hivemind.DHT(start=True, host_maddrs=["/ip4/127.0.0.1/tcp/0"], initial_peers=a.get_visible_maddrs())
     loops = [P2PLoop(a), P2PLoop(b)]
-    server = StateServer(loops[0].p2p, RUN, outer_lr=0.7, outer_momentum=0.9)
+    server = StateServer(loops[0].p2p, RUN, auth=OPEN_RUN)
     loops[0].call(server.register(), 10.0)
     try:
         yield server, loops[1], loops[0].p2p.peer_id.to_base58()
@@ -46,8 +50,15 @@ def pair():
 
 def _fetch(loop: P2PLoop, donor: str, min_round: int, wait_s: float) -> GlobalState:
     return loop.call(
-        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, min_round=min_round, wait_s=wait_s), 40.0
+        download_state(loop.p2p, donor, RUN, NUMEL, 20.0, auth=OPEN_RUN, min_round=min_round, wait_s=wait_s),
+        40.0,
     )
+
+
+def _track(server: StateServer, base: GlobalState, round_no: int, fut: concurrent.futures.Future) -> None:
+    """The donor launched round ``round_no`` from ``base``; ``fut`` resolves to its outcome."""
+    plan = RoundPlan.make(round_no, time.time(), 10.0)
+    server.track(LaunchedRound(plan=plan, base=base, future=fut, live=base.params, weight=1.0, outer=OUTER))
 
 
 def _finish_later(fut: concurrent.futures.Future, after_s: float, outcome: RoundOutcome) -> None:
@@ -60,11 +71,10 @@ def test_donor_serves_the_state_its_running_round_leads_to(pair):
     state = GlobalState(params=torch.randn(NUMEL), momentum=torch.randn(NUMEL), round=3)
     server.publish(state)
     avg = torch.randn(NUMEL) * 1e-2
-    expected = state.snapshot()
-    expected.outer_step(avg, 0.7, 0.9, 4)
+    expected = OUTER.apply(state, avg, 4)
 
     fut: concurrent.futures.Future = concurrent.futures.Future()
-    server.track(4, fut, state.params_hash())
+    _track(server, state, 4, fut)
     assert _fetch(requester, donor, min_round=-1, wait_s=5.0).round == 3  # nothing asked for: current state
 
     _finish_later(fut, 1.0, RoundOutcome(round=4, ok=True, average=avg))
@@ -84,7 +94,7 @@ def test_failed_or_unrelated_round_serves_the_current_state_without_waiting_out(
     server.publish(state)
 
     failed: concurrent.futures.Future = concurrent.futures.Future()
-    server.track(8, failed, state.params_hash())
+    _track(server, state, 8, failed)
     _finish_later(failed, 0.5, RoundOutcome(round=8, reason="deadline"))
     t0 = time.monotonic()
     assert _fetch(requester, donor, min_round=8, wait_s=10.0).params_hash() == state.params_hash()
@@ -93,12 +103,12 @@ def test_failed_or_unrelated_round_serves_the_current_state_without_waiting_out(
     # a round launched from another base (the donor resynced since) cannot produce our next state
     other: concurrent.futures.Future = concurrent.futures.Future()
     other.set_result(RoundOutcome(round=8, ok=True, average=torch.ones(NUMEL)))
-    server.track(8, other, "0" * 16)
+    _track(server, GlobalState(params=torch.zeros(NUMEL), momentum=torch.zeros(NUMEL), round=7), 8, other)
     assert _fetch(requester, donor, min_round=8, wait_s=10.0).params_hash() == state.params_hash()
 
     # a round that never finishes: the donor serves what it has once the requester's wait is over
     hung: concurrent.futures.Future = concurrent.futures.Future()
-    server.track(8, hung, state.params_hash())
+    _track(server, state, 8, hung)
     t0 = time.monotonic()
     assert _fetch(requester, donor, min_round=8, wait_s=1.0).round == 7
     assert 0.9 <= time.monotonic() - t0 < 5.0
@@ -110,7 +120,7 @@ def test_non_finite_average_is_never_served_and_wrong_run_is_refused(pair):
     server.publish(state)
     bad: concurrent.futures.Future = concurrent.futures.Future()
     bad.set_result(RoundOutcome(round=12, ok=True, average=torch.full((NUMEL,), float("nan"))))
-    server.track(12, bad, state.params_hash())
+    _track(server, state, 12, bad)
     assert _fetch(requester, donor, min_round=12, wait_s=5.0).round == 11
     with pytest.raises(PeerUnavailable, match="no state"):
-        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0), 20.0)
+        requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0, auth=OPEN_RUN), 20.0)

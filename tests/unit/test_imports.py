@@ -30,7 +30,17 @@ ALLOWED: dict[str, set[str]] = {
     "peer.data": {"protos", "coordinator", "peer.net", "peer.events", "peer.data"},
     "peer.averaging": {"protos", "coordinator", "peer.net", "peer.averaging"},
     "peer.sync": {"protos", "coordinator", "peer.net", "peer.training", "peer.averaging", "peer.sync"},
-    "peer": {"protos", "coordinator", "peer.net", "peer.events", "peer.training", "peer.data", "peer.averaging", "peer.sync", "peer"},
+    "peer": {
+        "protos",
+        "coordinator",
+        "peer.net",
+        "peer.events",
+        "peer.training",
+        "peer.data",
+        "peer.averaging",
+        "peer.sync",
+        "peer",
+    },
     "peer.cli": set(),  # the top: anything
 }
 

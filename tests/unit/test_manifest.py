@@ -81,3 +81,24 @@ def test_outer_optimizer_settings_are_checked_and_carried(tmp_path):
     m.training.outer_momentum = 1.5
     with pytest.raises(IntegrityError, match="training config"):
         parse_manifest(m.SerializeToString())
+
+
+def test_manifest_carries_every_training_default_and_model_field():
+    """TrainingDefaults and ModelPreset are copied into the manifest by field name: the names match
+    the proto's both ways, so a field added on one side only cannot be dropped or left at zero."""
+    from dataclasses import fields
+
+    from barnraise.coordinator.manifest import ModelPreset, TrainingDefaults, build_manifest, model_config
+    from barnraise.protos import manifest_pb2
+
+    training = TrainingDefaults(inner_lr=0.01, round_s=3.0, codec="int8", group_size=4, aggregator="median")
+    m = build_manifest(
+        model=model_config("gpt-micro", 256), training=training, dataset=manifest_pb2.DatasetInfo(), shards=[]
+    )
+    names = {f.name for f in fields(TrainingDefaults)}
+    assert names == set(manifest_pb2.TrainingConfig.DESCRIPTOR.fields_by_name)
+    for name in names:
+        assert getattr(m.training, name) == pytest.approx(getattr(training, name)), name
+    preset = {f.name for f in fields(ModelPreset)}
+    assert preset | {"name", "vocab_size"} == set(manifest_pb2.ModelConfig.DESCRIPTOR.fields_by_name)
+    assert (m.model.name, m.model.vocab_size, m.model.d_model, m.model.n_layer) == ("gpt-micro", 256, 128, 4)

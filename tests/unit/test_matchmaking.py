@@ -11,6 +11,7 @@ from barnraise.peer.averaging.matchmaking import (
     part_fractions,
     plan_timing,
 )
+from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.protos import averaging_pb2
 
 
@@ -42,7 +43,7 @@ def join(
 
 def test_leader_keeps_the_base_most_members_hold_not_the_heaviest():
     async def go():
-        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32")
+        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32", auth=OPEN_RUN)
         formed = []
         m.on_group = lambda g, leader: formed.append((g, leader))
         state = _LeaderRound()
@@ -65,7 +66,7 @@ def test_leader_keeps_the_base_most_members_hold_not_the_heaviest():
 
 def test_leader_that_is_stale_still_closes_the_group_for_the_others():
     async def go():
-        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32")
+        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32", auth=OPEN_RUN)
         formed = []
         m.on_group = lambda g, leader: formed.append(g)
         state = _LeaderRound()

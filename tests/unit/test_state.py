@@ -5,8 +5,8 @@ import torch
 
 from barnraise.coordinator.errors import IntegrityError
 from barnraise.coordinator.manifest import model_config
+from barnraise.peer.sync.state import GlobalState, OuterStep, flat_params, load_flat
 from barnraise.peer.training.model import build_model
-from barnraise.peer.training.state import GlobalState, flat_params, load_flat
 
 
 def test_same_seed_same_params_and_hash():
@@ -21,8 +21,9 @@ def test_outer_step_is_nesterov_sgd():
     g = torch.tensor([1.0, -1.0, 0.5, 0.0])
     ref = torch.nn.Parameter(torch.ones(4))
     opt = torch.optim.SGD([ref], lr=0.7, momentum=0.9, nesterov=True)
+    outer = OuterStep(lr=0.7, momentum=0.9)
     for r in range(3):
-        s.outer_step(g, lr=0.7, momentum=0.9, round_no=r)
+        s = outer.apply(s, g, r)
         ref.grad = g.clone()
         opt.step()
     assert torch.allclose(s.params, ref.detach())
@@ -49,18 +50,27 @@ def test_flat_round_trip():
     assert torch.allclose(flat_params(m), flat * 2)
 
 
-def test_hash_is_cached_until_the_outer_step_and_snapshots_stay_put():
+def test_the_outer_step_makes_a_new_state_and_leaves_the_old_one_alone():
     s = GlobalState(params=torch.ones(6), momentum=torch.zeros(6), round=0)
     first = s.params_hash()
-    snap = s.snapshot()
-    s.outer_step(torch.full((6,), 0.5), lr=1.0, momentum=0.0, round_no=1)
-    assert s.params_hash() != first  # the step reset the cached hash
-    assert s.params_hash() == GlobalState(params=s.params.clone(), momentum=s.momentum, round=1).params_hash()
-    assert snap.params_hash() == first and torch.equal(snap.params, torch.ones(6)) and snap.round == 0
+    nxt = OuterStep(lr=1.0, momentum=0.5).apply(s, torch.full((6,), 0.5), 1)
+    assert nxt.params_hash() != first and nxt.round == 1
+    assert (
+        nxt.params_hash()
+        == GlobalState(params=nxt.params.clone(), momentum=nxt.momentum, round=1).params_hash()
+    )
+    assert s.params_hash() == first and torch.equal(s.params, torch.ones(6)) and s.round == 0
+    assert torch.equal(s.momentum, torch.zeros(6))
+
+
+def test_perturbed_copy_differs_and_the_original_stays():
+    s = GlobalState(params=torch.ones(6), momentum=torch.zeros(6), round=-1)
+    p = s.perturbed(1e-3)
+    assert p.params_hash() != s.params_hash() and torch.equal(s.params, torch.ones(6))
 
 
 def test_all_finite_sees_nan_inf_and_an_overflowing_sum():
-    from barnraise.peer.training.state import all_finite
+    from barnraise.peer.sync.state import all_finite
 
     assert all_finite(torch.ones(5))
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows; the values are finite

@@ -1,6 +1,10 @@
 """The global training state every group member must hold identically: parameters, outer momentum,
 round. The outer step runs here, always on the CPU in fp32, so that peers on different devices
 compute bit-identical results from identical inputs.
+
+A ``GlobalState`` is never changed once made: the outer step returns a new one (``OuterStep.apply``).
+So a state can be handed to another thread (the state server on the P2P loop, a state download
+comparing hashes) without a lock, and its params hash, computed once, stays true.
 """
 
 from __future__ import annotations
@@ -44,12 +48,29 @@ def tensor_hash(*tensors: torch.Tensor) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True, kw_only=True)
+class OuterStep:
+    """The run's outer optimizer: Nesterov SGD on the averaged pseudo-gradient, as in DiLoCo."""
+
+    lr: float  # outer learning rate (1.0 with momentum 0: plain averaging)
+    momentum: float  # Nesterov momentum, 0 <= m < 1
+
+    def apply(self, state: GlobalState, avg_delta: torch.Tensor, round_no: int) -> GlobalState:
+        """The state after round ``round_no``'s average: a new state; ``state`` is left alone."""
+        g = avg_delta.float()
+        momentum = state.momentum.mul(self.momentum).add_(g)
+        params = state.params.sub(self.lr * (g + self.momentum * momentum))
+        return GlobalState(params=params, momentum=momentum, round=round_no)
+
+
 @dataclass
 class GlobalState:
+    """Immutable once made (see the module docstring): nothing writes to its tensors."""
+
     params: torch.Tensor  # flat fp32 CPU: the swarm's parameters after `round`
     momentum: torch.Tensor  # flat fp32 CPU: Nesterov buffer of the outer optimizer
     round: int  # last round whose average produced these params; -1: initial
-    _hash: str = field(default="", repr=False, compare=False)  # of ``params``; reset by ``outer_step``
+    _hash: str = field(default="", repr=False, compare=False)  # of ``params``, computed on first use
 
     @classmethod
     def initial(cls, model: nn.Module) -> GlobalState:
@@ -62,22 +83,11 @@ class GlobalState:
             self._hash = tensor_hash(self.params)
         return self._hash
 
-    def snapshot(self) -> GlobalState:
-        """A copy that later outer steps leave alone (what the state server hands out)."""
-        return GlobalState(
-            params=self.params.clone(),
-            momentum=self.momentum.clone(),
-            round=self.round,
-            _hash=self.params_hash(),
-        )
-
-    def outer_step(self, avg_delta: torch.Tensor, lr: float, momentum: float, round_no: int) -> None:
-        """Nesterov SGD on the averaged pseudo-gradient (global - local), as in DiLoCo."""
-        g = avg_delta.float()
-        self.momentum.mul_(momentum).add_(g)
-        self.params.sub_(lr * (g + momentum * self.momentum))
-        self.round = round_no
-        self._hash = ""
+    def perturbed(self, scale: float, seed: int = 0) -> GlobalState:
+        """A copy with every parameter moved by Gaussian noise of ``scale`` (disagreement tests)."""
+        gen = torch.Generator().manual_seed(seed)
+        noise = torch.randn(self.params.shape, generator=gen) * scale
+        return GlobalState(params=self.params + noise, momentum=self.momentum.clone(), round=self.round)
 
     def to_bytes(self) -> bytes:
         buf = io.BytesIO()

@@ -1,0 +1,134 @@
+"""Catching up with the swarm: which state to download, from whom, and when it has arrived.
+
+A newcomer, or a peer whose base fell behind, downloads the swarm's state from a donor while it
+keeps training (at 25 Mbit/s a gpt-small state takes ~15 s: waiting would idle the device for a
+round or more). ``CatchUp`` runs the download on the P2P loop and the training thread polls it
+between windows; the state it brings is adopted there, never on the P2P loop.
+
+Cross-thread reads go through ``held``, a callable returning the state the training thread holds
+now: states never change once made (``barnraise.peer.sync.state``), so the P2P loop reads one
+consistent (round, params hash) pair however the training thread moves on meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import time
+from collections.abc import Callable
+
+from barnraise.coordinator import records
+from barnraise.coordinator.errors import BarnraiseError
+from barnraise.coordinator.runclock import RoundClock
+from barnraise.peer.net.p2ploop import P2PLoop
+from barnraise.peer.sync.state import GlobalState
+from barnraise.peer.sync.statesync import choose_donors, download_state, sync_target
+
+log = logging.getLogger(__name__)
+
+MAX_DONORS_TRIED = 3  # donors asked in turn before giving up until the next stale round
+DOWNLOAD_TIMEOUT_S = 60.0  # per frame of a state download
+FIRST_SYNC_TIMEOUT_S = 200.0  # the blocking sync at start-up
+
+Found = tuple[GlobalState, str]  # (state, donor peer id)
+
+
+class CatchUp:
+    """Finds and downloads the state the swarm's next round starts from."""
+
+    def __init__(
+        self,
+        *,
+        loop: P2PLoop,
+        dht,
+        run_id: str,
+        peer_id: str,
+        clock: RoundClock,
+        auth,
+        link_mbit: float,
+        held: Callable[[], GlobalState],
+    ):
+        self.loop, self.dht, self.run_id, self.peer_id = loop, dht, run_id, peer_id
+        self.clock = clock
+        self.auth = auth  # barnraise.peer.net.auth.PeerAuth: signs our requests, filters heartbeats
+        self.link_mbit = link_mbit  # our declared link, Mbit/s (0: assume a home uplink)
+        self.held = held  # the training thread's current state (read, never written, here)
+        self._running: concurrent.futures.Future | None = None  # a background download
+
+    def now(self) -> Found | None:
+        """The newest state a donor has at hand, waited for (start-up); None if none or ours is it."""
+        try:
+            return self.loop.call(self._fetch(wait=False), FIRST_SYNC_TIMEOUT_S)
+        except BarnraiseError as e:
+            log.warning("state sync failed: %s", e)
+            return None
+
+    def start(self) -> bool:
+        """Fetch the next round's base in the background, unless a download is running already;
+        True if this started one."""
+        if self._running is not None:
+            return False
+        self._running = self.loop.submit(self._fetch())
+        return True
+
+    @property
+    def running(self) -> bool:
+        return self._running is not None
+
+    def poll(self) -> tuple[bool, Found | None]:
+        """(a download is still running, what a finished one brought)."""
+        if self._running is None:
+            return False, None
+        if not self._running.done():
+            return True, None
+        try:
+            found = self._running.result()
+        except Exception as e:  # a failed download: the next stale round starts another
+            log.warning("state sync failed: %s", e)
+            found = None
+        self._running = None
+        return False, found
+
+    def cancel(self) -> None:
+        if self._running is not None:
+            self._running.cancel()
+
+    async def _fetch(self, wait: bool = True) -> Found | None:
+        """On the P2P loop: (the state the swarm's next round starts from, its donor), or None if we
+        hold it already or no donor has it. ``wait=False``: the newest state a donor has at hand."""
+        try:
+            beats = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: records.read_heartbeats(self.dht, self.run_id, timeout_s=5.0, admit=self.auth.admits),
+            )
+        except BarnraiseError:
+            return None
+        held = self.held()
+        phash, rnd, donors = choose_donors(beats, self.peer_id)
+        min_round, wait_s = sync_target(self.clock, time.time(), held.params.numel(), self.link_mbit)
+        forked = rnd >= held.round and phash != held.params_hash()  # the majority moved elsewhere
+        if not donors or (held.round >= min_round and not forked):
+            return None
+        for donor in donors[:MAX_DONORS_TRIED]:
+            try:
+                state = await download_state(
+                    self.loop.p2p,
+                    donor,
+                    self.run_id,
+                    held.params.numel(),
+                    DOWNLOAD_TIMEOUT_S,
+                    auth=self.auth,
+                    min_round=min_round,
+                    wait_s=wait_s if wait else 0.0,
+                )
+            except BarnraiseError as e:
+                log.warning("state download from %s failed: %s", donor[:12], e)
+                continue
+            if state.round < self.held().round:
+                log.info(
+                    "donor %s served round %d, older than ours (%d)", donor[:12], state.round, held.round
+                )
+                continue
+            return state, donor
+        return None
