@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+MAX_CONTROL_BYTES = 64 * 1024  # a control message (join, confirm, verdict): ids, numbers, a token, names
+
 
 @runtime_checkable
 class AccessPolicy(Protocol):
