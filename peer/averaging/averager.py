@@ -21,7 +21,7 @@ import torch
 from barnraise.coordinator.errors import BarnraiseError
 from barnraise.peer.averaging.allreduce import AllReduce, ExchangeStats
 from barnraise.peer.averaging.codecs import ErrorFeedback
-from barnraise.peer.averaging.matchmaking import Matchmaker
+from barnraise.peer.averaging.matchmaking import GroupRules, Matchmaker
 from barnraise.peer.averaging.plan import RoundPlan
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.averaging.verdict import Verdicts
@@ -79,16 +79,8 @@ class Averager:
         self.bandwidth_bps = bandwidth_bps  # declared upload bandwidth, bits/s (0 = unknown)
         self.p2p = p2p
         self.verdicts = Verdicts(p2p=p2p, peer_id=peer_id, auth=auth)
-        self.matchmaker = Matchmaker(
-            p2p=p2p,
-            dht=dht,
-            run_id=run_id,
-            peer_id=peer_id,
-            group_size=group_size,
-            codec=codec,
-            auth=auth,
-            verdicts=self.verdicts,
-        )
+        rules = GroupRules(run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec)
+        self.matchmaker = Matchmaker(p2p, dht, rules, auth=auth, verdicts=self.verdicts)
         self.allreduce = AllReduce(
             p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, fault=fault, auth=auth, robust=robust
         )

@@ -37,6 +37,7 @@ JOIN = rpc.Method(
     max_request_bytes=rpc.MAX_CONTROL_BYTES,
     refusal=lambda why: averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=why),
     reply_timeout_s=10.0,
+    reply=averaging_pb2.JoinReply,
 )
 
 
@@ -74,25 +75,22 @@ class _LeaderRound:
     closed_ev: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupRules:
+    """What this peer's groups are made of."""
+
+    run_id: str  # the run whose round entries we read
+    peer_id: str  # this peer
+    group_size: int  # target members per group (a leader accepts up to twice this)
+    codec: str  # the run's codec; a group uses a smaller one if a member asks for it
+
+
 class Matchmaker:
-    def __init__(
-        self,
-        *,
-        p2p,
-        dht,
-        run_id: str,
-        peer_id: str,
-        group_size: int,
-        codec: str,
-        auth: PeerAuth | OpenRun,
-        verdicts: Verdicts,
-    ):
+    def __init__(self, p2p, dht, rules: GroupRules, *, auth: PeerAuth | OpenRun, verdicts: Verdicts):
         self.p2p = p2p
         self.dht = dht
-        self.run_id = run_id
-        self.peer_id = peer_id
-        self.group_size = group_size
-        self.codec = codec
+        self.run_id, self.peer_id = rules.run_id, rules.peer_id
+        self.group_size, self.codec = rules.group_size, rules.codec
         self.auth = auth  # signs our joins, checks others' and who takes part (OPEN_RUN: anyone)
         self._rounds: dict[int, _LeaderRound] = defaultdict(_LeaderRound)
         self.current_round = 0  # requests for rounds far from this are refused
@@ -172,16 +170,7 @@ class Matchmaker:
     ) -> averaging_pb2.JoinReply:
         timeout = time_left(plan.close_at, JOIN_REPLY_GRACE_S, 1.0)
         try:
-            return await rpc.ask(
-                self.p2p,
-                leader,
-                JOIN,
-                request,
-                averaging_pb2.JoinReply,
-                access=self.auth,
-                timeout_s=timeout,
-                max_reply_bytes=rpc.MAX_CONTROL_BYTES,
-            )
+            return await rpc.ask(self.p2p, leader, JOIN, request, access=self.auth, timeout_s=timeout)
         except Exception as e:  # leader gone, frozen or broken: no group this round
             return averaging_pb2.JoinReply(
                 status=averaging_pb2.JOIN_REFUSED, reason=f"leader {leader[:12]} unreachable: {e}"

@@ -34,6 +34,7 @@ CONFIRM = rpc.Method(
     max_request_bytes=rpc.MAX_CONTROL_BYTES,
     refusal=lambda why: averaging_pb2.Verdict(ok=False, reason=why),
     request_timeout_s=30.0,
+    reply=averaging_pb2.Verdict,
 )
 
 
@@ -106,16 +107,7 @@ class Verdicts:
             return await self._collect(group.group_id, self.peer_id, msg, deadline)
         timeout = time_left(deadline, CONFIRM_CALL_GRACE_S, 0.5)
         try:
-            return await rpc.ask(
-                self.p2p,
-                leader,
-                CONFIRM,
-                msg,
-                averaging_pb2.Verdict,
-                access=self.auth,
-                timeout_s=timeout,
-                max_reply_bytes=rpc.MAX_CONTROL_BYTES,
-            )
+            return await rpc.ask(self.p2p, leader, CONFIRM, msg, access=self.auth, timeout_s=timeout)
         except Exception as e:  # leader gone or frozen: no verdict means no apply
             return averaging_pb2.Verdict(ok=False, reason=f"no verdict from leader {leader[:12]}: {e}")
 

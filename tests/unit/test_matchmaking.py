@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from barnraise.coordinator.codecspec import negotiate_codec
-from barnraise.peer.averaging.matchmaking import Matchmaker, _LeaderRound, part_fractions
+from barnraise.peer.averaging.matchmaking import GroupRules, Matchmaker, _LeaderRound, part_fractions
 from barnraise.peer.averaging.plan import RoundPlan
 from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.protos import averaging_pb2
@@ -35,9 +35,8 @@ class VerdictBooks:
 
 
 def leader(books: VerdictBooks) -> Matchmaker:
-    return Matchmaker(
-        p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32", auth=OPEN_RUN, verdicts=books
-    )
+    rules = GroupRules(run_id="r", peer_id="a", group_size=8, codec="fp32")
+    return Matchmaker(None, None, rules, auth=OPEN_RUN, verdicts=books)
 
 
 def join(
