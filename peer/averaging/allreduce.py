@@ -20,14 +20,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
 
 from barnraise.coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
-from barnraise.peer.averaging import codecs
+from barnraise.peer.averaging import codecs, plan
 from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds, part_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.net import rpc
@@ -236,7 +235,12 @@ class AllReduce:
         stream = None
         try:
             async with rpc.call(
-                self.p2p, peer, REDUCE, header, access=self.auth, connect_timeout_s=_deadline_in(group, 1.0)
+                self.p2p,
+                peer,
+                REDUCE,
+                header,
+                access=self.auth,
+                connect_timeout_s=plan.time_left(group.reduce_deadline, plan.SEND_GRACE_S, 0.5),
             ) as stream:
                 sender = asyncio.create_task(self._send_chunks(stream, group, update, transmitted, chunks))
                 try:
@@ -276,7 +280,7 @@ class AllReduce:
             payload = (
                 self.faults.corrupt_part(group.round, c, enc, group.codec, hi - lo) if self.faults else enc
             )
-            await stream.write(payload, _deadline_in(group, 1.0))
+            await stream.write(payload, plan.time_left(group.reduce_deadline, plan.SEND_GRACE_S, 0.5))
 
     async def _read_reduced(
         self,
@@ -290,12 +294,20 @@ class AllReduce:
         digest = hashlib.sha256()
         for lo, hi in chunks:
             cap = _chunk_cap(group.codec, hi - lo)
-            reply = await stream.read(averaging_pb2.ReducedPart, cap, _deadline_in(group, 2.0))
+            reply = await stream.read(
+                averaging_pb2.ReducedPart,
+                cap,
+                plan.time_left(group.reduce_deadline, plan.RECEIVE_GRACE_S, 0.5),
+            )
             if reply.status != averaging_pb2.PART_OK or not reply.HasField("tensor"):
                 return f"reducer {stream.remote[:12]}: {reply.reason or 'failed'}"
             codecs.decode(reply.tensor, hi - lo, group.codec, out=average[lo:hi])
             absorb(digest, reply.tensor)
-        summary = await stream.read(averaging_pb2.ReducedPart, MAX_SUMMARY_BYTES, _deadline_in(group, 2.0))
+        summary = await stream.read(
+            averaging_pb2.ReducedPart,
+            MAX_SUMMARY_BYTES,
+            plan.time_left(group.reduce_deadline, plan.RECEIVE_GRACE_S, 0.5),
+        )
         if summary.status != averaging_pb2.PART_OK or summary.HasField("tensor"):
             return f"reducer {stream.remote[:12]}: {summary.reason or 'failed'}"
         for p, why in zip(summary.excluded, summary.exclusions, strict=False):
@@ -316,11 +328,11 @@ class AllReduce:
         remote = stream.remote
         fut = self._reducers.get(msg.group_id) or self._reducer_future(msg.group_id)
         try:
-            reducer = await asyncio.wait_for(asyncio.shield(fut), 15.0)
+            reducer = await asyncio.wait_for(asyncio.shield(fut), plan.GROUP_WAIT_S)
         except (asyncio.TimeoutError, TimeoutError):
             return rejected("unknown group")
         if self.faults and self.faults.stalls(reducer.group.round):  # takes parts, never answers
-            await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time() + 5.0))
+            await asyncio.sleep(plan.time_left(reducer.group.reduce_deadline, plan.REPLY_GRACE_S))
             return None
         if remote not in reducer.members:
             return rejected("not a member of this group")
@@ -333,7 +345,8 @@ class AllReduce:
         try:
             await self._receive(reducer, remote, stream)
             await asyncio.wait_for(
-                asyncio.shield(replier), max(1.0, reducer.group.reduce_deadline - time.time() + 10.0)
+                asyncio.shield(replier),
+                plan.time_left(reducer.group.reduce_deadline, plan.REDUCER_HOLD_S, 1.0),
             )
         except (asyncio.TimeoutError, TimeoutError):
             log.debug("reply to %s did not finish in time", remote[:12])
@@ -346,7 +359,7 @@ class AllReduce:
         """Read ``remote``'s chunks into the reducer; a bad or missing chunk excludes it at once."""
         for c, (lo, hi) in enumerate(reducer.bounds):
             cap = _chunk_cap(reducer.group.codec, hi - lo)
-            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 1.0)
+            timeout = plan.time_left(reducer.group.reduce_deadline, plan.SEND_GRACE_S, 1.0)
             try:
                 enc = await stream.read(averaging_pb2.EncodedTensor, cap, timeout)
                 reducer.bytes_in += enc.ByteSize() + 4
@@ -364,7 +377,7 @@ class AllReduce:
             enc = await reducer.wait_chunk(c, remote)
             if enc is None:
                 break
-            timeout = max(1.0, reducer.group.reduce_deadline - time.time() + 5.0)
+            timeout = plan.time_left(reducer.group.reduce_deadline, plan.REPLY_GRACE_S, 1.0)
             await stream.write(reducer.frame(c), timeout)
         else:
             await reducer.done.wait()
@@ -374,14 +387,9 @@ class AllReduce:
             return
         else:
             reply = reducer.result
-        await stream.write(reply, max(1.0, reducer.group.reduce_deadline - time.time() + 5.0))
-
-
-def _deadline_in(group: averaging_pb2.Group, extra_s: float) -> float:
-    """Seconds left until the group's reduce deadline plus ``extra_s`` (at least half a second)."""
-    return max(0.5, group.reduce_deadline - time.time() + extra_s)
+        await stream.write(reply, plan.time_left(reducer.group.reduce_deadline, plan.REPLY_GRACE_S, 1.0))
 
 
 async def _finish_at_deadline(reducer: PartReducer) -> None:
-    await asyncio.sleep(max(0.0, reducer.group.reduce_deadline - time.time()))
+    await asyncio.sleep(plan.time_left(reducer.group.reduce_deadline))
     reducer.finish()

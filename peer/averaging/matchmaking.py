@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from barnraise.coordinator import records
 from barnraise.coordinator.codecspec import negotiate_codec
 from barnraise.coordinator.errors import BarnraiseError
+from barnraise.peer.averaging.plan import JOIN_REPLY_GRACE_S, RoundPlan, time_left
+from barnraise.peer.averaging.verdict import Verdicts
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
@@ -29,42 +31,14 @@ from barnraise.protos import averaging_pb2
 log = logging.getLogger(__name__)
 
 JOIN_HANDLER = "barnraise.join"
-MAX_CONTROL_BYTES = 64 * 1024
 JOIN = rpc.Method(
     name=JOIN_HANDLER,
     request=averaging_pb2.JoinRequest,
-    max_request_bytes=MAX_CONTROL_BYTES,
+    max_request_bytes=rpc.MAX_CONTROL_BYTES,
     refusal=lambda why: averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason=why),
     reply_timeout_s=10.0,
+    reply=averaging_pb2.JoinReply,
 )
-
-
-@dataclass(frozen=True, kw_only=True)
-class RoundTiming:
-    """Absolute unix times of one averaging round's phases."""
-
-    join_at: float  # read DHT entries, contact the leader
-    close_at: float  # leader closes the group
-    reduce_deadline: float  # every part reduced and gathered
-    confirm_deadline: float  # verdict known
-
-
-def plan_timing(compute_end: float, round_s: float, reduce_budget_s: float | None = None) -> RoundTiming:
-    join_wait = min(3.0, max(0.5, 0.15 * round_s))
-    # The leader closes as soon as every member it expects has joined, so a long gather window
-    # costs only when an expected member never comes; a short one splits groups whenever a
-    # member's DHT lookup is slow (a loaded machine), which costs stale bases and state syncs.
-    gather = min(3.0, max(0.5, 0.2 * round_s))
-    reduce_budget = reduce_budget_s if reduce_budget_s is not None else max(2.0, 0.5 * round_s)
-    join_at = compute_end + join_wait
-    close_at = join_at + gather
-    reduce_deadline = close_at + reduce_budget
-    return RoundTiming(
-        join_at=join_at,
-        close_at=close_at,
-        reduce_deadline=reduce_deadline,
-        confirm_deadline=reduce_deadline + 3.5,  # the leader decides 3 s after the reduce deadline
-    )
 
 
 def split_groups(peer_ids: list[str], round_no: int, group_size: int) -> list[list[str]]:
@@ -101,20 +75,26 @@ class _LeaderRound:
     closed_ev: asyncio.Event = field(default_factory=asyncio.Event)
 
 
+@dataclass(frozen=True, kw_only=True)
+class GroupRules:
+    """What this peer's groups are made of."""
+
+    run_id: str  # the run whose round entries we read
+    peer_id: str  # this peer
+    group_size: int  # target members per group (a leader accepts up to twice this)
+    codec: str  # the run's codec; a group uses a smaller one if a member asks for it
+
+
 class Matchmaker:
-    def __init__(
-        self, *, p2p, dht, run_id: str, peer_id: str, group_size: int, codec: str, auth: PeerAuth | OpenRun
-    ):
+    def __init__(self, p2p, dht, rules: GroupRules, *, auth: PeerAuth | OpenRun, verdicts: Verdicts):
         self.p2p = p2p
         self.dht = dht
-        self.run_id = run_id
-        self.peer_id = peer_id
-        self.group_size = group_size
-        self.codec = codec
+        self.run_id, self.peer_id = rules.run_id, rules.peer_id
+        self.group_size, self.codec = rules.group_size, rules.codec
         self.auth = auth  # signs our joins, checks others' and who takes part (OPEN_RUN: anyone)
         self._rounds: dict[int, _LeaderRound] = defaultdict(_LeaderRound)
         self.current_round = 0  # requests for rounds far from this are refused
-        self.on_group = None  # called with (group, leader) when this peer closes a group it leads
+        self.verdicts = verdicts  # a group this peer closes as leader gets its verdict book there
         self.penalties: dict[str, int] = {}  # peer -> last round it is left out of (misbehaved recently)
 
     async def register(self) -> None:
@@ -137,10 +117,10 @@ class Matchmaker:
             log.debug("round %d entry not stored in the DHT", round_no)
 
     async def form_group(
-        self, round_no: int, request: averaging_pb2.JoinRequest, timing: RoundTiming
+        self, round_no: int, request: averaging_pb2.JoinRequest, plan: RoundPlan
     ) -> averaging_pb2.JoinReply:
         """Join (or lead) this round's group; the reply says whether and with whom we average."""
-        await asyncio.sleep(max(0.0, timing.join_at - time.time()))
+        await asyncio.sleep(time_left(plan.join_at))
         loop = asyncio.get_running_loop()
         try:
             entries = await loop.run_in_executor(
@@ -177,45 +157,36 @@ class Matchmaker:
             state.expected = set(group)
             state.joins[self.peer_id] = request
             state.decided.set()
-            return await self._lead(round_no, state, timing)
+            return await self._lead(round_no, state, plan)
         state.is_leader = False
         state.decided.set()
-        reply = await self._ask(leader, request, timing)
+        reply = await self._ask(leader, request, plan)
         if reply.status == averaging_pb2.JOIN_NOT_LEADER and reply.leader and reply.leader != leader:
-            reply = await self._ask(reply.leader, request, timing)
+            reply = await self._ask(reply.leader, request, plan)
         return reply
 
     async def _ask(
-        self, leader: str, request: averaging_pb2.JoinRequest, timing: RoundTiming
+        self, leader: str, request: averaging_pb2.JoinRequest, plan: RoundPlan
     ) -> averaging_pb2.JoinReply:
-        timeout = max(1.0, timing.close_at - time.time() + 2.0)
+        timeout = time_left(plan.close_at, JOIN_REPLY_GRACE_S, 1.0)
         try:
-            return await rpc.ask(
-                self.p2p,
-                leader,
-                JOIN,
-                request,
-                averaging_pb2.JoinReply,
-                access=self.auth,
-                timeout_s=timeout,
-                max_reply_bytes=MAX_CONTROL_BYTES,
-            )
+            return await rpc.ask(self.p2p, leader, JOIN, request, access=self.auth, timeout_s=timeout)
         except Exception as e:  # leader gone, frozen or broken: no group this round
             return averaging_pb2.JoinReply(
                 status=averaging_pb2.JOIN_REFUSED, reason=f"leader {leader[:12]} unreachable: {e}"
             )
 
-    async def _lead(self, round_no: int, state: _LeaderRound, timing: RoundTiming) -> averaging_pb2.JoinReply:
-        while time.time() < timing.close_at and not state.expected.issubset(state.joins):
+    async def _lead(self, round_no: int, state: _LeaderRound, plan: RoundPlan) -> averaging_pb2.JoinReply:
+        while time.time() < plan.close_at and not state.expected.issubset(state.joins):
             state.any_join.clear()
             try:
-                await asyncio.wait_for(state.any_join.wait(), max(0.0, timing.close_at - time.time()))
+                await asyncio.wait_for(state.any_join.wait(), time_left(plan.close_at))
             except (asyncio.TimeoutError, TimeoutError):
                 break
-        self._close(round_no, state, timing)
+        self._close(round_no, state, plan)
         return state.replies[self.peer_id]
 
-    def _close(self, round_no: int, state: _LeaderRound, timing: RoundTiming) -> None:
+    def _close(self, round_no: int, state: _LeaderRound, plan: RoundPlan) -> None:
         """Decide the group: the base state most joiners hold (then the newest), capped at twice the target size.
 
         Counting members, not samples, matters: a peer that fell behind carries many samples and
@@ -238,7 +209,7 @@ class Matchmaker:
             round=round_no,
             codec=codec,
             base_hash=base,
-            reduce_deadline=timing.reduce_deadline,
+            reduce_deadline=plan.reduce_deadline,
         )
         for p, fraction in zip(accepted, fractions, strict=True):
             group.members.add(peer_id=p, weight=state.joins[p].weight, part_fraction=fraction)
@@ -257,8 +228,8 @@ class Matchmaker:
                 state.replies[p] = averaging_pb2.JoinReply(
                     status=averaging_pb2.JOIN_REFUSED, reason="group full"
                 )
-        if accepted and self.on_group is not None:
-            self.on_group(group, self.peer_id)
+        if accepted:
+            self.verdicts.open(group)
         state.any_join.set()
         state.closed_ev.set()
 

@@ -14,6 +14,7 @@ leader's schedule.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 # After the window closes, members wait this share of the round (0.5 .. 3 s) before reading who
@@ -29,9 +30,13 @@ GATHER_RANGE_S = (0.5, 3.0)
 REDUCE_SHARE = {0: 0.5, 1: 0.7}
 MIN_REDUCE_S = 2.0
 
+JOIN_REPLY_GRACE_S = 2.0  # after the close, how long a member waits for the leader's answer
 DECIDE_GRACE_S = 3.0  # after the reduce deadline, how long a leader waits for result hashes
 VERDICT_SLACK_S = 0.5  # after the decision, how long a member waits for the verdict to arrive
 APPLY_GRACE_S = 10.0  # after the confirm deadline, how long the training thread waits for the outcome
+CONFIRM_CALL_GRACE_S = 2.0  # a member's confirm call stays open this long past its confirm deadline
+COLLECT_GRACE_S = 1.0  # the leader answers a confirmation until this long past the deadline it was given
+REMOTE_CONFIRM_WAIT_S = 30.0  # the leader keeps a member's confirm stream at most this long for the verdict
 
 # Per-frame graces of the part exchange, relative to the reduce deadline (a frame already on its
 # way is not cut off at the deadline itself).
@@ -39,6 +44,7 @@ SEND_GRACE_S = 1.0  # a member's chunks to a reducer
 RECEIVE_GRACE_S = 2.0  # a member reading reduced chunks back
 REPLY_GRACE_S = 5.0  # a reducer sending reduced chunks and its closing summary
 REDUCER_HOLD_S = 10.0  # a reducer keeps a member's stream open for its replies at most this long
+GROUP_WAIT_S = 15.0  # a reducer waits this long to learn the group a part is for (its own join)
 
 
 def _clamp(x: float, lo_hi: tuple[float, float]) -> float:
@@ -91,3 +97,8 @@ def reduce_budget(round_s: float, round_delay: int) -> float:
 def decide_deadline(reduce_deadline: float) -> float:
     """When a group's leader decides, from the reduce deadline it sent its members."""
     return reduce_deadline + DECIDE_GRACE_S
+
+
+def time_left(deadline: float, grace_s: float = 0.0, floor_s: float = 0.0) -> float:
+    """Seconds from now until ``deadline + grace_s``, at least ``floor_s`` (a timeout argument)."""
+    return max(floor_s, deadline + grace_s - time.time())

@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=Message)
 
+MAX_CONTROL_BYTES = 64 * 1024  # a control message (join, confirm, verdict): ids, numbers, a token, names
+
 
 @runtime_checkable
 class AccessPolicy(Protocol):
@@ -71,6 +73,7 @@ class Method:
     refusal: Callable[[str], Message]  # the protocol's reply to a refused request, given the reason
     request_timeout_s: float = 10.0  # seconds a server waits for the request frame
     reply_timeout_s: float = 5.0  # seconds to send the reply a handler returns, or the refusal
+    reply: type[Message] | None = None  # the reply of a single-reply protocol (what ``ask`` reads)
 
     def __post_init__(self) -> None:
         if "auth" not in self.request.DESCRIPTOR.fields_by_name:
@@ -161,15 +164,19 @@ async def ask(
     peer: str,
     method: Method,
     request: Message,
-    reply: type[M],
+    reply: type[M] | None = None,
     *,
     access: AccessPolicy,
     timeout_s: float,
-    max_reply_bytes: int,
+    max_reply_bytes: int = MAX_CONTROL_BYTES,
 ) -> M:
-    """``call`` for a protocol with a single reply: each step (open, send, receive) within ``timeout_s``."""
+    """``call`` for a protocol with a single reply (``reply``, default ``method.reply``): each step
+    (open, send, receive) within ``timeout_s``."""
+    reply_type = reply or method.reply
+    if reply_type is None:
+        raise TypeError(f"{method.name} declares no reply type: pass `reply`")
     async with call(p2p, peer, method, request, access=access, connect_timeout_s=timeout_s) as stream:
-        return await stream.read(reply, max_reply_bytes, timeout_s)
+        return await stream.read(reply_type, max_reply_bytes, timeout_s)
 
 
 async def serve(

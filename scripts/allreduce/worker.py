@@ -117,7 +117,7 @@ class Ours:
 
     def round(self, round_no: int, update: torch.Tensor, start_at: float) -> dict:
         from barnraise.peer.averaging.codecs import ErrorFeedback
-        from barnraise.peer.averaging.matchmaking import plan_timing
+        from barnraise.peer.averaging.plan import RoundPlan
 
         # Each round's inputs are independent, so a residual carried from the last one would only
         # blur the error figure; bytes and time do not depend on it.
@@ -125,7 +125,7 @@ class Ours:
         # A member named in a failed round is left out of the next few; here every member is
         # honest and each round is measured on its own, so one failure (reported) costs one round.
         self.av.matchmaker.penalties.clear()
-        timing = plan_timing(start_at, self.cfg.round_s, reduce_budget_s=self.cfg.reduce_budget_s)
+        timing = RoundPlan.make(round_no, start_at, self.cfg.round_s, reduce_budget_s=self.cfg.reduce_budget_s)
 
         async def run():
             out = await self.av.average(round_no, update, 1.0, BASE_HASH, timing, TTL_S)
@@ -154,8 +154,8 @@ class Ours:
 
     def close(self) -> None:
         from barnraise.peer.averaging.allreduce import REDUCE_HANDLER
-        from barnraise.peer.averaging.averager import CONFIRM_HANDLER
         from barnraise.peer.averaging.matchmaking import JOIN_HANDLER
+        from barnraise.peer.averaging.verdict import CONFIRM_HANDLER
 
         async def remove() -> None:
             for name in (JOIN_HANDLER, REDUCE_HANDLER, CONFIRM_HANDLER):

@@ -22,8 +22,10 @@ from barnraise.coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
 from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.coordinator.manifest import load_signed_manifest
 from barnraise.peer.averaging.allreduce import REDUCE, ExchangeStats
-from barnraise.peer.averaging.averager import CONFIRM, Averager
-from barnraise.peer.averaging.matchmaking import JOIN, plan_timing
+from barnraise.peer.averaging.averager import Averager
+from barnraise.peer.averaging.matchmaking import JOIN
+from barnraise.peer.averaging.plan import RoundPlan
+from barnraise.peer.averaging.verdict import CONFIRM
 from barnraise.peer.data.shards import ShardCache
 from barnraise.peer.data.shardserver import ServeConfig, ShardServer, fetch_from_peer
 from barnraise.peer.net import rpc
@@ -115,7 +117,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def round_outcomes(run):
     """One real averaging round of the server and the member: join, reduce and confirm, served."""
-    timing = plan_timing(time.time(), 10.0, reduce_budget_s=15.0)
+    timing = RoundPlan.make(ROUND, time.time(), 10.0, reduce_budget_s=15.0)
     futures = {
         node.name: node.loop.submit(
             run.averagers[node.name].average(ROUND, torch.randn(NUMEL), 1.0, "base", timing, 60.0, 0)

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from barnraise.peer.averaging.matchmaking import (
-    Matchmaker,
-    _LeaderRound,
-    negotiate_codec,
-    part_fractions,
-    plan_timing,
-)
+from barnraise.coordinator.codecspec import negotiate_codec
+from barnraise.peer.averaging.matchmaking import GroupRules, Matchmaker, _LeaderRound, part_fractions
+from barnraise.peer.averaging.plan import RoundPlan
 from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.protos import averaging_pb2
 
@@ -28,9 +24,19 @@ def test_part_fractions_follow_bandwidth_only_when_all_declared():
     assert part_fractions([]) == []
 
 
-def test_timing_is_ordered():
-    t = plan_timing(100.0, 10.0)
-    assert 100.0 < t.join_at < t.close_at < t.reduce_deadline < t.confirm_deadline
+class VerdictBooks:
+    """Stands in for ``Verdicts`` (a P2P component): records the groups a leader opens books for."""
+
+    def __init__(self):
+        self.opened: list[averaging_pb2.Group] = []
+
+    def open(self, group: averaging_pb2.Group) -> None:
+        self.opened.append(group)
+
+
+def leader(books: VerdictBooks) -> Matchmaker:
+    rules = GroupRules(run_id="r", peer_id="a", group_size=8, codec="fp32")
+    return Matchmaker(None, None, rules, auth=OPEN_RUN, verdicts=books)
 
 
 def join(
@@ -43,17 +49,16 @@ def join(
 
 def test_leader_keeps_the_base_most_members_hold_not_the_heaviest():
     async def go():
-        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32", auth=OPEN_RUN)
-        formed = []
-        m.on_group = lambda g, leader: formed.append((g, leader))
+        books = VerdictBooks()
+        m = leader(books)
         state = _LeaderRound()
         state.joins = {
             "a": join("a", "fresh", 100),
             "b": join("b", "fresh", 100, codec="int8"),
             "c": join("c", "stale", 10_000, base_round=1),  # fell behind, carries many samples
         }
-        m._close(4, state, plan_timing(0.0, 10.0))
-        return state, formed
+        m._close(4, state, RoundPlan.make(4, 0.0, 10.0))
+        return state, books.opened
 
     state, formed = asyncio.run(go())
     assert state.replies["a"].status == averaging_pb2.JOIN_ACCEPTED
@@ -61,22 +66,21 @@ def test_leader_keeps_the_base_most_members_hold_not_the_heaviest():
     group = state.replies["b"].group
     assert [mem.peer_id for mem in group.members] == ["a", "b"] and group.base_hash == "fresh"
     assert group.codec == "int8"
-    assert formed and formed[0][1] == "a"
+    assert formed == [group] and state.replies["a"].leader == "a"
 
 
 def test_leader_that_is_stale_still_closes_the_group_for_the_others():
     async def go():
-        m = Matchmaker(p2p=None, dht=None, run_id="r", peer_id="a", group_size=8, codec="fp32", auth=OPEN_RUN)
-        formed = []
-        m.on_group = lambda g, leader: formed.append(g)
+        books = VerdictBooks()
+        m = leader(books)
         state = _LeaderRound()
         state.joins = {
             "a": join("a", "old", 5, base_round=1),
             "b": join("b", "new", 5),
             "c": join("c", "new", 5),
         }
-        m._close(4, state, plan_timing(0.0, 10.0))
-        return state, formed
+        m._close(4, state, RoundPlan.make(4, 0.0, 10.0))
+        return state, books.opened
 
     state, formed = asyncio.run(go())
     assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE
