@@ -125,7 +125,9 @@ class Ours:
         # A member named in a failed round is left out of the next few; here every member is
         # honest and each round is measured on its own, so one failure (reported) costs one round.
         self.av.matchmaker.penalties.clear()
-        timing = RoundPlan.make(round_no, start_at, self.cfg.round_s, reduce_budget_s=self.cfg.reduce_budget_s)
+        timing = RoundPlan.make(
+            round_no, start_at, self.cfg.round_s, reduce_budget_s=self.cfg.reduce_budget_s
+        )
 
         async def run():
             out = await self.av.average(round_no, update, 1.0, BASE_HASH, timing, TTL_S)
