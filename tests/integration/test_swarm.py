@@ -42,7 +42,10 @@ def test_two_peers_train_together(swarm, tmp_path):
     for child in peers:
         losses = round_losses(child)
         assert len(losses) >= 3, losses
-        assert losses[-1][1] < losses[0][1], f"loss did not fall: {losses}"
+        # Against the untrained model's loss (uniform over the 256 byte values), not the first window:
+        # a peer that starts a round late syncs the other's trained state first, and single windows
+        # vary by shard by more than a few rounds of training move them.
+        assert losses[-1][1] < 0.6 * math.log(256), f"loss did not fall: {losses}"
 
 
 def test_status_on_empty_swarm_says_no_peers(swarm, tmp_path):
