@@ -6,7 +6,11 @@ thing. Heartbeats are untrusted: every string a peer sent is sanitised here (con
 terminal escapes and bidi overrides replaced, length bounded) and a record that lies about its
 time or round is dropped and counted, so nothing downstream can be tricked or crashed by one.
 ``query_report`` reads what it needs from the DHT; it needs no bootstrap node, because peers
-publish run beacons (``records.read_beacons``) next to their heartbeats.
+publish run beacons (``records.read_beacons``) next to their heartbeats. It uses a coordinator
+record only if the run key that sealed it is the one it names (``records.find_runs``) and, as a
+status client fetches no manifest to check that key against, only if no record of the same run id
+names another key (``agreed_runs``) or the key matches a pinned fingerprint; otherwise the run's
+clock comes from the peers' beacons.
 
 The report's JSON form is documented by ``coordinator/status_schema.json``.
 """
@@ -83,6 +87,17 @@ class RunInfo:
             coordinator_peer_id=rec.peer_id,
             grpc_addrs=tuple(rec.grpc_addrs),
         )
+
+
+def agreed_runs(
+    coordinators: Sequence[coordinator_pb2.CoordinatorRecord],
+) -> list[coordinator_pb2.CoordinatorRecord]:
+    """Coordinator records of run ids that every record announces under one run key.
+
+    Two keys for one run id mean someone announces a run that is not theirs; a client that has no
+    manifest to tell which cannot trust either.
+    """
+    return [c for c in coordinators if len(records.announced_keys(coordinators, c.run_id)) == 1]
 
 
 def choose_run(
@@ -294,11 +309,18 @@ def build_report(
     }
 
 
-def query_report(dht, run_id: str = "", timeout_s: float = records.DHT_TIMEOUT_S, now=None) -> dict:
+def query_report(
+    dht,
+    run_id: str = "",
+    timeout_s: float = records.DHT_TIMEOUT_S,
+    now=None,
+    run_key_fingerprint: str = "",
+) -> dict:
     """Read the run and its heartbeats from the DHT and report.
 
     The coordinator record is one small lookup; the peers' beacons (one per peer, each signature
-    checked) are read only when no coordinator record is live. With ``run_id`` given, the
+    checked) are read only when no coordinator record is usable (see the module docstring; with
+    ``run_key_fingerprint``, records of other run keys are not). With ``run_id`` given, the
     heartbeats are looked up in parallel with the run. ``now``: a callable returning unix
     seconds (tests pin it); default ``time.time``.
     """
@@ -311,7 +333,7 @@ def query_report(dht, run_id: str = "", timeout_s: float = records.DHT_TIMEOUT_S
 
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="status-dht") as pool:
         beats = pool.submit(beats_of, run_id) if run_id else None
-        coordinators = records.find_runs(dht, timeout_s)
+        coordinators = agreed_runs(records.find_runs(dht, timeout_s, run_key_fingerprint))
         live = [c for c in coordinators if not run_id or c.run_id == run_id]
         run = choose_run(live, [] if live else records.read_beacons(dht, timeout_s), run_id)
         if beats is None and run is not None:

@@ -17,9 +17,12 @@ The rules, which every peer applies to the same DHT records and so reaches the s
   shuffle derived from the run seed and the epoch number (``epoch_order``).
 
 Records are untrusted: one that is malformed, stored under someone else's subkey, out of range, or
-claims a lease longer than ``MAX_LEASE_S`` is dropped whole. The DHT does not authenticate
-subkeys, so a peer that lies (marks shards done, inflates an offset) can make the swarm skip data;
-this module bounds what such a record can say, not who may say it.
+claims a lease longer than ``MAX_LEASE_S`` is dropped whole. Every record sits under a subkey that
+names its writer (its peer id; ``<peer id>/<shard>`` for done records), and ``records.get_dict``
+hands over only records their writer sealed (``coordinator/signing.py``), so requiring the
+record's ``peer_id`` to match its subkey here proves who wrote it. A member that lies (marks
+shards done, inflates an offset) can still make the swarm skip data, under its own name; this
+module bounds what such a record can say.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from barnraise.coordinator.records import parse_record
+from barnraise.coordinator.records import done_subkey, parse_record
 from barnraise.protos import shards_pb2
 
 MAX_LEASE_S = 600.0  # longest lease a reader honours; a record claiming more is dropped
@@ -127,23 +130,31 @@ def resume_offset(leases: Iterable[shards_pb2.ShardLease]) -> int:
 
 
 def parse_done(raw: Mapping[str, bytes], *, epoch: int, n_shards: int) -> dict[int, shards_pb2.ShardDone]:
-    """Usable done records of an epoch, by shard index."""
+    """Usable done records of an epoch, by shard index (the earliest, if several peers wrote one).
+
+    A record counts only under ``done_subkey(its peer_id, its shard)``: a subkey owned by the peer
+    it names, so its writer sealed it. An unowned subkey (a bare shard index) is never used.
+    """
 
     def problem(d: shards_pb2.ShardDone, subkey: str) -> str | None:
-        if subkey != str(d.shard) or d.shard >= n_shards:
-            return f"shard {d.shard} stored under subkey {subkey!r} (run has {n_shards} shards)"
-        if d.epoch != epoch:
-            return f"epoch {d.epoch} stored under epoch {epoch}"
         if _bad_peer_id(d.peer_id) or not math.isfinite(d.finished_at):
             return "bad peer id or time"
-        return None
+        if subkey != done_subkey(d.peer_id, d.shard):
+            return f"shard {d.shard} of {d.peer_id[:12]} stored under another subkey"
+        if d.shard >= n_shards:
+            return f"shard {d.shard} out of range (run has {n_shards} shards)"
+        return f"epoch {d.epoch} stored under epoch {epoch}" if d.epoch != epoch else None
 
-    out = {}
+    out: dict[int, shards_pb2.ShardDone] = {}
     for subkey, data in raw.items():
         d = parse_record(data, shards_pb2.ShardDone, lambda m, s=subkey: problem(m, s))
-        if d is not None:
+        if d is not None and (d.shard not in out or _done_order(d) < _done_order(out[d.shard])):
             out[d.shard] = d
     return out
+
+
+def _done_order(d: shards_pb2.ShardDone) -> tuple[float, str]:
+    return d.finished_at, d.peer_id
 
 
 def highest_epoch(raw: Mapping[str, bytes]) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from google.protobuf.message import Message
@@ -44,8 +44,15 @@ def lease_key(run_id: str, epoch: int, shard: int) -> str:
 
 
 def done_key(run_id: str, epoch: int) -> str:
-    """Shards finished in an epoch (``ShardDone``), subkey = shard index in decimal."""
+    """Shards finished in an epoch (``ShardDone``), subkey = ``done_subkey(writer, shard)``."""
     return f"barnraise/{run_id}/done/{epoch}"
+
+
+def done_subkey(peer_id: str, shard: int) -> str:
+    """``<writer's peer id>/<shard index>``: owned by the writer, so the record is sealed by it."""
+    from barnraise.coordinator.signing import peer_subkey
+
+    return peer_subkey(peer_id, str(shard))
 
 
 def epoch_key(run_id: str) -> str:
@@ -129,44 +136,111 @@ def parse_record(data: bytes, cls: type[M], check: Callable[[M], str | None] | N
 def publish_run(dht, record: coordinator_pb2.CoordinatorRecord, run_public_key: bytes) -> bool:
     """Store a coordinator record sealed by the run key (registered with ``signing.register_signer``).
 
-    The subkey ``runkey:<hex>/<bootstrap peer id>`` lets several entry points of one run coexist
-    while nobody without the run key can write, overwrite or prolong them.
+    The record names the key (``run_public_key``) and sits under the subkey
+    ``runkey:<hex>/<bootstrap peer id>``, which lets several entry points of one run coexist while
+    nobody without the run key can write, overwrite or prolong them.
     """
     from barnraise.coordinator.signing import runkey_subkey
 
+    record.run_public_key = run_public_key
     subkey = runkey_subkey(run_public_key, record.peer_id)
     return store(dht, RUNS_KEY, subkey, record.SerializeToString(), COORDINATOR_TTL_S)
 
 
-def find_runs(dht, timeout_s: float = DHT_TIMEOUT_S) -> list[coordinator_pb2.CoordinatorRecord]:
-    """Coordinator records in the DHT: those sealed by a run key first, then freshest first.
+def find_runs(
+    dht, timeout_s: float = DHT_TIMEOUT_S, run_key_fingerprint: str = ""
+) -> list[coordinator_pb2.CoordinatorRecord]:
+    """Coordinator records in the DHT sealed by the run key they name, freshest first.
 
-    An unsealed record (subkey = the bootstrap's peer id) is still accepted: a record only says
-    where to fetch the manifest, and the manifest's signature is checked against the pinned run key.
+    Why a reader can trust one before it knows the run key: a record is used only if the key that
+    sealed it is the key it names (``run_public_key``) and its subkey (``runkey:<that key>/<peer
+    id>``), so an unsealed record, or one sealed by a key other than the one it names, is dropped
+    here. Anyone can make a key and announce a run id under it, though, so the named key must then
+    be the run's: with ``run_key_fingerprint`` (a pinned key) records of other keys are dropped at
+    once; without one the reader fetches the manifest from the record's coordinator and
+    ``check_announced_key`` refuses the record unless the manifest is signed by the key it names
+    (the manifest's key is then pinned as usual); and ``pick_run`` refuses to guess between
+    records of one run id that name different keys.
     """
+    from barnraise.coordinator.keys import fingerprint, parse_fingerprint
+    from barnraise.coordinator.signing import runkey_subkey
+
+    pinned = parse_fingerprint(run_key_fingerprint) if run_key_fingerprint else ""
     found = []
     for subkey, opened in get_opened(dht, RUNS_KEY, timeout_s).items():
         rec = parse_record(opened.record, coordinator_pb2.CoordinatorRecord)
-        if rec is None or not rec.run_id or not rec.peer_id:
+        if rec is None or not rec.run_id or not rec.peer_id or opened.owner is None:
             continue
-        sealed = opened.owner is not None
-        if (sealed and subkey.endswith("/" + rec.peer_id)) or (not sealed and rec.peer_id == subkey):
-            found.append((not sealed, -rec.timestamp, rec))
-    return [rec for *_, rec in sorted(found, key=lambda f: f[:2])]
+        if rec.run_public_key != opened.owner or subkey != runkey_subkey(opened.owner, rec.peer_id):
+            continue
+        if not pinned or fingerprint(opened.owner) == pinned:
+            found.append(rec)
+    return sorted(found, key=lambda rec: -rec.timestamp)
 
 
-def wait_for_run(dht, run_id: str | None, timeout_s: float) -> coordinator_pb2.CoordinatorRecord:
-    """Poll the DHT until a coordinator record (for ``run_id``, if given) appears."""
+def announced_keys(runs: Iterable[coordinator_pb2.CoordinatorRecord], run_id: str) -> set[bytes]:
+    """The run keys that coordinator records of ``run_id`` name (more than one: someone lies)."""
+    return {r.run_public_key for r in runs if r.run_id == run_id}
+
+
+def check_announced_key(record: coordinator_pb2.CoordinatorRecord, run_public_key: bytes) -> None:
+    """AuthError unless the coordinator record names the key that signed the run's manifest."""
+    from barnraise.coordinator.errors import AuthError
+    from barnraise.coordinator.keys import fingerprint
+
+    if record.run_public_key != run_public_key:
+        raise AuthError(
+            f"the coordinator record of run {record.run_id} is sealed by key "
+            f"{fingerprint(record.run_public_key)}, but the run's manifest is signed by "
+            f"{fingerprint(run_public_key)}: refusing it (pass --run-key-fingerprint to pick the run's key)"
+        )
+
+
+def pick_run(
+    found: list[coordinator_pb2.CoordinatorRecord], run_id: str | None, run_key_fingerprint: str = ""
+) -> coordinator_pb2.CoordinatorRecord | None:
+    """The record to join among ``find_runs``'s (for ``run_id``, if given); None if none is there yet.
+
+    AuthError if records of the run exist but none names the pinned key; ConfigError if the swarm
+    hosts several runs and none was asked for, or if records of the run name different run keys
+    and no ``run_key_fingerprint`` says which one to trust.
+    """
+    from barnraise.coordinator.errors import AuthError, ConfigError
+    from barnraise.coordinator.keys import fingerprint, parse_fingerprint
+
+    runs = [r for r in found if run_id is None or r.run_id == run_id]
+    if runs and run_key_fingerprint:
+        pinned = parse_fingerprint(run_key_fingerprint)
+        if not (mine := [r for r in runs if fingerprint(r.run_public_key) == pinned]):
+            fps = ", ".join(sorted({fingerprint(r.run_public_key) for r in runs}))
+            raise AuthError(
+                f"run {runs[0].run_id} is announced under key {fps}, not by {run_key_fingerprint} "
+                "(--run-key-fingerprint): this is not the run you were invited to, or someone is "
+                "impersonating it"
+            )
+        runs = mine
+    if not runs:
+        return None
+    ids = sorted({r.run_id for r in runs})
+    if run_id is None and len(ids) > 1:
+        raise ConfigError(f"this swarm hosts several runs ({', '.join(ids)}): pick one with --run-id")
+    if len(named := announced_keys(runs, ids[0])) > 1:
+        fps = ", ".join(sorted(fingerprint(k) for k in named))
+        raise ConfigError(
+            f"run {ids[0]} is announced under several run keys ({fps}): pass --run-key-fingerprint "
+            "with the one its owner gave you"
+        )
+    return runs[0]
+
+
+def wait_for_run(
+    dht, run_id: str | None, timeout_s: float, run_key_fingerprint: str = ""
+) -> coordinator_pb2.CoordinatorRecord:
+    """Poll the DHT until a coordinator record (for ``run_id``, if given) appears (see ``pick_run``)."""
     deadline = time.monotonic() + timeout_s
     while True:
-        runs = [r for r in find_runs(dht) if run_id is None or r.run_id == run_id]
-        if runs:
-            ids = sorted({r.run_id for r in runs})
-            if run_id is None and len(ids) > 1:
-                from barnraise.coordinator.errors import ConfigError
-
-                raise ConfigError(f"this swarm hosts several runs ({', '.join(ids)}): pick one with --run-id")
-            return runs[0]
+        if (rec := pick_run(find_runs(dht), run_id, run_key_fingerprint)) is not None:
+            return rec
         if time.monotonic() > deadline:
             what = f"run {run_id}" if run_id else "any run"
             raise PeerUnavailable(

@@ -4,14 +4,16 @@ Manifest: ``SignedManifest.signature`` is the run key's signature over ``MANIFES
 manifest bytes, and the manifest names its key (``run_public_key``). ``verify_manifest`` checks
 that the two agree; whether the key is the one a peer trusts is ``keys.pin_run_key``'s job.
 
-DHT records: a record stored under a subkey that names an owner — an Ed25519 peer id, or
-``runkey:<hex public key>[/suffix]`` for the run authority — is wrapped in a ``SignedRecord``
+DHT records: a record stored under a subkey that names an owner — an Ed25519 peer id, optionally
+followed by ``/suffix`` (``peer_subkey``, for a peer that writes several records under one key),
+or ``runkey:<hex public key>[/suffix]`` for the run authority — is wrapped in a ``SignedRecord``
 signed by that owner over ``record_payload`` (DHT key id, subkey, expiration time, record, token).
 ``records.store`` seals with a key registered in this process (``register_signer``, done once by
 the peer daemon and the bootstrap), ``records.get_dict`` opens and drops whatever fails, and
 ``SignedRecordValidator`` makes every barnraise DHT node refuse to store such a record unless its
-owner signed it, so no peer can forge, overwrite or prolong another's heartbeat, round entry or
-lease. Records under other subkeys (a shard index, say) are stored as they are.
+owner signed it, so no peer can forge, overwrite or prolong another's heartbeat, round entry,
+lease or done record. Records under other subkeys are stored as they are; barnraise writes none
+(every reader requires the owned subkey its record names), so such a record is never used.
 """
 
 from __future__ import annotations
@@ -80,28 +82,33 @@ def verify_manifest(signed: manifest_pb2.SignedManifest) -> manifest_pb2.RunMani
 
 def run_authority(
     run_dir: Path, manifest: manifest_pb2.RunManifest, path: Path | None = None
-) -> Ed25519PrivateKey | None:
+) -> Ed25519PrivateKey:
     """The run key for a bootstrap node, registered for sealing its coordinator record and revocations.
 
-    ``path`` defaults to ``RUN_DIR/run.key``; if that file is absent (the owner keeps the key
-    elsewhere) the node runs without it, logging what it cannot do. A key that did not sign the
-    manifest is a ConfigError.
+    ``path`` defaults to ``RUN_DIR/run.key``. A bootstrap cannot run without it: readers use only a
+    coordinator record sealed by the run key. A missing or unreadable file, or a key that did not
+    sign the manifest, is a ConfigError naming the file and what to do.
     """
     from barnraise.coordinator.errors import ConfigError
 
     key_path = path or run_dir / keys.RUN_KEY_FILE
     if path is None and not key_path.exists():
-        log.warning(
-            "no run key at %s: the coordinator record goes out unsealed and revocations are not "
-            "published (pass --run-key FILE)",
-            key_path,
+        raise ConfigError(
+            f"no run key at {key_path}: the bootstrap seals the run's coordinator record with it; copy "
+            "the key the run was created with there, or pass --run-key FILE"
         )
-        return None
-    key = keys.load_run_key(key_path)
+    try:
+        key = keys.load_run_key(key_path)
+    except OSError as e:
+        raise ConfigError(
+            f"cannot read run key {key_path} ({e.strerror or e}): make it readable by this user, or pass "
+            "--run-key FILE"
+        ) from e
     if keys.public_bytes(key) != manifest.run_public_key:
         raise ConfigError(
             f"run key {key_path} (fingerprint {keys.fingerprint(keys.public_bytes(key))}) did not sign "
-            f"this manifest (fingerprint {keys.fingerprint(manifest.run_public_key)})"
+            f"this manifest (fingerprint {keys.fingerprint(manifest.run_public_key)}): pass the run's "
+            "key with --run-key FILE"
         )
     register_signer(key)
     return key
@@ -113,6 +120,11 @@ def run_authority(
 def runkey_subkey(public_key: bytes, suffix: str = "") -> str:
     """A subkey owned by the run authority (coordinator records, revocations)."""
     return RUNKEY_PREFIX + public_key.hex() + (f"/{suffix}" if suffix else "")
+
+
+def peer_subkey(peer_id: str, suffix: str) -> str:
+    """A subkey owned by a peer, for one of several records it writes under one key (done records)."""
+    return f"{peer_id}/{suffix}"
 
 
 def owner_of(subkey: object) -> bytes | None:
@@ -127,7 +139,7 @@ def owner_of(subkey: object) -> bytes | None:
         except ValueError:
             return None
         return pub if len(pub) == keys.PUBLIC_KEY_BYTES and (not rest or rest.startswith("/")) else None
-    return keys.public_key_of(subkey)
+    return keys.public_key_of(subkey.split("/", 1)[0])  # a peer id, or a peer id + "/suffix"
 
 
 @dataclass(frozen=True)

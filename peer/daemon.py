@@ -102,10 +102,11 @@ class PeerDaemon:
             )
         )
         self.peer_id = self.dht.peer_id.to_base58()
-        rec = records.wait_for_run(self.dht, cfg.run_id or None, cfg.join_timeout_s)
+        rec = records.wait_for_run(self.dht, cfg.run_id or None, cfg.join_timeout_s, cfg.run_key_fingerprint)
         self.client = CoordinatorClient(rec.grpc_addrs)
         signed, genesis = self.client.manifest()
         self.manifest = verify_manifest(signed)
+        records.check_announced_key(rec, self.manifest.run_public_key)
         if self.manifest.run_id != rec.run_id:
             raise PeerUnavailable(
                 f"coordinator serves run {self.manifest.run_id}, the DHT announced {rec.run_id}"

@@ -68,7 +68,7 @@ class HistoryReply(_message.Message):
     def __init__(self, rounds: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ...) -> None: ...
 
 class CoordinatorRecord(_message.Message):
-    __slots__ = ("run_id", "grpc_addrs", "genesis", "round_s", "peer_id", "timestamp", "version")
+    __slots__ = ("run_id", "grpc_addrs", "genesis", "round_s", "peer_id", "timestamp", "version", "run_public_key")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRS_FIELD_NUMBER: _ClassVar[int]
     GENESIS_FIELD_NUMBER: _ClassVar[int]
@@ -76,6 +76,7 @@ class CoordinatorRecord(_message.Message):
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    RUN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     grpc_addrs: _containers.RepeatedScalarFieldContainer[str]
     genesis: float
@@ -83,4 +84,5 @@ class CoordinatorRecord(_message.Message):
     peer_id: str
     timestamp: float
     version: str
-    def __init__(self, run_id: _Optional[str] = ..., grpc_addrs: _Optional[_Iterable[str]] = ..., genesis: _Optional[float] = ..., round_s: _Optional[float] = ..., peer_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., version: _Optional[str] = ...) -> None: ...
+    run_public_key: bytes
+    def __init__(self, run_id: _Optional[str] = ..., grpc_addrs: _Optional[_Iterable[str]] = ..., genesis: _Optional[float] = ..., round_s: _Optional[float] = ..., peer_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., version: _Optional[str] = ..., run_public_key: _Optional[bytes] = ...) -> None: ...

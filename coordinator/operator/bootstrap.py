@@ -1,7 +1,8 @@
 """The bootstrap node: the swarm's entry point and the run's coordinator service.
 
 It runs a hivemind DHT node with a persistent identity, serves the manifest and shards over gRPC
-(with grpc.health.v1), announces that service in the DHT and keeps a compact per-round history.
+(with grpc.health.v1), announces that service in the DHT in a record sealed by the run key
+(``RUN_DIR/run.key`` or ``--run-key FILE``) and keeps a compact per-round history.
 Training never depends on it after a peer has joined: averaging and state sync are peer to peer.
 """
 
@@ -18,17 +19,12 @@ from barnraise.coordinator import __version__
 from barnraise.coordinator.atomic import write_atomic
 from barnraise.coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
 from barnraise.coordinator.errors import ConfigError
+from barnraise.coordinator.keys import fingerprint
 from barnraise.coordinator.manifest import load_signed_manifest
 from barnraise.coordinator.operator.service import CoordinatorServicer, serve
-from barnraise.coordinator.records import (
-    COORDINATOR_TTL_S,
-    RUNS_KEY,
-    find_runs,
-    read_heartbeats,
-    store,
-)
+from barnraise.coordinator.records import find_runs, publish_run, read_heartbeats
 from barnraise.coordinator.runclock import RoundClock
-from barnraise.coordinator.signing import dht_validators, verify_manifest
+from barnraise.coordinator.signing import dht_validators, run_authority, verify_manifest
 from barnraise.protos import coordinator_pb2
 
 log = logging.getLogger(__name__)
@@ -46,6 +42,7 @@ class BootstrapConfig:
     grpc: str = ""  # HOST:PORT; default: the DHT listen host, any port
     initial_peers: tuple[str, ...] = ()  # join an existing swarm
     metrics: str = ""  # [HOST:]PORT to serve Prometheus /metrics on; "": none
+    run_key: Path | None = None  # the run key that seals the coordinator record; default RUN_DIR/run.key
 
 
 def grpc_listen_address(cfg: BootstrapConfig) -> str:
@@ -80,6 +77,7 @@ class BootstrapNode:
         self.cfg = cfg
         self.signed = load_signed_manifest(cfg.run_dir)
         self.manifest = verify_manifest(self.signed)
+        self.run_key = run_authority(cfg.run_dir, self.manifest, cfg.run_key)  # registered for sealing
         self.dht = None
         self.server = None
         self._stop = threading.Event()
@@ -130,7 +128,7 @@ class BootstrapNode:
         """Round 0's start: kept in RUN_DIR/clock.json; a second entry point adopts the swarm's."""
         path = self.cfg.run_dir / CLOCK_FILE
         if self.cfg.initial_peers:
-            for rec in find_runs(self.dht):
+            for rec in find_runs(self.dht, run_key_fingerprint=fingerprint(self.manifest.run_public_key)):
                 if rec.run_id == self.manifest.run_id:
                     return rec.genesis
         if path.exists():
@@ -144,10 +142,7 @@ class BootstrapNode:
 
     def _publish(self) -> None:
         self.record.timestamp = time.time()
-        ok = store(
-            self.dht, RUNS_KEY, self.record.peer_id, self.record.SerializeToString(), COORDINATOR_TTL_S
-        )
-        if not ok:
+        if not publish_run(self.dht, self.record, self.manifest.run_public_key):
             log.debug("coordinator record not stored (no other DHT node yet?)")
 
     def _publish_loop(self) -> None:

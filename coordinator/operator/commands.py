@@ -99,6 +99,13 @@ def register_bootstrap(sub) -> None:
     )
     p.add_argument("--initial-peers", nargs="+", default=[], metavar="MADDR", help="join an existing swarm")
     p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
+    p.add_argument(
+        "--run-key",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="the run key (PEM) that seals the coordinator record (default RUN_DIR/run.key)",
+    )
     p.set_defaults(handler=cmd_bootstrap)
 
 
@@ -114,6 +121,7 @@ def cmd_bootstrap(args) -> int:
             grpc=args.grpc,
             initial_peers=tuple(args.initial_peers),
             metrics=args.metrics_port,
+            run_key=args.run_key,
         )
     )
     if args.metrics_port:

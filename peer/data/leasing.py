@@ -156,7 +156,8 @@ class LeaseClient:
 
     def mark_done(self, epoch: int, shard: int) -> bool:
         done = shards_pb2.ShardDone(shard=shard, epoch=epoch, peer_id=self.peer_id, finished_at=time.time())
-        return self._store(records.done_key(self.run_id, epoch), str(shard), done, self.cfg.done_retention_s)
+        key, subkey = records.done_key(self.run_id, epoch), records.done_subkey(self.peer_id, shard)
+        return self._store(key, subkey, done, self.cfg.done_retention_s)
 
     def publish_epoch(self, epoch: int) -> bool:
         mark = shards_pb2.EpochMark(peer_id=self.peer_id, epoch=epoch, timestamp=time.time())

@@ -19,16 +19,26 @@ def peer_id_of(maddr: str) -> str:
 
 
 def test_restarted_bootstrap_keeps_its_peer_id(tmp_path):
+    """Also: the run key may live outside the run directory (``--run-key FILE``); with none, the
+    bootstrap refuses to start, in one line saying what to do."""
     init_run(tmp_path / "run")
     ids = []
     for attempt in range(2):
         s = Swarm(workdir=tmp_path / f"s{attempt}")
         s.workdir.mkdir()
         try:
-            s.start_bootstrap(tmp_path / "run")
+            s.start_bootstrap(
+                tmp_path / "run", extra=["--run-key", str(tmp_path / "kept.key")] if attempt else None
+            )
             ids.append(peer_id_of(s.initial_peers))
         finally:
             s.close()
+        if not attempt:
+            (tmp_path / "run" / "run.key").rename(tmp_path / "kept.key")
+            res = run_cli("bootstrap", "--run", str(tmp_path / "run"), "--listen", "/ip4/127.0.0.1/tcp/0")
+            lines = res.stderr.strip().splitlines()
+            assert res.returncode != 0 and len(lines) == 1, res.stderr
+            assert "no run key at" in lines[0] and "--run-key FILE" in lines[0], res.stderr
     assert ids[0] == ids[1]
     assert (tmp_path / "run" / "bootstrap.id").exists()
 

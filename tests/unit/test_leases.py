@@ -98,13 +98,32 @@ def test_malformed_and_oversized_records_are_dropped():
 # --- epochs -----------------------------------------------------------------------------------------
 
 
-def test_done_records_are_checked_against_key_and_manifest():
-    def done(shard, epoch=1, subkey=None, peer="p"):
-        d = shards_pb2.ShardDone(shard=shard, epoch=epoch, peer_id=peer, finished_at=NOW)
-        return (subkey if subkey is not None else str(shard)), d.SerializeToString()
+def done_record(shard, epoch=1, subkey=None, peer="p", at=NOW):
+    d = shards_pb2.ShardDone(shard=shard, epoch=epoch, peer_id=peer, finished_at=at)
+    return (subkey if subkey is not None else f"{peer}/{shard}"), d.SerializeToString()
 
-    raw = dict([done(0), done(3), done(4, subkey="5"), done(9), done(2, epoch=7), done(1, peer="")])
+
+def test_done_records_are_checked_against_key_and_manifest():
+    raw = dict(
+        [
+            done_record(0),
+            done_record(3),
+            done_record(4, subkey="p/5"),
+            done_record(9),
+            done_record(2, epoch=7),
+            done_record(1, peer=""),
+        ]
+    )
     assert set(leases.parse_done(raw, epoch=1, n_shards=9)) == {0, 3}
+
+
+def test_done_records_count_only_under_their_writers_subkey():
+    """The subkey names the writer (so its seal was checked by ``records.get_dict``): a record under
+    a bare shard index (unsealed, as written before) or under another peer's subkey is ignored."""
+    raw = dict([done_record(1, subkey="1"), done_record(2, peer="victim", subkey="forger/2")])
+    assert leases.parse_done(raw, epoch=1, n_shards=9) == {}
+    both = dict([done_record(4, peer="late", at=NOW + 5), done_record(4, peer="early")])
+    assert leases.parse_done(both, epoch=1, n_shards=9)[4].peer_id == "early"  # the earliest counts
 
 
 def test_newcomers_start_at_the_highest_honest_epoch_mark():

@@ -270,43 +270,136 @@ def test_storing_as_a_peer_without_its_key_fails():
         records.store(FakeDHT(), records.heartbeats_key("run1"), pid, b"x", 15.0)
 
 
-def test_coordinator_records_sealed_by_the_run_key():
+def coordinator_record(peer_id: str, timestamp: float, run_id: str = "run1"):
     from barnraise.protos import coordinator_pb2
 
+    return coordinator_pb2.CoordinatorRecord(
+        run_id=run_id, peer_id=peer_id, grpc_addrs=["h:1"], timestamp=timestamp
+    )
+
+
+def test_coordinator_records_sealed_by_the_run_key():
     dht = FakeDHT()
     run_key = keys.generate()
+    run_pub = keys.public_bytes(run_key)
     signing.register_signer(run_key)
-    rec = coordinator_pb2.CoordinatorRecord(
-        run_id="run1", peer_id="QmBoot", grpc_addrs=["h:1"], timestamp=1.0
-    )
-    assert records.publish_run(dht, rec, keys.public_bytes(run_key))
-    legacy = coordinator_pb2.CoordinatorRecord(run_id="run1", peer_id="QmOld", timestamp=2.0)
+    assert records.publish_run(dht, coordinator_record("QmBoot", 1.0), run_pub)
+    # an unsealed record (as bootstraps used to publish, subkey = their peer id) is not used
+    legacy = coordinator_record("QmOld", 2.0)
     records.store(dht, records.RUNS_KEY, "QmOld", legacy.SerializeToString(), 60.0)
     found = records.find_runs(dht)
-    assert [r.peer_id for r in found] == ["QmBoot", "QmOld"]  # sealed first
+    assert [(r.peer_id, r.run_public_key) for r in found] == [("QmBoot", run_pub)]
     # a record under the run key's subkey that the run key did not seal is dropped
     impostor = keys.generate()
     signing.register_signer(impostor)
-    subkey = signing.runkey_subkey(keys.public_bytes(run_key), "QmEvil")
     exp = records.dht_time() + 60
-    fake = coordinator_pb2.CoordinatorRecord(run_id="run1", peer_id="QmEvil", timestamp=3.0)
+    fake = coordinator_record("QmEvil", 3.0)
+    fake.run_public_key = run_pub  # names the run's key, sealed by another
     sealed_by_impostor = signing.seal(
         records.RUNS_KEY,
         signing.runkey_subkey(keys.public_bytes(impostor), "QmEvil"),
         exp,
         fake.SerializeToString(),
     )
-    dht.store(records.RUNS_KEY, sealed_by_impostor, exp, subkey=subkey)
-    assert "QmEvil" not in [r.peer_id for r in records.find_runs(dht)]
+    dht.store(records.RUNS_KEY, sealed_by_impostor, exp, subkey=signing.runkey_subkey(run_pub, "QmEvil"))
+    # the same forgery under the impostor's own subkey: sealed by a key other than the one it names
+    dht.store(
+        records.RUNS_KEY,
+        sealed_by_impostor,
+        exp,
+        subkey=signing.runkey_subkey(keys.public_bytes(impostor), "QmEvil"),
+    )
+    assert [r.peer_id for r in records.find_runs(dht)] == ["QmBoot"]
+    assert records.wait_for_run(dht, "run1", 1.0).peer_id == "QmBoot"
+
+
+def test_a_run_announced_under_another_key_is_not_used():
+    from barnraise.coordinator.health import agreed_runs
+
+    dht = FakeDHT()
+    run_key, squatter = keys.generate(), keys.generate()
+    run_pub, squatter_pub = keys.public_bytes(run_key), keys.public_bytes(squatter)
+    signing.register_signer(run_key)
+    signing.register_signer(squatter)
+    assert records.publish_run(dht, coordinator_record("QmBoot", 1.0), run_pub)
+    assert records.publish_run(dht, coordinator_record("QmSquat", 2.0), squatter_pub)  # fresher
+    # sealed by the key it names, so found; but a reader does not guess between the two keys
+    assert {r.peer_id for r in records.find_runs(dht)} == {"QmBoot", "QmSquat"}
+    with pytest.raises(ConfigError, match="several run keys"):
+        records.wait_for_run(dht, "run1", 1.0)
+    assert agreed_runs(records.find_runs(dht)) == []  # the status CLI falls back to peers' beacons
+    # a pinned fingerprint keeps the run's record at once
+    pinned = keys.fingerprint(run_pub)
+    assert [r.peer_id for r in records.find_runs(dht, run_key_fingerprint=pinned)] == ["QmBoot"]
+    assert records.wait_for_run(dht, "run1", 1.0, pinned).peer_id == "QmBoot"
+    other = keys.fingerprint(keys.public_bytes(keys.generate()))
+    with pytest.raises(AuthError, match=f"not by {other}"):  # pinned to a key nobody announces
+        records.wait_for_run(dht, "run1", 1.0, other)
+    # without a pin, the manifest's key decides once it arrives
+    squat = next(r for r in records.find_runs(dht) if r.peer_id == "QmSquat")
+    with pytest.raises(AuthError, match="sealed by key"):
+        records.check_announced_key(squat, run_pub)
+    records.check_announced_key(records.find_runs(dht, run_key_fingerprint=pinned)[0], run_pub)
 
 
 def test_run_authority_for_a_bootstrap(tmp_path):
+    import os
+
     run_key = keys.generate()
     m = manifest()
     signing.sign_manifest(m, run_key)
-    assert signing.run_authority(tmp_path, m) is None  # no RUN_DIR/run.key: runs unsealed, with a warning
+    with pytest.raises(ConfigError, match=r"no run key at .*run\.key.*--run-key FILE"):
+        signing.run_authority(tmp_path, m)  # a bootstrap does not run without the run key
     keys.save_run_key(tmp_path / "run.key", run_key)
     assert keys.public_bytes(signing.run_authority(tmp_path, m)) == m.run_public_key
     keys.save_run_key(tmp_path / "other.key", keys.generate())
     with pytest.raises(ConfigError, match="did not sign"):
         signing.run_authority(tmp_path, m, tmp_path / "other.key")
+    with pytest.raises(ConfigError, match="not found"):
+        signing.run_authority(tmp_path, m, tmp_path / "missing.key")
+    if os.geteuid() != 0:  # root reads any file
+        (tmp_path / "run.key").chmod(0)
+        with pytest.raises(ConfigError, match="cannot read run key"):
+            signing.run_authority(tmp_path, m)
+
+
+# --- done records ------------------------------------------------------------------------------
+
+
+def done_bytes(peer_id: str, shard: int) -> bytes:
+    from barnraise.protos import shards_pb2
+
+    return shards_pb2.ShardDone(
+        shard=shard, epoch=0, peer_id=peer_id, finished_at=time.time()
+    ).SerializeToString()
+
+
+def test_forged_or_unsigned_done_records_are_ignored():
+    from barnraise.coordinator.leases import LeaseConfig
+    from barnraise.peer.data.leasing import LeaseClient
+
+    dht = FakeDHT()
+    m = manifest()
+    for _ in range(3):
+        m.shards.add(sha256="1" * 64, size_bytes=1, n_tokens=1, index=len(m.shards))
+    writer, forger = keys.generate(), keys.generate()
+    wid, fid = keys.peer_id_of(keys.public_bytes(writer)), keys.peer_id_of(keys.public_bytes(forger))
+    signing.register_signer(writer)
+    signing.register_signer(forger)
+    client = LeaseClient(dht, m, wid, LeaseConfig())
+    assert client.mark_done(0, 1) and client.read_done(0) == {1}  # sealed by its writer: counts
+    key, exp = records.done_key("run1", 0), records.dht_time() + 100.0
+    # unsigned, under a bare shard index (the old form) or under the writer's subkey
+    dht.store(key, done_bytes(wid, 2), exp, subkey="2")
+    dht.store(key, done_bytes(wid, 3), exp, subkey=records.done_subkey(wid, 3))
+    # forged: the forger seals a record naming the writer and puts it under the writer's subkey,
+    # or under its own subkey
+    forged = signing.seal(key, records.done_subkey(fid, 0), exp, done_bytes(wid, 0))
+    dht.store(key, forged, exp, subkey=records.done_subkey(wid, 0))
+    dht.store(key, forged, exp, subkey=records.done_subkey(fid, 0))
+    assert client.read_done(0) == {1}
+    validator = signing.SignedRecordValidator()  # DHT nodes refuse to store the forgery and the unsigned one
+    assert not validator.validate(dht_record(key, records.done_subkey(wid, 0), forged, exp))
+    assert not validator.validate(dht_record(key, records.done_subkey(wid, 3), done_bytes(wid, 3), exp))
+    genuine = signing.seal(key, records.done_subkey(wid, 0), exp, done_bytes(wid, 0))
+    assert validator.validate(dht_record(key, records.done_subkey(wid, 0), genuine, exp))
