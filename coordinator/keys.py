@@ -224,16 +224,24 @@ class IdentityLock:
     for Ed25519 identities and this lock replaces it for processes on the same machine.
     """
 
-    def __init__(self, identity: Path):
+    def __init__(self, identity: Path, *, refuse: bool = True):
+        """Take the lock; if a running peer holds it, raise ConfigError, or with ``refuse=False``
+        leave ``held`` False (the caller tries another identity)."""
         self.path = identity.with_name(identity.name + ".lock")
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as e:
             os.close(self._fd)
-            raise ConfigError(
-                f"identity {identity} is already in use by a running peer: stop it or pass another --identity"
-            ) from e
+            self._fd = -1
+            if refuse:
+                raise ConfigError(
+                    f"identity {identity} is already in use by a running peer: stop it or pass another --identity"
+                ) from e
+
+    @property
+    def held(self) -> bool:
+        return self._fd >= 0
 
     def release(self) -> None:
         if self._fd >= 0:

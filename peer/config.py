@@ -16,7 +16,7 @@ class PeerConfig:
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)  # DHT/P2P listen multiaddrs
     announce: tuple[str, ...] = ()  # public multiaddrs, if behind NAT with port forwarding
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "barnraise")
-    identity: Path | None = None  # default: CACHE_DIR/peer.id (same file = same peer id)
+    identity: Path | None = None  # default: a free slot, CACHE_DIR/peer.id first (peer/slots.py)
     device: str = "auto"  # auto, cpu, cuda, cuda:N
     threads: int = 0  # CPU threads; 0: all cores
     max_rounds: int = 0  # leave after this many rounds (0: run until stopped)

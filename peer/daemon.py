@@ -35,9 +35,10 @@ from barnraise.peer.data.feed import ShardFeed
 from barnraise.peer.data.shards import ShardSourceRef
 from barnraise.peer.heartbeat import HeartbeatPublisher, PeerStats
 from barnraise.peer.injection import InjectionPlan, Injector
-from barnraise.peer.net.auth import PeerAuth, dht_extra, open_identity
+from barnraise.peer.net.auth import PeerAuth, dht_extra
 from barnraise.peer.net.coordinator_client import CoordinatorClient
 from barnraise.peer.net.p2ploop import P2PLoop
+from barnraise.peer.slots import open_peer_identity
 from barnraise.peer.sync.catchup import CatchUp
 from barnraise.peer.sync.rounds import LaunchedRound, finished
 from barnraise.peer.sync.state import GlobalState, OuterStep, all_finite, flat_params, load_flat
@@ -90,14 +91,14 @@ class PeerDaemon:
         """Start our DHT node, find the run, fetch and verify its manifest, check our membership."""
         cfg = self.cfg
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
-        identity = cfg.identity or cfg.cache_dir / "peer.id"
-        self.identity, self.identity_lock = open_identity(identity, default_location=cfg.identity is None)
+        taken = open_peer_identity(cfg.cache_dir, cfg.identity)  # a free slot unless --identity
+        self.identity, self.identity_lock = taken.key, taken.lock
         self.dht = start_dht(
             DHTOptions(
                 initial_peers=cfg.initial_peers,
                 listen=cfg.listen,
                 announce=cfg.announce,
-                identity=identity,
+                identity=taken.path,
                 extra=dht_extra(),
             )
         )

@@ -5,23 +5,34 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 from pathlib import Path
 
 from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.shutdown import stop_on_signals
+from barnraise.peer.cli.settings import LAYERS_HELP, add_settings
 
 
 # --- peer -------------------------------------------------------------------------------------
 def register_peer(sub) -> None:
-    p = sub.add_parser("peer", help="run a peer daemon that trains with the swarm")
+    p = sub.add_parser(
+        "peer",
+        help="run a peer daemon that trains with the swarm",
+        description=LAYERS_HELP,
+    )
     p.add_argument("--initial-peers", nargs="+", required=True, metavar="MADDR")
     p.add_argument("--run-id", default="", help="which run, if the swarm hosts several")
     p.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR")
     p.add_argument("--announce", nargs="+", default=[], metavar="MADDR")
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "barnraise")
-    p.add_argument("--identity", type=Path, default=None, help="private key file (default CACHE_DIR/peer.id)")
+    p.add_argument(
+        "--identity",
+        type=Path,
+        default=None,
+        help="private key file (default: CACHE_DIR/peer.id, or CACHE_DIR/slot-N/peer.id while that one is in use)",
+    )
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after N completed rounds")
@@ -53,7 +64,9 @@ def register_peer(sub) -> None:
         "--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS
     )
     p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
-    p.set_defaults(handler=cmd_peer)
+    # Last: --config and --print-config; every visible flag above is also settable from
+    # BARNRAISE_<FLAG> and the file (settings.py).
+    p.set_defaults(handler=cmd_peer, settings=add_settings(p))
 
 
 def shard_options(args):
@@ -92,11 +105,26 @@ def injection_plan(args):
     return plan if plan.faults else None
 
 
-def cmd_peer(args) -> int:
-    from barnraise.peer.daemon import PeerConfig, PeerDaemon
-    from barnraise.peer.events import open_events
+def peer_config(args):
+    """``PeerConfig`` from the merged flags, each checked; a bad value is a one-line ConfigError."""
+    from barnraise.peer.config import PeerConfig
 
-    cfg = PeerConfig(
+    if args.run_key_fingerprint:
+        from barnraise.coordinator.keys import parse_fingerprint
+
+        parse_fingerprint(args.run_key_fingerprint)
+    if args.codec:
+        from barnraise.peer.averaging import codecs
+
+        try:
+            codecs.check_codec(args.codec)
+        except ValueError as e:
+            raise ConfigError(str(e)) from e
+    if args.metrics_port:
+        from barnraise.coordinator.metrics import parse_metrics_address
+
+        parse_metrics_address(args.metrics_port)
+    return PeerConfig(
         initial_peers=tuple(args.initial_peers),
         run_id=args.run_id,
         listen=tuple(args.listen),
@@ -113,21 +141,17 @@ def cmd_peer(args) -> int:
         run_key_fingerprint=args.run_key_fingerprint,
         inject=injection_plan(args),
     )
-    if args.run_key_fingerprint:
-        from barnraise.coordinator.keys import parse_fingerprint
 
-        parse_fingerprint(args.run_key_fingerprint)
-    if args.codec:
-        from barnraise.peer.averaging import codecs
 
-        try:
-            codecs.check_codec(args.codec)
-        except ValueError as e:
-            raise ConfigError(str(e)) from e
-    if args.metrics_port:
-        from barnraise.coordinator.metrics import parse_metrics_address
+def cmd_peer(args) -> int:
+    args, origin = args.settings.resolve(args, os.environ)
+    cfg = peer_config(args)  # every value checked, for --print-config too
+    if args.print_config:
+        sys.stdout.write(args.settings.render(args, origin))
+        return 0
+    from barnraise.peer.daemon import PeerDaemon
+    from barnraise.peer.events import open_events
 
-        parse_metrics_address(args.metrics_port)
     events = open_events(args.events, ledger=args.ledger)
     daemon = PeerDaemon(cfg, events)
     running = threading.Event()
