@@ -79,7 +79,8 @@ def cmd_init(args) -> int:
     print(json.dumps(manifest_summary(manifest)))
     if args.run_key is None:
         print(f"run key: {args.run_dir / 'run.key'} (keep it private; it signs the manifest and tokens)")
-    print(f"next: barnraise bootstrap --run {args.run_dir}")
+    run_key = f" --run-key {args.run_key}" if args.run_key is not None else ""  # the bootstrap seals with it
+    print(f"next: barnraise bootstrap --run {args.run_dir}{run_key}")
     return 0
 
 
