@@ -9,6 +9,7 @@ Each finding is ``{kind, peer_id, round, detail}``; the kinds, most serious firs
     deadline_missed    a recent round's averaging had not finished by its deadline at some peers
     excluded           a peer was left out of a recent round, and why
     straggler          a peer behind the clock, mostly waiting on averaging, or far slower than the rest
+                       (a paused peer is none: its owner paused it, and it says so)
     dead               no heartbeat for ``health.DEAD_AFTER_S``
     records_ignored    heartbeat records dropped as malformed, oversized or lying
 
@@ -183,10 +184,12 @@ def exclusions(alive: Sequence[dict], round_no: int) -> list[dict]:
 
 
 def stragglers(alive: Sequence[dict], round_no: int) -> list[dict]:
-    speeds = [p["samples_per_s"] for p in alive if p["samples_per_s"] > 0]
+    """Peers behind, waiting or slow; paused peers (``pause``, ``--schedule``) are skipped."""
+    working = [p for p in alive if not p.get("paused")]
+    speeds = [p["samples_per_s"] for p in working if p["samples_per_s"] > 0]
     median_speed = statistics.median(speeds) if len(speeds) >= 3 else 0.0
     found = []
-    for p in alive:
+    for p in working:
         why = []
         if round_no - p["round"] >= STRAGGLER_LAG:
             why.append(f"in round {p['round']} while the swarm is in {round_no}")

@@ -43,6 +43,7 @@ PHASES = {
     heartbeat_pb2.PHASE_AVERAGING: "averaging",
     heartbeat_pb2.PHASE_SYNCING: "syncing",
     heartbeat_pb2.PHASE_IDLE: "idle",
+    heartbeat_pb2.PHASE_PAUSED: "paused",
 }
 
 # C0/C1 controls (ESC and CSI start terminal escapes), zero-width and bidirectional overrides
@@ -142,6 +143,7 @@ def peer_entry(hb: heartbeat_pb2.Heartbeat, now: float) -> dict:
         "samples_per_s": round(hb.samples_per_s, 2),
         "round": hb.round,
         "phase": PHASES.get(hb.phase, "unknown"),
+        "paused": hb.phase == heartbeat_pb2.PHASE_PAUSED,
         "loss": round(hb.loss, 4),
         "recent_losses": [round(v, 4) for v in hb.recent_losses],
         "last_seen_s": round(last_seen, 1),

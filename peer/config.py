@@ -7,6 +7,7 @@ from pathlib import Path
 
 from barnraise.peer.data.feed import ShardOptions
 from barnraise.peer.injection import InjectionPlan
+from barnraise.peer.schedule import Window
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -26,4 +27,5 @@ class PeerConfig:
     shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
     token: Path | None = None  # membership token file (closed runs)
     run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)
+    schedule: tuple[Window, ...] = ()  # local hours to train in (--schedule); none: always
     inject: InjectionPlan | None = None  # tests and benchmarks only: faults by (peer, round)

@@ -31,6 +31,7 @@ from barnraise.peer.averaging.averager import Averager, RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan, reduce_budget
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.config import PeerConfig
+from barnraise.peer.control import ControlServer, Switches, socket_path
 from barnraise.peer.data.feed import ShardFeed
 from barnraise.peer.data.shards import ShardSourceRef
 from barnraise.peer.heartbeat import HeartbeatPublisher, PeerStats
@@ -61,7 +62,11 @@ class PeerDaemon:
     def __init__(self, cfg: PeerConfig, events: events.EventLog = events.NO_EVENTS):
         self.cfg = cfg
         self.events = events  # what tests and benchmarks read (--events)
-        self.stop_event = threading.Event()
+        self.stop_event = threading.Event()  # leave now
+        self.switches = Switches(cfg.schedule)  # pause, leave after this round (peer/control.py)
+        self.control: ControlServer | None = None
+        self.carried = 0.0  # samples in the live params that no applied average has taken yet
+        self.completed = 0  # rounds applied
         self.stats = PeerStats()
         self.dht = self.loop = self.heartbeat = self.client = self.feed = None
         self.auth = self.identity_lock = None
@@ -93,6 +98,8 @@ class PeerDaemon:
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         taken = open_peer_identity(cfg.cache_dir, cfg.identity)  # a free slot unless --identity
         self.identity, self.identity_lock = taken.key, taken.lock
+        self.control = ControlServer(socket_path(cfg.cache_dir, taken.path, taken.slot), self.switches)
+        self.control.start()
         self.dht = start_dht(
             DHTOptions(
                 initial_peers=cfg.initial_peers,
@@ -156,12 +163,9 @@ class PeerDaemon:
             load_flat(model, self.state.params)
         self.trainer = InnerTrainer(model, t, self.info)
         self.trainer.fit(self.feed.sample)
-        self.stats.update(
-            device=self.info.description,
-            device_memory_bytes=self.info.memory_bytes,
-            batch_size=t.batch_size,
-            micro_batch=self.trainer.micro_batch,
-        )
+        info = self.info
+        self.stats.update(device=info.description, device_memory_bytes=info.memory_bytes)
+        self.stats.update(batch_size=t.batch_size, micro_batch=self.trainer.micro_batch)
         return model
 
     def _start_averaging(self) -> None:
@@ -238,49 +242,77 @@ class PeerDaemon:
         live params keep the progress made since the update was taken (a one-round-delayed outer
         update), so a slow link does not idle the device.
         """
-        t = self.manifest.training
-        carried = 0.0  # samples in the live params that no applied average has taken yet
+        t, sw = self.manifest.training, self.switches
         pending: LaunchedRound | None = None
-        completed = 0
         last_end = time.time()
         try:
-            while not self.stop_event.is_set():
+            while not (self.stop_event.is_set() or self._cut_short()):
+                if pending is not None and (sw.paused() or sw.leaving.is_set()):
+                    pending = self._settle(pending)  # its group counts on us
+                if sw.leaving.is_set():
+                    self.events.emit(events.Leaving(round=self.stats.round, rounds=self.completed), log)
+                    break
+                if sw.paused():
+                    self._pause()
+                    continue
                 r = self.clock.round_at()
                 self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
                 window = self.trainer.train_until(
-                    self.clock.end(r), self.feed.next_batch, self.stop_event.is_set, self.inject.slowdown(r)
+                    self.clock.end(r), self.feed.next_batch, self._interrupted, self.inject.slowdown(r)
                 )
                 if self.stop_event.is_set():
                     break
-                carried += window.samples
+                self.carried += window.samples
+                if self._interrupted():  # paused mid-window: the samples stay carried
+                    continue
                 if pending is not None:
-                    applied, carried = self._apply(pending, carried)
-                    completed, pending = completed + applied, None
+                    pending = self._settle(pending)
                 if not (self._finish_sync() and self.state.round < r - 1):  # else our stale base's new
-                    pending = self._launch(r, carried)  # one is on its way: a round with the old base
-                    if t.round_delay == 0:  # would only be refused
-                        applied, carried = self._apply(pending, carried)
-                        completed, pending = completed + applied, None
+                    pending = self._launch(r, self.carried)  # one is on its way: a round with the old
+                    if t.round_delay == 0:  # base would only be refused
+                        pending = self._settle(pending)
                 now = time.time()
                 self._report(r, window, max(1e-9, now - last_end))
                 last_end = now
-                if self.cfg.max_rounds and completed >= self.cfg.max_rounds:
-                    log.info("completed %d rounds; leaving", completed)
+                if self.cfg.max_rounds and self.completed >= self.cfg.max_rounds:
+                    log.info("completed %d rounds; leaving", self.completed)
                     break
         finally:
             if pending is not None:
                 pending.future.cancel()
             self.catchup.cancel()
 
+    def _settle(self, launched: LaunchedRound) -> None:
+        """Apply a launched round (``_apply``) and count it; None, for the loop's ``pending``."""
+        applied, self.carried = self._apply(launched, self.carried)
+        self.completed += applied
+
+    def _interrupted(self) -> bool:
+        """Stop the window after this inner step: leave now, or paused (unless leaving at its end)."""
+        sw = self.switches
+        return self.stop_event.is_set() or self._cut_short() or (sw.paused() and not sw.leaving.is_set())
+
+    def _cut_short(self) -> bool:
+        """Asked to leave, but a signal to our process group already ended the DHT process."""
+        return self.switches.leaving.is_set() and not self.dht.is_alive()
+
+    def _pause(self) -> None:
+        """Paused: heartbeats and serving go on, no training or averaging; after it, catch up."""
+        since = self.clock.round_at()
+        self.stats.update(phase=heartbeat_pb2.PHASE_PAUSED)
+        why = "pause" if self.switches.held.is_set() else "schedule"
+        self.events.emit(events.Paused(round=since, why=why), log)
+        while self.switches.paused() and not (self.stop_event.is_set() or self.switches.leaving.is_set()):
+            self.switches.wait(1.0)
+        if self.stop_event.is_set() or self.switches.leaving.is_set():
+            return
+        r = self.clock.round_at()
+        self.events.emit(events.Resumed(round=r), log)
+        if r > since + 1 and not self.inject.tamper:
+            self.catchup.start()
+
     def _report(self, r: int, window, wall_s: float) -> None:
-        changes = {"compute_fraction": min(1.0, window.compute_s / wall_s), "round_wall_s": wall_s}
-        if window.compute_s > 0:
-            changes.update(
-                samples_per_s=window.samples / window.compute_s,
-                loss=window.mean_loss,
-                samples_total=self.stats.samples_total + window.samples,
-            )
-        self.stats.update(**changes)
+        self.stats.note_window(window, wall_s)
         self.events.emit(events.WindowTrained.of(r, window, self.stats.samples_per_s, wall_s), log)
 
     def _launch(self, r: int, weight: float) -> LaunchedRound:
@@ -308,7 +340,8 @@ class PeerDaemon:
         (1 if applied, samples still carried)."""
         self.stats.update(phase=heartbeat_pb2.PHASE_AVERAGING)
         out = launched.outcome()
-        self._note_exchange(out)
+        self.stats.note_exchange(out)
+        self.events.emit(events.ExchangeDone.of(out))
         new = launched.next_state()
         if new is not None:
             local_progress = flat_params(self.trainer.model) - launched.live
@@ -330,26 +363,19 @@ class PeerDaemon:
             self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
         return 0, carried
 
-    def _note_exchange(self, out: RoundOutcome) -> None:
-        """What the heartbeat reports of a round's exchange: bytes, codecs, misbehaving peers."""
-        self.stats.update(
-            bytes_sent=out.bytes_sent,
-            bytes_received=out.bytes_received,
-            codec_sent=out.codec,
-            codec_received=out.codec if out.ok else "",
-            offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()],
-        )
-        self.events.emit(events.ExchangeDone.of(out))
-        if out.offenders:
-            log.warning(
-                "round %d: misbehaving peers: %s",
-                out.round,
-                "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()),
-            )
-
     # --- shutdown -------------------------------------------------------------------------------
     def stop(self) -> None:
+        """Leave now (the second Ctrl-C)."""
         self.stop_event.set()
+        self.switches.changed.set()
+
+    def leave(self) -> bool:
+        """Leave after this round's averaging (``leave``, the first Ctrl-C); False if already asked."""
+        if self.switches.leaving.is_set():
+            return False
+        self.switches.leaving.set()
+        self.switches.changed.set()
+        return True
 
     def close(self) -> None:
         """Leave cleanly and quickly. When a signal to the whole process group already ended the
@@ -359,14 +385,12 @@ class PeerDaemon:
             log.info("the DHT process is gone: leases expire by themselves")
         for what, fn in (
             ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop(wait=dht_alive)),
-            (
-                "shard feed",
-                lambda: self.feed and dht_alive and self.feed.close(),
-            ),  # releases leases via the DHT
+            ("shard feed", lambda: self.feed and dht_alive and self.feed.close()),  # leases, via the DHT
             ("p2p", lambda: self.loop and self.loop.stop()),
             ("coordinator client", lambda: self.client and self.client.close()),
             ("dht", lambda: self.dht and self.dht.shutdown()),
             ("auth", lambda: self.auth and self.auth.stop()),
+            ("control socket", lambda: self.control and self.control.close()),
             ("identity lock", lambda: self.identity_lock and self.identity_lock.release()),
         ):
             try:

@@ -16,6 +16,9 @@ scripts share. The events:
     round_applied   the round's average was applied: the global state moved
     round_missed    it was not; the local progress is carried to the next round
     state_adopted   a state downloaded from a donor replaced ours
+    paused          the peer stopped training and averaging (pause, --schedule); heartbeats go on
+    resumed         it trains again
+    leaving         it leaves: asked to (leave, the first Ctrl-C), its last round applied or missed
     first_shard     the first shard was in hand
     shard_fetched   a verified shard arrived from a source
     bad_copy        a source served bytes that failed the manifest's sha256 (discarded)
@@ -130,6 +133,29 @@ class StateAdopted(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class Paused(Event):
+    kind: ClassVar[str] = "paused"
+    line: ClassVar[str] = "paused in round {round} ({why}): no training or averaging until resumed"
+    round: int  # the round of the swarm's clock when it paused
+    why: str  # "pause" (the control socket) or "schedule"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Resumed(Event):
+    kind: ClassVar[str] = "resumed"
+    line: ClassVar[str] = "resumed in round {round}"
+    round: int  # the round of the swarm's clock when it resumed
+
+
+@dataclass(frozen=True, kw_only=True)
+class Leaving(Event):
+    kind: ClassVar[str] = "leaving"
+    line: ClassVar[str] = "leaving after round {round}: {rounds} rounds completed"
+    round: int  # the last round it launched (-1: none)
+    rounds: int  # rounds it applied in this run
+
+
+@dataclass(frozen=True, kw_only=True)
 class FirstShard(Event):
     kind: ClassVar[str] = "first_shard"
     line: ClassVar[str] = "first shard in hand {seconds:.2f} s after the trainer asked"
@@ -188,6 +214,9 @@ KINDS: dict[str, type[Event]] = {
         RoundApplied,
         RoundMissed,
         StateAdopted,
+        Paused,
+        Resumed,
+        Leaving,
         FirstShard,
         ShardFetched,
         BadCopy,

@@ -77,6 +77,34 @@ class PeerStats:
             if "last_exclusion" in changes and "exclusion_round" not in changes:
                 self.exclusion_round = self.round
 
+    def note_window(self, window, wall_s: float) -> None:
+        """A closed compute window (the trainer's ``WindowResult``) that took ``wall_s`` since the last."""
+        changes = {"compute_fraction": min(1.0, window.compute_s / wall_s), "round_wall_s": wall_s}
+        if window.compute_s > 0:
+            changes.update(
+                samples_per_s=window.samples / window.compute_s,
+                loss=window.mean_loss,
+                samples_total=self.samples_total + window.samples,
+            )
+        self.update(**changes)
+
+    def note_exchange(self, out) -> None:
+        """What a round's exchange (``RoundOutcome``) leaves in the heartbeat: bytes, codecs,
+        misbehaving peers (also logged)."""
+        self.update(
+            bytes_sent=out.bytes_sent,
+            bytes_received=out.bytes_received,
+            codec_sent=out.codec,
+            codec_received=out.codec if out.ok else "",
+            offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()],
+        )
+        if out.offenders:
+            log.warning(
+                "round %d: misbehaving peers: %s",
+                out.round,
+                "; ".join(f"{peer[:12]}: {why}" for peer, why in out.offenders.items()),
+            )
+
     def watch_deadline(self, round_no: int, future, deadline: float) -> None:
         """Count ``round_no`` as late if its averaging ``future`` is not done by ``deadline`` (unix s);
         a future cancelled after a timed-out wait counts too."""

@@ -14,11 +14,13 @@ class Phase(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PHASE_AVERAGING: _ClassVar[Phase]
     PHASE_SYNCING: _ClassVar[Phase]
     PHASE_IDLE: _ClassVar[Phase]
+    PHASE_PAUSED: _ClassVar[Phase]
 PHASE_UNSPECIFIED: Phase
 PHASE_TRAINING: Phase
 PHASE_AVERAGING: Phase
 PHASE_SYNCING: Phase
 PHASE_IDLE: Phase
+PHASE_PAUSED: Phase
 
 class Heartbeat(_message.Message):
     __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch", "compute_fraction", "offenders", "codec_received", "round_wall_s", "init_hash", "recent_hashes", "recent_losses", "exclusion_round", "rounds_late", "late_round", "group_size")

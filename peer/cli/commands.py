@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 import threading
@@ -14,13 +15,23 @@ from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.shutdown import stop_on_signals
 from barnraise.peer.cli.settings import LAYERS_HELP, add_settings
 
+log = logging.getLogger(__name__)
+
 
 # --- peer -------------------------------------------------------------------------------------
+CONTROL_ACTIONS = ("pause", "resume", "leave")  # peer/control.py
+CONTROL_HELP = (
+    "`barnraise peer pause|resume|leave [--cache-dir DIR] [--identity FILE]` acts on the running peer: "
+    "pause finishes the inner step and stops training and averaging (heartbeats go on), resume goes "
+    "on, leave leaves after this round's averaging."
+)
+
+
 def register_peer(sub) -> None:
     p = sub.add_parser(
         "peer",
-        help="run a peer daemon that trains with the swarm",
-        description=LAYERS_HELP,
+        help="run a peer daemon that trains with the swarm, or pause, resume or stop a running one",
+        description=LAYERS_HELP + " " + CONTROL_HELP,
     )
     p.add_argument("--initial-peers", nargs="+", required=True, metavar="MADDR")
     p.add_argument("--run-id", default="", help="which run, if the swarm hosts several")
@@ -64,9 +75,27 @@ def register_peer(sub) -> None:
         "--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS
     )
     p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
+    add_controls(p)  # the positional pause|resume|leave and --schedule
     # Last: --config and --print-config; every visible flag above is also settable from
     # BARNRAISE_<FLAG> and the file (settings.py).
     p.set_defaults(handler=cmd_peer, settings=add_settings(p))
+
+
+def add_controls(p) -> None:
+    """The good-neighbour controls: ``peer pause|resume|leave`` and ``--schedule``."""
+    p.add_argument(
+        "action",
+        nargs="?",
+        choices=CONTROL_ACTIONS,
+        default=None,
+        help="act on the peer running with --cache-dir (and --identity) instead of starting one",
+    )
+    p.add_argument(
+        "--schedule",
+        default="",
+        metavar="HH:MM-HH:MM[,...]",
+        help="train only in these local hours (a window may cross midnight), paused outside them",
+    )
 
 
 def shard_options(args):
@@ -108,6 +137,7 @@ def injection_plan(args):
 def peer_config(args):
     """``PeerConfig`` from the merged flags, each checked; a bad value is a one-line ConfigError."""
     from barnraise.peer.config import PeerConfig
+    from barnraise.peer.schedule import parse_schedule
 
     if args.run_key_fingerprint:
         from barnraise.coordinator.keys import parse_fingerprint
@@ -139,11 +169,23 @@ def peer_config(args):
         bandwidth_mbit=args.bandwidth_mbit,
         token=args.token,
         run_key_fingerprint=args.run_key_fingerprint,
+        schedule=parse_schedule(args.schedule),
         inject=injection_plan(args),
     )
 
 
+def control_peer(args) -> int:
+    """``barnraise peer pause|resume|leave``: one line of what the running peer did."""
+    from barnraise.peer.control import command
+
+    args, _ = args.settings.resolve(args, os.environ, require=False)
+    print(command(args.cache_dir, args.identity, args.action), flush=True)
+    return 0
+
+
 def cmd_peer(args) -> int:
+    if args.action is not None:
+        return control_peer(args)
     args, origin = args.settings.resolve(args, os.environ)
     cfg = peer_config(args)  # every value checked, for --print-config too
     if args.print_config:
@@ -160,7 +202,10 @@ def cmd_peer(args) -> int:
     def stop() -> None:
         if not running.is_set():  # still joining: abort start-up at once
             raise KeyboardInterrupt
-        daemon.stop()
+        if daemon.leave():  # the first Ctrl-C; the second leaves now
+            log.info("leaving after this round; Ctrl-C again to leave now")
+        else:
+            daemon.stop()
 
     stop_on_signals(stop)
     try:

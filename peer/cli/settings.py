@@ -193,10 +193,11 @@ class Settings:
         return out
 
     def resolve(
-        self, args: argparse.Namespace, environ: Mapping[str, str]
+        self, args: argparse.Namespace, environ: Mapping[str, str], require: bool = True
     ) -> tuple[argparse.Namespace, dict]:
         """``args`` with every flag not given filled from the environment, then the file, then its
-        default; and where each value came from ("flag", "env NAME", "file PATH", "default")."""
+        default; and where each value came from ("flag", "env NAME", "file PATH", "default").
+        ``require=False`` skips the required-flag check (``peer pause`` needs no --initial-peers)."""
         config = args.config or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV, "").strip() else None)
         given = {d: getattr(args, d) for d in self.actions if getattr(args, d) is not UNSET}
         env = self.from_env(environ)
@@ -211,7 +212,7 @@ class Settings:
             origin[dest], merged[dest] = next(
                 (name, values[dest]) for name, values in layers if dest in values
             )
-        for action in self.required:
+        for action in self.required if require else ():
             if merged[action.dest] is None:
                 self.parser.error(f"the following arguments are required: {action.option_strings[0]}")
         return argparse.Namespace(**merged), origin

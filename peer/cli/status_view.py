@@ -71,7 +71,8 @@ def params_cell(p: dict) -> str:
 def status_cell(p: dict) -> str:
     if not p["alive"]:
         return "DEAD"
-    marks = [m for m, on in (("DISAGREES", p["disagrees"]), ("straggler", p["straggler"])) if on]
+    flags = (("DISAGREES", p["disagrees"]), ("straggler", p["straggler"]), ("paused", p.get("paused", False)))
+    marks = [m for m, on in flags if on]
     return ",".join(marks) or "ok"
 
 

@@ -312,3 +312,17 @@ def test_plot_draws_loss_and_throughput(tmp_path):
     out = tmp_path / "h.png"
     draw(rows, out, "run r1")
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_paused_peer_is_shown_paused_and_never_called_a_straggler_or_dead():
+    # p4 paused rounds ago: behind the clock, no compute, slow; but still beating.
+    paused = dict(round=3, compute_fraction=0.1, samples_per_s=1.0, phase=heartbeat_pb2.PHASE_PAUSED)
+    beats = [beat("p1"), beat("p2"), beat("p3"), beat("p4", **paused), beat("p5", round=3)]
+    r = build_report(RUN, beats, NOW)
+    row = next(p for p in r["peers"] if p["peer_id"] == "p4")
+    assert row["phase"] == "paused" and row["paused"] is True and row["alive"] and not row["straggler"]
+    assert ("straggler", "p4") not in kinds(r) and ("dead", "p4") not in kinds(r)
+    assert ("straggler", "p5") in kinds(r)  # the same lag unpaused is one
+    assert not any(p["paused"] for p in r["peers"] if p["peer_id"] != "p4")
+    assert "paused" in render_text(r)
+    assert not schema_errors(r)
