@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import secrets
 import time
 from dataclasses import Field, asdict, dataclass, field, fields
@@ -201,6 +202,7 @@ def check_manifest(m: manifest_pb2.RunManifest) -> None:
     t = m.training
     if not (
         t.round_s > 0
+        and all(math.isfinite(v) for v in (t.round_s, t.inner_lr, t.outer_lr))
         and t.batch_size >= 1
         and t.inner_lr > 0
         and t.outer_lr > 0

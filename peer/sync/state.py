@@ -106,7 +106,8 @@ class GlobalState:
         round_no, n = struct.unpack(">qQ", data[len(STATE_MAGIC) : head])
         if n != numel or round_no < -1:
             raise IntegrityError("state header does not match this run's model")
-        arr = torch.frombuffer(bytearray(data[head:]), dtype=torch.float32)
+        body = bytearray(data[head:])  # frombuffer refuses an empty buffer: a model of 0 parameters
+        arr = torch.frombuffer(body, dtype=torch.float32) if body else torch.zeros(0)
         params, mom = arr[:numel].clone(), arr[numel:].clone()
         if not (torch.isfinite(params).all() and torch.isfinite(mom).all()):
             raise IntegrityError("state holds non-finite values")

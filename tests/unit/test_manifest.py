@@ -102,3 +102,22 @@ def test_manifest_carries_every_training_default_and_model_field():
     preset = {f.name for f in fields(ModelPreset)}
     assert preset | {"name", "vocab_size"} == set(manifest_pb2.ModelConfig.DESCRIPTOR.fields_by_name)
     assert (m.model.name, m.model.vocab_size, m.model.d_model, m.model.n_layer) == ("gpt-micro", 256, 128, 4)
+
+
+@pytest.mark.parametrize("field", ["round_s", "inner_lr", "outer_lr"])
+def test_manifest_with_infinite_training_value_is_refused(field):
+    # Found by the fuzzer (tests/fuzz, manifest): round_s = inf passed `> 0`, and a run would never
+    # reach its second round.
+    from barnraise.protos import manifest_pb2
+
+    m = manifest_pb2.RunManifest(
+        format_version=1,
+        run_id="run",
+        model=manifest_pb2.ModelConfig(vocab_size=256, seq_len=64, d_model=64, n_layer=2, n_head=4),
+        training=manifest_pb2.TrainingConfig(inner_lr=1e-3, batch_size=8, outer_lr=0.7, round_s=10.0),
+        shards=[manifest_pb2.ShardInfo(sha256="ab" * 32, size_bytes=100, n_tokens=100)],
+    )
+    parse_manifest(m.SerializeToString())
+    setattr(m.training, field, float("inf"))
+    with pytest.raises(IntegrityError, match="training config out of range"):
+        parse_manifest(m.SerializeToString())

@@ -76,3 +76,12 @@ def test_all_finite_sees_nan_inf_and_an_overflowing_sum():
     assert all_finite(torch.full((4,), 3e38))  # the sum overflows; the values are finite
     assert not all_finite(torch.tensor([1.0, float("nan")]))
     assert not all_finite(torch.tensor([float("inf"), float("-inf")]))
+
+
+def test_state_of_zero_parameters_parses():
+    # Found by the fuzzer (tests/fuzz, state_blob): an empty body crashed torch.frombuffer with ValueError.
+    data = b"BRST1" + bytes(16)
+    state = GlobalState.from_bytes(data, 0)
+    assert state.round == 0 and state.params.numel() == 0 and state.momentum.numel() == 0
+    with pytest.raises(IntegrityError):
+        GlobalState.from_bytes(data, 1)
