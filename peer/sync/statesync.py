@@ -19,7 +19,7 @@ import threading
 import time
 from collections import Counter
 
-from barnraise.coordinator.errors import IntegrityError, PeerUnavailable
+from barnraise.coordinator.errors import IntegrityError, PeerUnavailable, ProtocolError
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OpenRun, PeerAuth
@@ -143,7 +143,10 @@ async def download_state(
             )
         buf = bytearray()
         while len(buf) < head.total_bytes:
-            buf += await stream.read_bytes(CHUNK_BYTES, timeout_s)
+            chunk = await stream.read_bytes(CHUNK_BYTES, timeout_s)
+            if not chunk:  # empty frames, each on time, would hold us forever
+                raise ProtocolError(f"donor {donor[:12]} sent an empty frame")
+            buf += chunk
     state = GlobalState.from_bytes(bytes(buf), numel)
     if state.params_hash() != head.params_hash or state.round != head.round:
         raise IntegrityError(f"state from {donor[:12]} does not match the hash it announced")

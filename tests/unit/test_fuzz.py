@@ -31,3 +31,18 @@ def test_state_transfer_of_zero_parameters():
         b"BRST1\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
     )
     check_state_stream((0, reply))
+
+
+def test_a_donor_sending_empty_frames_is_refused_at_the_first():
+    # A state header announcing 8 bytes, then empty frames: each arrives on time, so without a check
+    # the download would wait for ever.
+    from barnraise.coordinator.errors import ProtocolError
+    from barnraise.peer.net.auth import OPEN_RUN
+    from barnraise.peer.sync.statesync import download_state
+    from barnraise.protos import averaging_pb2
+    from tests.fuzz.peer_targets import PEER, FakeP2P, frame, run_async
+
+    head = averaging_pb2.StateHeader(ok=True, round=1, params_hash="0" * 16, total_bytes=8)
+    data = frame(head.SerializeToString()) + frame(b"") * 1000
+    with pytest.raises(ProtocolError, match="empty frame"):
+        run_async(download_state(FakeP2P(data), PEER, "run", 1, 1.0, auth=OPEN_RUN))
