@@ -7,18 +7,8 @@ import pytest
 from barnraise.coordinator.errors import PeerUnavailable, ProtocolError
 from barnraise.peer.net.wire import read_frame, read_frame_bytes
 from barnraise.protos import averaging_pb2
-
-
-def reader_with(data: bytes, eof: bool = True) -> asyncio.StreamReader:
-    r = asyncio.StreamReader()
-    r.feed_data(data)
-    if eof:
-        r.feed_eof()
-    return r
-
-
-def frame(payload: bytes) -> bytes:
-    return len(payload).to_bytes(4, "big") + payload
+from tests.fuzz.peer_targets import frame
+from tests.fuzz.peer_targets import reader_of as reader_with
 
 
 def test_frame_round_trip():
