@@ -82,3 +82,11 @@ def test_switches_pause_resume_leave_and_the_schedule():
     minute[0] = 7 * 60
     assert "outside its --schedule hours" in sw.act("resume")
     assert not sw.leaving.is_set() and "leaving" in sw.act("leave") and sw.leaving.is_set()
+
+
+def test_the_cli_offers_exactly_the_actions_the_daemon_understands():
+    # commands.py keeps its own copy so that `barnraise --help` imports no control code.
+    from barnraise.peer import control
+    from barnraise.peer.cli import commands
+
+    assert commands.CONTROL_ACTIONS == control.ACTIONS
