@@ -97,7 +97,7 @@ class PeerDaemon:
         cfg = self.cfg
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         taken = open_peer_identity(cfg.cache_dir, cfg.identity)  # a free slot unless --identity
-        self.identity, self.identity_lock = taken.key, taken.lock
+        self.identity, self.identity_lock, self.slot = taken.key, taken.lock, taken.slot or 0
         self.control = ControlServer(socket_path(cfg.cache_dir, taken.path, taken.slot), self.switches)
         self.control.start()
         self.dht = start_dht(
@@ -154,7 +154,7 @@ class PeerDaemon:
     def _build_training(self) -> torch.nn.Module:
         """The run's model from its seed, the initial global state, and the inner trainer on our device."""
         cfg, t = self.cfg, self.manifest.training
-        self.info = pick_device(cfg.device, cfg.threads)
+        self.info = pick_device(cfg.device, cfg.threads, self.slot)  # slots spread over GPUs
         model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
         self.stats.update(init_hash=self.state.params_hash())
@@ -162,10 +162,10 @@ class PeerDaemon:
             self.state = self.state.perturbed(1e-3)
             load_flat(model, self.state.params)
         self.trainer = InnerTrainer(model, t, self.info)
-        self.trainer.fit(self.feed.sample)
-        info = self.info
-        self.stats.update(device=info.description, device_memory_bytes=info.memory_bytes)
-        self.stats.update(batch_size=t.batch_size, micro_batch=self.trainer.micro_batch)
+        probe = self.trainer.fit(self.feed.sample)
+        self.events.emit(events.DeviceReady.of(self.info, probe, count_params(model)), log)
+        self.stats.update(device=self.info.description, device_memory_bytes=self.info.memory_bytes)
+        self.stats.update(batch_size=t.batch_size, micro_batch=probe.micro_batch)
         return model
 
     def _start_averaging(self) -> None:
