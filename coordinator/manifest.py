@@ -52,6 +52,8 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "gpt-small": ModelPreset(d_model=256, n_layer=6, n_head=8, seq_len=256),
     # ~25M params: a home GPU's size class for benchmarks
     "gpt-medium": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=256),
+    # ~127M params: the GPT-2-small class that a volunteer's 8-24 GB GPU trains (scripts/gpu_check)
+    "gpt-large": ModelPreset(d_model=1024, n_layer=10, n_head=16, seq_len=512),
 }
 DEFAULT_MODEL = "gpt-nano"
 # How a reducer combines the group's contributions to its part (peer/robust.py implements them).
