@@ -1,6 +1,8 @@
 """``scripts/gpu_check`` works before a GPU is lent: ``--device cpu --quick`` runs its whole flow
 (solo peers on two models, then two peers on one device that must agree) on the CPU with tiny
-models and writes its result files; without CUDA, asking for a GPU is one line and exit 2."""
+models and writes its result files. Its swarms run init's defaults (int8 updates applied a round
+late, a plain average as the outer step), which the other swarm tests pin away. Without CUDA,
+asking for a GPU is one line and exit 2."""
 
 from __future__ import annotations
 
@@ -45,4 +47,5 @@ def test_the_quick_cpu_flow_passes_and_writes_its_result(tmp_path):
         )
     pair = result["pair"]
     assert pair["rounds_together"] and pair["rounds_agreeing"] == pair["rounds_together"]
+    assert pair["training"] == {"codec": "int8", "round_delay": 1, "outer_lr": 1.0, "outer_momentum": 0}
     assert pair["peer_ids"] == 2 and pair["exit_codes"] == [0, 0] and result["pair_vs_solo"] > 0
