@@ -47,6 +47,13 @@ class WindowResult:
         return self.loss_sum / self.loss_steps if self.loss_steps else math.nan
 
 
+def grad_scaler():
+    """fp16's gradient scaler (``torch.amp`` has it from torch 2.3; ``torch.cuda.amp`` before)."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda")
+    return torch.cuda.amp.GradScaler()
+
+
 class InnerTrainer:
     def __init__(
         self,
@@ -63,7 +70,7 @@ class InnerTrainer:
             weight_decay=cfg.inner_weight_decay,
             **({"fused": True} if info.device.type == "cuda" else {}),
         )
-        self.scaler = torch.amp.GradScaler("cuda") if info.scales_gradients else None
+        self.scaler = grad_scaler() if info.scales_gradients else None
         self.micro_batch = cfg.batch_size
         self.probe: ProbeResult | None = None  # what fit() found
 

@@ -176,3 +176,18 @@ def test_a_non_finite_loss_ends_the_window_and_keeps_the_finite_mean():
     res = t.train_until(time.time() + 60, batches(), lambda: False)
     assert (res.steps, res.loss_steps) == (4, 3), "on CPU the loss is read after every step"
     assert 4.0 < res.mean_loss < 6.5
+
+
+@pytest.mark.filterwarnings("ignore:.*CUDA is not available")
+def test_the_fp16_path_unscales_clips_and_steps_through_its_scaler():
+    """On CPU the scaler is disabled (it has no CUDA to scale on) but the fp16 branch runs whole."""
+    info = DeviceInfo(
+        device=torch.device("cpu"), description="cpu", memory_bytes=0, autocast_dtype=torch.float16
+    )
+    t = InnerTrainer(build_model(MODEL, seed=5), training(8), info)
+    assert t.scaler is not None
+    before = params(t).clone()
+    x, y = batches()(8)
+    losses = [t.step(x, y) for _ in range(3)]
+    assert all(4.0 < v < 6.5 for v in losses) and losses[-1] < losses[0]
+    assert not torch.equal(params(t), before)
