@@ -185,7 +185,8 @@ class PeerDaemon:
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
         )
-        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
+        serve = dict(auth=self.auth, corrupt_state=self.inject.corrupts_state if cfg.inject else None)
+        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, **serve)
         self.loop.call(self.averager.register(), 10.0)
         self.loop.call(self.state_server.register(), 10.0)
         self.catchup = CatchUp(
