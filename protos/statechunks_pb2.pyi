@@ -54,20 +54,22 @@ class ChunkReply(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., reason: _Optional[str] = ..., index: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class UpdatesRequest(_message.Message):
-    __slots__ = ("run_id", "from_round", "base_hash", "to_round", "max_bytes", "auth")
+    __slots__ = ("run_id", "from_round", "base_hash", "to_round", "max_bytes", "wait_s", "auth")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FROM_ROUND_FIELD_NUMBER: _ClassVar[int]
     BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     TO_ROUND_FIELD_NUMBER: _ClassVar[int]
     MAX_BYTES_FIELD_NUMBER: _ClassVar[int]
+    WAIT_S_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     from_round: int
     base_hash: str
     to_round: int
     max_bytes: int
+    wait_s: float
     auth: _auth_pb2.RequestAuth
-    def __init__(self, run_id: _Optional[str] = ..., from_round: _Optional[int] = ..., base_hash: _Optional[str] = ..., to_round: _Optional[int] = ..., max_bytes: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[str] = ..., from_round: _Optional[int] = ..., base_hash: _Optional[str] = ..., to_round: _Optional[int] = ..., max_bytes: _Optional[int] = ..., wait_s: _Optional[float] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
 
 class KeptRound(_message.Message):
     __slots__ = ("round", "base_hash", "result_hash", "params_hash", "codec", "part_chunks", "encoded_bytes")

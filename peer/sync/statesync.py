@@ -27,6 +27,7 @@ from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.peer.sync import chunks
 from barnraise.peer.sync.rounds import LaunchedRound
 from barnraise.peer.sync.state import GlobalState, tensor_hash
+from barnraise.peer.sync.updatelog import UPDATES, Kept, UpdateLog
 from barnraise.protos import averaging_pb2, heartbeat_pb2, statechunks_pb2
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class StateServer:
         self.auth = auth  # who may download our state (OPEN_RUN: anyone)
         self.corrupt_state = corrupt_state  # tests: whether to serve broken chunks now
         self._announced: dict[tuple[int, str], tuple[GlobalState, statechunks_pb2.StateManifest]] = {}
+        self.updates = UpdateLog()  # our last rounds' averages, for peers catching up by rounds
         self._lock = threading.Lock()
         self._current: GlobalState | None = None  # the state this peer holds (states never change)
         self._inflight: LaunchedRound | None = None  # the round launched from it, if any
@@ -71,14 +73,19 @@ class StateServer:
         await rpc.serve(self.p2p, STATE, self._serve, access=self.auth)
         await rpc.serve(self.p2p, chunks.MANIFEST, self._serve_manifest, access=self.auth)
         await rpc.serve(self.p2p, chunks.CHUNKS, self._serve_chunks, access=self.auth)
+        await rpc.serve(self.p2p, UPDATES, self._serve_updates, access=self.auth)
 
     def publish(self, state: GlobalState) -> None:
         """Called by the training thread after each outer step (or sync). States are immutable, so
         this keeps a reference, serialized only when a peer asks; a finished round is dropped here."""
         with self._lock:
-            self._current = state
-            if self._inflight is not None and self._inflight.round <= state.round:
+            self._current, done = state, self._inflight
+            if done is not None and done.round <= state.round:
                 self._inflight = None
+        if done is not None and done.round == state.round and done.next_state() is state:
+            kept = Kept.of(done, state)  # the round we just applied: keep its average as received
+            if kept is not None:
+                self.updates.record(kept, state.params.numel())
 
     def track(self, launched: LaunchedRound) -> None:
         """Called by the training thread when it launches a round from the published state."""
@@ -148,6 +155,31 @@ class StateServer:
                 while len(self._announced) > ANNOUNCED_STATES:
                     self._announced.pop(next(iter(self._announced)))
         return known[1]
+
+    async def _serve_updates(
+        self, stream: rpc.Stream, req: statechunks_pb2.UpdatesRequest
+    ) -> statechunks_pb2.UpdatesHeader | None:
+        """The kept rounds from the requester's state to ``to_round`` (waiting for our averaging of
+        it as for a state), as a header and then every round's reduced chunks."""
+        if req.run_id != self.run_id:
+            return statechunks_pb2.UpdatesHeader(ok=False, reason="not our run")
+        await self._choose(req.to_round, req.wait_s)
+        with self._lock:
+            current, inflight = self._current, self._inflight
+        extra = None
+        if inflight is not None and inflight.base is current and inflight.future.done():
+            nxt = await asyncio.to_thread(inflight.next_state)
+            extra = Kept.of(inflight, nxt) if nxt is not None else None
+        rounds = self.updates.chain(req.from_round, req.base_hash, req.to_round, extra)
+        if not rounds or sum(k.nbytes for k in rounds) > req.max_bytes:
+            return statechunks_pb2.UpdatesHeader(ok=False, reason="no kept rounds from there within the size")
+        head = statechunks_pb2.UpdatesHeader(ok=True, rounds=[k.header() for k in rounds])
+        await stream.write(head, UPDATES.reply_timeout_s)
+        for k in rounds:
+            for part in k.parts:
+                for enc in part:
+                    await stream.write(enc, 60.0)
+        return None
 
     async def _serve_chunks(
         self, stream: rpc.Stream, req: statechunks_pb2.ChunkRequest
