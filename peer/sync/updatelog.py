@@ -10,8 +10,8 @@ took, and checks that it lands on the params hash the round ended at
 (``barnraise.peer.sync.replay``). With int8 a round's chunks are about an eighth of the state (fp32
 params and momentum), with sparse codecs far less.
 
-Memory stays bounded: at most ``KEEP_ROUNDS`` rounds and at most ``max_bytes`` of chunks (a state's
-size by default: beyond it a requester downloads the state anyway).
+Memory stays bounded: at most ``KEEP_ROUNDS`` rounds and at most ``max_bytes`` of chunks (by default
+a state's size, beyond which a requester downloads the state anyway, and never over 1 GiB).
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from barnraise.protos import averaging_pb2, statechunks_pb2
 
 KEEP_ROUNDS = 4  # rounds a donor keeps; a peer further behind downloads the state
 MAX_ROUNDS_SENT = 16  # rounds a requester accepts in one answer (a hostile donor's list stops here)
+MAX_LOG_BYTES = 1 << 30  # chunks a donor keeps at most, whatever the model's size
 
 UPDATES = rpc.Method(
     name="barnraise.state.updates",
@@ -90,7 +91,7 @@ class UpdateLog:
         self._rounds: deque[Kept] = deque()
 
     def record(self, kept: Kept, numel: int) -> None:
-        cap = self.max_bytes or 8 * numel
+        cap = self.max_bytes or min(8 * numel, MAX_LOG_BYTES)
         with self._lock:
             if self._rounds and self._rounds[-1].params_hash != kept.base_hash:
                 self._rounds.clear()  # the chain broke (we synced): older rounds lead nowhere now
