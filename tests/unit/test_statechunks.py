@@ -121,3 +121,22 @@ def test_no_usable_manifest_is_peer_unavailable():
         pick_manifest({"a": bad}, NUMEL)
     with pytest.raises(PeerUnavailable):
         pick_manifest({}, NUMEL)
+
+
+def test_donors_are_the_peers_holding_the_agreed_state_fastest_known_first():
+    from barnraise.peer.sync.donors import RateBook, select_donors
+    from barnraise.protos import heartbeat_pb2
+
+    def beat(peer: str, h: str, r: int) -> heartbeat_pb2.Heartbeat:
+        return heartbeat_pb2.Heartbeat(peer_id=peer, params_hash=h, hash_round=r)
+
+    beats = [beat(f"p{i}", "aa", 6) for i in range(10)] + [
+        beat("odd", "bb", 6),
+        beat("old", "cc", 5),
+        beat("me", "aa", 6),
+    ]
+    rates = RateBook()
+    rates.rates.update({"p7": 3e6, "p2": 9e6, "odd": 1e9})
+    phash, rnd, donors = select_donors(beats, "me", rates, limit=4)
+    assert (phash, rnd) == ("aa", 6)
+    assert donors[:2] == ["p2", "p7"] and len(donors) == 4 and "odd" not in donors and "me" not in donors
