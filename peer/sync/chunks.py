@@ -58,7 +58,7 @@ def max_chunk_frame(numel: int) -> int:
 
 def manifest_of(state: GlobalState) -> statechunks_pb2.StateManifest:
     """What a donor announces for ``state``; the donor hashes each state once (the caller caches)."""
-    params = chunk_digests(state.params, CHUNK_BYTES)
+    params = state.param_digests()  # hashed once per state already, for its params hash
     return statechunks_pb2.StateManifest(
         ok=True,
         round=state.round,
@@ -132,4 +132,6 @@ def assemble(m: statechunks_pb2.StateManifest, chunks: dict[int, bytes]) -> Glob
     params, momentum = flat[: m.numel], flat[m.numel :]
     if not (all_finite(params) and all_finite(momentum)):
         raise IntegrityError("state holds non-finite values")
-    return GlobalState(params=params, momentum=momentum, round=m.round, _hash=m.params_hash)
+    return GlobalState(
+        params=params, momentum=momentum, round=m.round, _hash=m.params_hash, _digests=list(m.param_chunks)
+    )

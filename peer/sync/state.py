@@ -83,6 +83,7 @@ class GlobalState:
     momentum: torch.Tensor  # flat fp32 CPU: Nesterov buffer of the outer optimizer
     round: int  # last round whose average produced these params; -1: initial
     _hash: str = field(default="", repr=False, compare=False)  # of ``params``, computed on first use
+    _digests: list[bytes] | None = field(default=None, repr=False, compare=False)  # params' chunk digests
 
     @classmethod
     def initial(cls, model: nn.Module) -> GlobalState:
@@ -92,8 +93,14 @@ class GlobalState:
     def params_hash(self) -> str:
         """Hash of the params, computed once per state (the training thread asks for it often)."""
         if not self._hash:
-            self._hash = tensor_hash(self.params)
+            self._hash = list_hash(self.param_digests())
         return self._hash
+
+    def param_digests(self) -> list[bytes]:
+        """The params' chunk digests behind ``params_hash``, kept for a donor's manifest."""
+        if self._digests is None:
+            self._digests = chunk_digests(self.params)
+        return self._digests
 
     def perturbed(self, scale: float, seed: int = 0) -> GlobalState:
         """A copy with every parameter moved by Gaussian noise of ``scale`` (disagreement tests)."""
