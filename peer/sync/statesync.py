@@ -1,5 +1,8 @@
 """State sync between peers: a newcomer (or a peer that fell behind) downloads the global state
-from a donor peer, not only from the bootstrap, and checks it against the hash the donor announces.
+from donor peers, not from the bootstrap. The donor side lives here: the whole state on one
+stream (``download_state``, for donors and callers that predate chunked sync), its chunk hash list
+and chunks for downloads from several donors at once (``barnraise.peer.sync.donors``), and the
+last rounds' averages for peers catching up by rounds (``barnraise.peer.sync.updatelog``).
 
 With averaging overlapped with compute (round delay 1), the state a group starts round k from is
 the one it applies at the end of round k: it exists nowhere before then, so a plain download is
