@@ -185,7 +185,8 @@ class PeerDaemon:
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
         )
-        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
+        serve = dict(auth=self.auth, corrupt_state=self.inject.corrupts_state if cfg.inject else None)
+        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, **serve)
         self.loop.call(self.averager.register(), 10.0)
         self.loop.call(self.state_server.register(), 10.0)
         self.catchup = CatchUp(
@@ -197,6 +198,7 @@ class PeerDaemon:
             auth=self.auth,
             link_mbit=cfg.bandwidth_mbit,
             held=lambda: self.state,
+            outer=self.outer,
         )
         self._publish_state()
 
@@ -206,9 +208,8 @@ class PeerDaemon:
 
     # --- catching up ----------------------------------------------------------------------------
     def sync_from_swarm(self) -> bool:
-        """Start from the newest state a donor has at hand, and fetch the state the next round starts
-        from in the background while training (waiting for it would idle the device for up to a
-        round); True if we adopted a state now."""
+        """Start from the newest state a donor has at hand, and fetch the next round's in the background
+        while training (waiting would idle the device for up to a round); True if we adopted one now."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
         found = self.catchup.now()
         if found is not None:

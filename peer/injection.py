@@ -12,6 +12,7 @@ every round)::
         {"kind": "fault", "mode": "nan", "from_round": 3, "to_round": 6},
         {"kind": "attack", "mode": "signflip", "peer": "12D3KooW..."},
         {"kind": "corrupt_shards"},
+        {"kind": "corrupt_state"},
         {"kind": "tamper"}
     ]}
 
@@ -27,6 +28,7 @@ The kinds:
     attack          send a Byzantine update instead of the honest one (``mode``: a name from
                     ``peer/attacks.py``)
     corrupt_shards  flip the first 64 bytes of every shard served to another peer
+    corrupt_state   flip the first 64 bytes of every state chunk served to a syncing peer
 
 A bad file is one ``ConfigError`` line naming the file, the fault and the problem. The product
 asks an ``Injector`` at its hook points and has no hook installed when there is no plan. The
@@ -49,7 +51,7 @@ from barnraise.peer.attacks import ATTACKS, Attacker
 from barnraise.peer.averaging import codecs
 from barnraise.protos import averaging_pb2
 
-KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards")
+KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards", "corrupt_state")
 PART_FAULTS = ("nan", "shape", "oversize", "stall")
 _COMMON_KEYS = ("kind", "peer", "from_round", "to_round")
 _KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",)}
@@ -124,6 +126,9 @@ class InjectionPlan:
     def corrupts_shards(self, r: int) -> bool:
         return bool(self.active("corrupt_shards", r))
 
+    def corrupts_state(self, r: int) -> bool:
+        return bool(self.active("corrupt_state", r))
+
     @property
     def tamper(self) -> bool:
         return any(f.kind == "tamper" for f in self.faults)
@@ -188,7 +193,8 @@ class Injector:
 
     The daemon asks it whether to tamper with its start state, for the round's slowdown and for
     the update to send (``forge``); ``AllReduce`` for its part faults (``corrupt_part``, ``stalls``); the shard server
-    whether to corrupt what it serves now (``corrupts_shards``).
+    whether to corrupt what it serves now (``corrupts_shards``), the state server likewise
+    (``corrupts_state``).
     """
 
     def __init__(self, plan: InjectionPlan, peer_id: str, clock: RoundClock):
@@ -226,3 +232,6 @@ class Injector:
 
     def corrupts_shards(self) -> bool:
         return self.plan.corrupts_shards(self.clock.round_at())
+
+    def corrupts_state(self) -> bool:
+        return self.plan.corrupts_state(self.clock.round_at())

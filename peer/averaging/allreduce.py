@@ -92,6 +92,7 @@ class ExchangeStats:
     bytes_received: int = 0
     offenders: dict[str, str] = field(default_factory=dict)
     result_hash: str = ""  # of the assembled average, set when the exchange succeeded
+    reduced: dict[int, list] = field(default_factory=dict)  # part -> its reduced chunks, as received
 
 
 class AllReduce:
@@ -140,9 +141,8 @@ class AllReduce:
         me = ids.index(self.peer_id)
         update = update.detach().float().cpu().reshape(-1).contiguous()
         bounds = part_bounds(update.numel(), group)
-        # What the others will read of our update: the update itself for fp32; for lossy codecs
-        # each chunk is overwritten with its decoded encoding as it is sent (error feedback keeps
-        # the difference), so a chunk never sent counts as sent in full rather than as garbage.
+        # What the others read of our update: itself for fp32; else each chunk becomes its decoded encoding
+        # as it is sent (error feedback keeps the rest), so an unsent chunk counts as sent, not garbage.
         transmitted = update if group.codec == "fp32" else update.clone()
         average = torch.empty_like(update)
         s, e = bounds[me]
@@ -158,7 +158,7 @@ class AllReduce:
         reducer.add(self.peer_id, weight, transmitted[s:e])
         closer = asyncio.create_task(_finish_at_deadline(reducer))
         jobs = [
-            self._own_part(reducer, average, s)
+            self._own_part(reducer, average, s, stats.reduced.setdefault(j, []))
             if j == me
             else self._exchange_part(group, j, ids[j], weight, update, transmitted, average, bounds[j], stats)
             for j in range(len(ids))
@@ -200,8 +200,10 @@ class AllReduce:
             codecs.decode(enc, hi - lo, codec, out=transmitted[lo:hi])
         return enc
 
-    async def _own_part(self, reducer: PartReducer, average: torch.Tensor, start: int) -> bytes | str:
-        """Our own part, as the other members will decode it; returns its digest or why it failed."""
+    async def _own_part(
+        self, reducer: PartReducer, average: torch.Tensor, start: int, kept: list
+    ) -> bytes | str:
+        """Our own part, as the others decode it (into ``kept`` too); returns its digest or why it failed."""
         digest = hashlib.sha256()
         for c, (lo, hi) in enumerate(reducer.bounds):
             enc = await reducer.wait_chunk(c)
@@ -209,6 +211,7 @@ class AllReduce:
                 break
             codecs.decode(enc, hi - lo, reducer.group.codec, out=average[start + lo : start + hi])
             absorb(digest, enc)
+            kept.append(enc)
         await reducer.done.wait()
         if reducer.result.status != averaging_pb2.PART_OK:
             return f"own part failed: {reducer.result.reason}"
@@ -244,7 +247,7 @@ class AllReduce:
             ) as stream:
                 sender = asyncio.create_task(self._send_chunks(stream, group, update, transmitted, chunks))
                 try:
-                    return await self._read_reduced(stream, group, average, chunks, stats)
+                    return await self._read_reduced(stream, group, average, chunks, stats, j)
                 finally:
                     if not sender.done():
                         sender.cancel()
@@ -289,8 +292,9 @@ class AllReduce:
         average: torch.Tensor,
         chunks: list[tuple[int, int]],
         stats: ExchangeStats,
+        part: int,
     ) -> bytes | str:
-        """The reducer's chunks of our part, decoded into ``average``, and its closing summary."""
+        """The reducer's chunks of part ``part``, decoded into ``average``, and its closing summary."""
         digest = hashlib.sha256()
         for lo, hi in chunks:
             cap = _chunk_cap(group.codec, hi - lo)
@@ -303,6 +307,7 @@ class AllReduce:
                 return f"reducer {stream.remote[:12]}: {reply.reason or 'failed'}"
             codecs.decode(reply.tensor, hi - lo, group.codec, out=average[lo:hi])
             absorb(digest, reply.tensor)
+            stats.reduced.setdefault(part, []).append(reply.tensor)
         summary = await stream.read(
             averaging_pb2.ReducedPart,
             MAX_SUMMARY_BYTES,

@@ -50,6 +50,9 @@ class RoundOutcome:
     offenders: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     codec: str = ""
+    result_hash: str = ""  # the group's agreed hash of the average (set with ``ok``)
+    reduced: list[list[averaging_pb2.EncodedTensor]] = field(default_factory=list)  # the average as
+    # received: each part's reduced chunks, in part order (set with ``ok``; ``barnraise.peer.sync.updatelog``)
 
 
 class Averager:
@@ -168,6 +171,7 @@ class Averager:
             out.offenders.setdefault(p, REPORTED)
         if verdict.ok and own_hash and verdict.result_hash == own_hash:
             out.ok, out.average = True, average
+            out.result_hash, out.reduced = own_hash, [stats.reduced[j] for j in sorted(stats.reduced)]
             out.total_weight = sum(m.weight for m in group.members)
         else:
             out.reason = failure or verdict.reason or "result hash disagrees with the group's"
