@@ -52,6 +52,9 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "gpt-small": ModelPreset(d_model=256, n_layer=6, n_head=8, seq_len=256),
     # ~25M params: a home GPU's size class for benchmarks
     "gpt-medium": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=256),
+    # ~25M params at a quarter of gpt-medium's compute per sequence: one fp32 all-reduce at
+    # 25 Mbit/s (~48 s for 4 peers) is ~5x a 10 s round, as for a 1B model on a home GPU
+    "gpt-wide": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=64),
 }
 DEFAULT_MODEL = "gpt-nano"
 # How a reducer combines the group's contributions to its part (peer/robust.py implements them).

@@ -40,7 +40,7 @@ def register_init(sub) -> None:
         help="'builtin' (Python's own sources), or a directory/.jsonl/.bin file",
     )
     p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of a .bin token file")
-    p.add_argument("--model", default="gpt-nano", help="gpt-nano, gpt-micro, gpt-small, gpt-medium")
+    p.add_argument("--model", default="gpt-nano", help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide")
     add_training_flags(p)
     p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
     p.add_argument("--seed", type=int, default=None)
