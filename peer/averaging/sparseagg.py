@@ -43,7 +43,7 @@ from barnraise.protos import averaging_pb2
 COEF_GRID = 2.0**-30  # coefficients are rounded to multiples of this
 EXCHANGE_SHARE = 0.5  # the payload should take at most this share of the exchange's time budget
 MIN_PER_CHUNK = 8  # 0.2% of a 4096-value chunk: the sparsest a group goes, however slow its links
-MAX_PER_CHUNK = 256  # 6.25%: denser costs more than int4's dense half byte buys back on fast links
+MAX_PER_CHUNK = 128  # 3.1%: denser costs CPU at both ends (top-k, decoding N - 1 payloads) for little gain
 
 
 def per_chunk_for(group: averaging_pb2.Group, numel: int, chunk: int = DEFAULT_CHUNK) -> int:
@@ -66,17 +66,14 @@ def per_chunk_for(group: averaging_pb2.Group, numel: int, chunk: int = DEFAULT_C
 
 
 def gram(rows: list[tuple[np.ndarray, np.ndarray]], numel: int) -> np.ndarray:
-    """members x members dot products of sparse rows (positions ascending, values), in float64."""
-    n = len(rows)
-    g = np.zeros((n, n), dtype=np.float64)
-    dense = np.zeros(numel, dtype=np.float64)
-    for i, (pos_i, val_i) in enumerate(rows):
-        dense[pos_i] = val_i
-        for j in range(i, n):
-            pos_j, val_j = rows[j]
-            g[i, j] = g[j, i] = float(np.dot(dense[pos_j], val_j.astype(np.float64)))
-        dense[pos_i] = 0.0
-    return g
+    """members x members dot products of sparse rows (positions ascending, values), in float64.
+
+    Its last bits may differ between machines (BLAS); the coefficients it leads to are rounded.
+    """
+    dense = np.zeros((len(rows), numel), dtype=np.float64)
+    for i, (pos, vals) in enumerate(rows):
+        dense[i, pos] = vals
+    return dense @ dense.T
 
 
 def coefficients(g: np.ndarray, weights: list[float], cfg: RobustConfig) -> tuple[np.ndarray, np.ndarray]:
