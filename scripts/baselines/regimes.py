@@ -90,8 +90,8 @@ def loss_at(points: Sequence[CurvePoint], t_s: float) -> float | None:
 
 
 def loss_at_equal_time(curves: Mapping[str, Sequence[CurvePoint]]) -> dict[str, Any]:
-    """Every system's loss at the end of the shortest curve (``t_s``), and barnraise's lead over each."""
-    ends = [c[-1].t_s for c in curves.values() if c]
+    """Every system's loss at the end of the shortest curve that got past its initial state (``t_s``)."""
+    ends = [c[-1].t_s for c in curves.values() if c and c[-1].t_s > 0]
     if not ends:
         return {}
     t = min(ends)

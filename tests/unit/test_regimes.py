@@ -45,8 +45,8 @@ def test_smoothing_and_loss_at_equal_time():
     c = _curve([(0, 5.0), (10, 3.0), (20, 2.0), (30, 4.0)])
     s = regimes.smoothed(c, 3)
     assert [p.loss for p in s] == [5.0, 3.0, 2.5, 3.0]
-    eq = regimes.loss_at_equal_time({"a": c, "b": _curve([(0, 5.0), (15, 2.0)])})
-    assert eq == {"t_s": 15.0, "loss": {"a": 3.0, "b": 2.0}}
+    eq = regimes.loss_at_equal_time({"a": c, "b": _curve([(0, 5.0), (15, 2.0)]), "c": _curve([(0, 5.0)])})
+    assert eq == {"t_s": 15.0, "loss": {"a": 3.0, "b": 2.0, "c": 5.0}}
 
 
 def test_seeds_combine_to_means_and_targets_read_them():
