@@ -100,6 +100,8 @@ class BenchConfig:
     skip_swarm: bool = False
     skip_loss: bool = False
     keep: bool = False  # keep the workers' logs
+    prefix: str = "bcq"  # netsim name prefix of the namespaces
+    subnet: str = "10.79.4.0/24"  # their private /24
     debug: bool = False  # workers log our protocol's debug messages
 
     def __post_init__(self) -> None:
@@ -127,6 +129,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--skip-loss", action="store_true", help="no DiLoCo runs: loss figures null")
     p.add_argument("--codecs", help=f"comma-separated subset of {','.join(CODECS)} (fp32 always runs)")
     p.add_argument("--keep", action="store_true", help="keep the workers' logs")
+    p.add_argument("--prefix", default="bcq", help="netsim name prefix (1-4 letters) of the namespaces")
+    p.add_argument("--subnet", default="10.79.4.0/24", help="private /24 for the namespaces")
     p.add_argument(
         "--debug", action="store_true", help="workers log our protocol's debug messages (with --keep)"
     )
@@ -142,6 +146,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
             skip_swarm=a.skip_swarm,
             skip_loss=a.skip_loss,
             keep=a.keep,
+            prefix=a.prefix,
+            subnet=a.subnet,
             debug=a.debug,
         )
         return replace(cfg, **((QUICK if a.quick else {}) | given))
@@ -166,7 +172,9 @@ def swarm_figures(cfg: BenchConfig, work: Path) -> dict:
     args = ["--topk-fraction", str(cfg.topk_fraction)]
     args += ["--aggregator", cfg.aggregator] if cfg.aggregator else []
     args += ["--debug"] if cfg.debug else []
-    swarm = SwarmConfig(peers=cfg.peers, rounds=cfg.rounds, worker_args=tuple(args))
+    swarm = SwarmConfig(
+        peers=cfg.peers, rounds=cfg.rounds, worker_args=tuple(args), prefix=cfg.prefix, subnet=cfg.subnet
+    )
     cleanup_stale(swarm.prefix)
     run = run_swarm(swarm, blocks, work)
     phases = [p for block in blocks for p in block]
