@@ -54,6 +54,9 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
     "gpt-medium": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=256),
     # ~127M params: the GPT-2-small class that a volunteer's 8-24 GB GPU trains (scripts/gpu_check)
     "gpt-large": ModelPreset(d_model=1024, n_layer=10, n_head=16, seq_len=512),
+    # ~25M params at a quarter of gpt-medium's compute per sequence: one fp32 all-reduce at
+    # 25 Mbit/s (~48 s for 4 peers) is ~5x a 10 s round, as for a 1B model on a home GPU
+    "gpt-wide": ModelPreset(d_model=512, n_layer=8, n_head=8, seq_len=64),
 }
 DEFAULT_MODEL = "gpt-nano"
 # How a reducer combines the group's contributions to its part (peer/robust.py implements them).

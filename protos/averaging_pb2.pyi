@@ -77,30 +77,34 @@ class JoinRequest(_message.Message):
     def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., base_round: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
 
 class GroupMember(_message.Message):
-    __slots__ = ("peer_id", "weight", "part_fraction")
+    __slots__ = ("peer_id", "weight", "part_fraction", "bandwidth_bps")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PART_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     weight: float
     part_fraction: float
-    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., part_fraction: _Optional[float] = ...) -> None: ...
+    bandwidth_bps: float
+    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., part_fraction: _Optional[float] = ..., bandwidth_bps: _Optional[float] = ...) -> None: ...
 
 class Group(_message.Message):
-    __slots__ = ("group_id", "round", "codec", "base_hash", "members", "reduce_deadline")
+    __slots__ = ("group_id", "round", "codec", "base_hash", "members", "reduce_deadline", "exchange_s")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     REDUCE_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_S_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     round: int
     codec: str
     base_hash: str
     members: _containers.RepeatedCompositeFieldContainer[GroupMember]
     reduce_deadline: float
-    def __init__(self, group_id: _Optional[str] = ..., round: _Optional[int] = ..., codec: _Optional[str] = ..., base_hash: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., reduce_deadline: _Optional[float] = ...) -> None: ...
+    exchange_s: float
+    def __init__(self, group_id: _Optional[str] = ..., round: _Optional[int] = ..., codec: _Optional[str] = ..., base_hash: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., reduce_deadline: _Optional[float] = ..., exchange_s: _Optional[float] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("status", "reason", "leader", "group")

@@ -41,7 +41,9 @@ def register_init(sub) -> None:
     )
     p.add_argument("--vocab-size", type=int, default=0, help="vocabulary size of a .bin token file")
     p.add_argument(
-        "--model", default="gpt-nano", help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-large"
+        "--model",
+        default="gpt-nano",
+        help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide, gpt-large",
     )
     add_training_flags(p)
     p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")

@@ -27,6 +27,7 @@ import torch
 
 from barnraise.coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
 from barnraise.peer.averaging import codecs, plan
+from barnraise.peer.averaging.gather import SparseGather
 from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds, part_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.net import rpc
@@ -115,9 +116,11 @@ class AllReduce:
         self.topk_fraction = topk_fraction
         self.faults = faults  # tests only: broken parts or a stalled reducer, by round (None: none)
         self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
+        self.gather = SparseGather(p2p=p2p, peer_id=peer_id, auth=auth, robust=self.robust)  # sparse groups
 
     async def register(self) -> None:
         await rpc.serve(self.p2p, REDUCE, self._take_part, access=self.auth, on_refused=self._refused)
+        await self.gather.register()
 
     def _reducer_future(self, group_id: str) -> asyncio.Future[PartReducer]:
         if group_id not in self._reducers:
@@ -137,9 +140,11 @@ class AllReduce:
 
         On success ``stats.result_hash`` holds the hash of the average, for the group's result check.
         """
+        update = update.detach().float().cpu().reshape(-1).contiguous()
+        if group.codec == "sparse":  # payloads whose positions differ: an all-gather (gather.py)
+            return await self.gather.run(group, update, weight, stats)
         ids = [m.peer_id for m in group.members]
         me = ids.index(self.peer_id)
-        update = update.detach().float().cpu().reshape(-1).contiguous()
         bounds = part_bounds(update.numel(), group)
         # What the others read of our update: itself for fp32; else each chunk becomes its decoded encoding
         # as it is sent (error feedback keeps the rest), so an unsent chunk counts as sent, not garbage.

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REPORTED = "reported by the group"
 PENALTY_ROUNDS = 3  # a member seen misbehaving is left out of this many following rounds
+SPARSE_EF_DECAY = 0.95  # share of the error-feedback residual a sparse group carries into the next round
 
 
 @dataclass
@@ -154,6 +155,9 @@ class Averager:
         out.members = [m.peer_id for m in group.members]
         out.codec = group.codec
         leader = reply.leader or out.members[0]
+        # SparseLoCo's accumulator: in a sparse group old residue fades, so error feedback does what
+        # outer momentum does (scripts/bench_codecs.py measures both); dense codecs keep it all
+        self.feedback.decay = SPARSE_EF_DECAY if group.codec == "sparse" else 1.0
         compensated = self.feedback.compensate(update)
         stats = ExchangeStats()
         average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)

@@ -210,9 +210,13 @@ class Matchmaker:
             codec=codec,
             base_hash=base,
             reduce_deadline=plan.reduce_deadline,
+            exchange_s=max(0.0, plan.reduce_deadline - time.time()),
         )
         for p, fraction in zip(accepted, fractions, strict=True):
-            group.members.add(peer_id=p, weight=state.joins[p].weight, part_fraction=fraction)
+            j = state.joins[p]
+            group.members.add(
+                peer_id=p, weight=j.weight, part_fraction=fraction, bandwidth_bps=j.bandwidth_bps
+            )
         for p, req in state.joins.items():
             if p in accepted:
                 state.replies[p] = averaging_pb2.JoinReply(

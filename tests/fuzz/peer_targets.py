@@ -244,7 +244,9 @@ def encoded_tensor(draw, codec: str, max_numel: int = 700) -> averaging_pb2.Enco
             if f.type == f.TYPE_BYTES:
                 setattr(msg, f.name, draw(mutated(st.just(getattr(msg, f.name)))))
             elif f.name == "codec":
-                msg.codec = draw(st.sampled_from(["fp32", "fp16", "bf16", "int8", "int4", "topk", "x"]))
+                msg.codec = draw(
+                    st.sampled_from(["fp32", "fp16", "bf16", "int8", "int4", "topk", "sparse", "x"])
+                )
             else:
                 hi = (1 << 32) - 1 if f.name == "block_size" else (1 << 64) - 1
                 setattr(msg, f.name, draw(interesting_ints(0, hi)))
@@ -424,7 +426,7 @@ TARGETS = [
     Target("rpc_request", "rpc._answer (request caps of every protocol)", REQUEST, check_request),
     *(
         Target(f"codec_{c}", f"codecs.decode ({c})", codec_case(c), codec_check(c))
-        for c in ("fp32", "fp16", "bf16", "int8", "int4", "topk")
+        for c in ("fp32", "fp16", "bf16", "int8", "int4", "topk", "sparse")
     ),
     Target("part_reducer", "PartReducer.validate_header/receive_chunk", part_case(), check_part),
     Target("state_blob", "GlobalState.from_bytes", state_blob(), check_state),
