@@ -22,11 +22,11 @@ def _trainer(step_s: float) -> InnerTrainer:
     cfg = manifest_pb2.TrainingConfig(inner_lr=1e-3, batch_size=1, grad_clip=1.0)
     t = InnerTrainer(build_model(model_config("gpt-nano", 256), 1), cfg, CPU)
 
-    def slow_step(x, y) -> float:
+    def slow_step(x, y) -> torch.Tensor:
         time.sleep(step_s)
-        return 1.0
+        return torch.tensor(1.0)
 
-    t.step = slow_step
+    t.step_async = slow_step
     return t
 
 
