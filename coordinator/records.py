@@ -287,9 +287,12 @@ def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
     for name, limit in MAX_TEXT.items():
         if len(getattr(hb, name)) > limit:
             return f"oversized {name}"
-    if max(len(hb.offenders), len(hb.recent_hashes), len(hb.recent_losses)) > MAX_LISTED:
+    if (
+        max(len(hb.offenders), len(hb.recent_hashes), len(hb.recent_losses), len(hb.caught_reducers))
+        > MAX_LISTED
+    ):
         return "too many list entries"
-    if any(len(o) > 400 for o in hb.offenders):
+    if any(len(o) > 400 for o in (*hb.offenders, *hb.caught_reducers)):
         return "oversized offenders"
     if any(not -1 <= h.round <= MAX_ROUND or len(h.params_hash) > 128 for h in hb.recent_hashes):
         return "bad recent_hashes"

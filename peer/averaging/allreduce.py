@@ -13,6 +13,9 @@ One stream per (member, reducer): a header frame (``PartMessage`` without a tens
 out, or a single ``ReducedPart`` with status REJECTED/FAILED that ends the stream. Every frame has a
 hard cap read before its body. Each member hashes the chunks it decodes, part by part; the leader
 compares these hashes (``peer/averager.py``), so a partially averaged round is never applied.
+When the peer has an identity (``PeerAuth``), every chunk it sends carries its signed commitment
+(``commitments.py``), every reducer refuses chunks without a valid one and keeps the inputs of its
+part for audits (``auditor.py``), so a reducer's work can be checked after the fact.
 """
 
 from __future__ import annotations
@@ -20,78 +23,40 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from barnraise.coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
-from barnraise.peer.averaging import codecs, plan
+from barnraise.peer.averaging import codecs, commitments, plan
+from barnraise.peer.averaging.exchange import (
+    MAX_SUMMARY_BYTES,
+    REDUCE,
+    REDUCE_HANDLER,
+    ExchangeStats,
+    PartFaults,
+    absorb,
+    chunk_cap,
+    rejected,
+    result_hash,
+)
 from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds, part_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
 
-__all__ = ["AllReduce", "ExchangeStats", "PartFaults", "PartReducer", "part_bounds", "result_hash"]
+__all__ = [
+    "REDUCE",
+    "REDUCE_HANDLER",
+    "AllReduce",
+    "ExchangeStats",
+    "PartFaults",
+    "PartReducer",
+    "part_bounds",
+    "result_hash",
+]
 
 log = logging.getLogger(__name__)
-
-REDUCE_HANDLER = "barnraise.reduce"
-MAX_HEADER_BYTES = 4096
-MAX_SUMMARY_BYTES = 1 << 16  # the closing ReducedPart: member ids and exclusion reasons
-FRAME_SLACK = 4096  # protobuf fields around a chunk's encoded values
-
-
-def rejected(reason: str) -> averaging_pb2.ReducedPart:
-    """A reducer's refusal of a member's part; it ends the stream."""
-    return averaging_pb2.ReducedPart(status=averaging_pb2.PART_REJECTED, reason=reason)
-
-
-REDUCE = rpc.Method(
-    name=REDUCE_HANDLER,
-    request=averaging_pb2.PartMessage,  # the header; the chunks follow as EncodedTensor frames
-    max_request_bytes=MAX_HEADER_BYTES,
-    refusal=rejected,
-    request_timeout_s=30.0,
-)
-
-
-def result_hash(part_digests: list[bytes]) -> str:
-    """The round's result hash: over each part's digest of its reduced chunks, in part order."""
-    return hashlib.sha256(b"".join(part_digests)).hexdigest()[:16]
-
-
-def absorb(digest, enc: averaging_pb2.EncodedTensor) -> None:
-    """Add a reduced chunk to a part's digest: its encoded fields, which every member receives
-    byte for byte and decodes deterministically (cheaper than hashing the decoded fp32 values)."""
-    digest.update(b"%d/%d/%d/" % (enc.numel, enc.block_size, enc.nnz))
-    for blob in (enc.data, enc.scales, enc.indices):
-        digest.update(len(blob).to_bytes(8, "big"))
-        digest.update(blob)
-
-
-def _chunk_cap(codec: str, numel: int) -> int:
-    """The largest frame a chunk of ``numel`` values may take in ``codec``: read before the body."""
-    return codecs.max_encoded_bytes(codec, numel) + FRAME_SLACK
-
-
-class PartFaults(Protocol):
-    """Faults a test injects into the part exchange, by round (``peer.injection.Injector``)."""
-
-    def corrupt_part(
-        self, r: int, chunk: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
-    ) -> averaging_pb2.EncodedTensor | bytes: ...
-
-    def stalls(self, r: int) -> bool: ...
-
-
-@dataclass
-class ExchangeStats:
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    offenders: dict[str, str] = field(default_factory=dict)
-    result_hash: str = ""  # of the assembled average, set when the exchange succeeded
 
 
 class AllReduce:
@@ -114,6 +79,8 @@ class AllReduce:
         self.topk_fraction = topk_fraction
         self.faults = faults  # tests only: broken parts or a stalled reducer, by round (None: none)
         self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
+        self.identity = getattr(auth, "identity", None)  # signs our chunks' commitments (None: no audits)
+        self.keeper = None  # takes each part we reduced, with its inputs, for audits (``Auditor.keep``)
 
     async def register(self) -> None:
         await rpc.serve(self.p2p, REDUCE, self._take_part, access=self.auth, on_refused=self._refused)
@@ -150,12 +117,22 @@ class AllReduce:
             for lo, hi in chunk_bounds(e - s):
                 self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
         reducer = PartReducer(
-            group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction, robust=self.robust
+            group=group,
+            index=me,
+            numel=e - s,
+            topk_fraction=self.topk_fraction,
+            robust=self.robust,
+            check_commitments=self.identity is not None,
+            lie=self._lie(group.round),
         )
         fut = self._reducer_future(group.group_id)
         if not fut.done():
             fut.set_result(reducer)
-        reducer.add(self.peer_id, weight, transmitted[s:e])
+        own = [
+            self._commit(group, me, c, weight, transmitted[s + lo : s + hi])
+            for c, (lo, hi) in enumerate(reducer.bounds)
+        ]
+        reducer.add(self.peer_id, weight, transmitted[s:e], own if self.identity is not None else None)
         closer = asyncio.create_task(_finish_at_deadline(reducer))
         jobs = [
             self._own_part(reducer, average, s)
@@ -168,6 +145,10 @@ class AllReduce:
         finally:
             closer.cancel()
             self._reducers.pop(group.group_id, None)
+        if self.keeper is not None and reducer.inputs is not None:
+            self.keeper(reducer)
+        if reducer.result is not None:
+            stats.contributors[me] = list(reducer.result.contributors)
         failure = self._tally(reducer, stats)
         if not failure:
             failure = "; ".join(f"part {j}: {v}" for j, v in enumerate(outcomes) if isinstance(v, str))
@@ -191,6 +172,18 @@ class AllReduce:
         for p in own.excluded:
             stats.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
         return ""
+
+    def _commit(self, group, part: int, c: int, weight: float, values: torch.Tensor) -> bytes:
+        """Our signed commitment to chunk ``c`` of ``part`` as its reducer decodes it (b"": no identity)."""
+        if self.identity is None:
+            return b""
+        return commitments.commit(self.identity, group.group_id, part, c, weight, values)
+
+    def _lie(self, r: int):
+        """Tests only: a lying reducer's hook, the same wrong values to every member."""
+        if self.faults is None or not getattr(self.faults, "lies", lambda r: False)(r):
+            return None
+        return lambda c, value: -2.0 * value
 
     def _encode_chunk(
         self, codec: str, update: torch.Tensor, transmitted: torch.Tensor, lo: int, hi: int
@@ -242,9 +235,11 @@ class AllReduce:
                 access=self.auth,
                 connect_timeout_s=plan.time_left(group.reduce_deadline, plan.SEND_GRACE_S, 0.5),
             ) as stream:
-                sender = asyncio.create_task(self._send_chunks(stream, group, update, transmitted, chunks))
+                sender = asyncio.create_task(
+                    self._send_chunks(stream, group, (j, weight), update, transmitted, chunks)
+                )
                 try:
-                    return await self._read_reduced(stream, group, average, chunks, stats)
+                    return await self._read_reduced(stream, group, j, average, chunks, stats)
                 finally:
                     if not sender.done():
                         sender.cancel()
@@ -271,12 +266,15 @@ class AllReduce:
         self,
         stream: rpc.Stream,
         group,
+        part: tuple[int, float],
         update: torch.Tensor,
         transmitted: torch.Tensor,
         chunks: list[tuple[int, int]],
     ) -> None:
         for c, (lo, hi) in enumerate(chunks):
             enc = self._encode_chunk(group.codec, update, transmitted, lo, hi)
+            if self.identity is not None:
+                enc.commitment = self._commit(group, part[0], c, part[1], transmitted[lo:hi])
             payload = (
                 self.faults.corrupt_part(group.round, c, enc, group.codec, hi - lo) if self.faults else enc
             )
@@ -286,6 +284,7 @@ class AllReduce:
         self,
         stream: rpc.Stream,
         group,
+        j: int,
         average: torch.Tensor,
         chunks: list[tuple[int, int]],
         stats: ExchangeStats,
@@ -293,7 +292,7 @@ class AllReduce:
         """The reducer's chunks of our part, decoded into ``average``, and its closing summary."""
         digest = hashlib.sha256()
         for lo, hi in chunks:
-            cap = _chunk_cap(group.codec, hi - lo)
+            cap = chunk_cap(group.codec, hi - lo)
             reply = await stream.read(
                 averaging_pb2.ReducedPart,
                 cap,
@@ -312,6 +311,7 @@ class AllReduce:
             return f"reducer {stream.remote[:12]}: {summary.reason or 'failed'}"
         for p, why in zip(summary.excluded, summary.exclusions, strict=False):
             stats.offenders.setdefault(p, why)
+        stats.contributors[j] = list(summary.contributors)
         return digest.digest()
 
     def _refused(self, msg: averaging_pb2.PartMessage, remote: str, reason: str) -> None:
@@ -358,7 +358,7 @@ class AllReduce:
     async def _receive(self, reducer: PartReducer, remote: str, stream: rpc.Stream) -> None:
         """Read ``remote``'s chunks into the reducer; a bad or missing chunk excludes it at once."""
         for c, (lo, hi) in enumerate(reducer.bounds):
-            cap = _chunk_cap(reducer.group.codec, hi - lo)
+            cap = chunk_cap(reducer.group.codec, hi - lo)
             timeout = plan.time_left(reducer.group.reduce_deadline, plan.SEND_GRACE_S, 1.0)
             try:
                 enc = await stream.read(averaging_pb2.EncodedTensor, cap, timeout)
