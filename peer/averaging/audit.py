@@ -22,17 +22,15 @@ reducer of its group on a few segments of its part:
 How many segments. A reducer whose part has ``n`` chunks and which corrupts even 1% of them
 corrupts ``m = ceil(n / 100)`` chunks. A check picks a chunk uniformly, then a segment of it, so
 it lands on a corrupt chunk with probability ``q = m / n >= max(0.01, 1/n)`` whatever the
-chunks' sizes (a reducer cannot hide in the short last chunk). With ``k`` checks a round spread
-over ``A`` auditors (each takes ``k // A`` checks, and one more with probability
-``(k % A) / A``), a round misses it with probability
-
-    P_miss(k) = prod over auditors of (1 - q)^(k // A) * (1 - q (k % A) / A)
-
-and five rounds with ``P_miss(k)^5``. ``checks_needed`` picks the least ``k`` with
-``P_miss(k)^5 <= 0.01``: for n >= 100 chunks that is 92 checks a round (0.99^460 < 0.01); for a
-part of one chunk, a single check (one auditor in A takes it: (1 - 1/A)^5 with A = 3 is 0.13,
-so the rule asks for more). A wrongly reduced chunk is meant as wrong throughout; a reducer that
-falsifies a share ``phi`` of a chunk's segments is caught per check with ``q * phi``.
+chunks' sizes (a reducer cannot hide in the short last chunk). Each of the ``A`` other members
+makes ``b`` checks of every reducer every round (at least one), so a round misses a lie with
+probability ``(1 - q)^(A b)`` and five rounds with ``(1 - q)^(5 A b)``. ``checks_per_auditor``
+picks the least ``b`` with ``(1 - q)^(5 A b) <= 0.01``, i.e. ``A b >= ln(100) / (5 ln(1/(1-q)))``:
+for n >= 100 chunks, 92 checks a round in all (0.99^460 < 0.01); for a part of 24 chunks (25M
+parameters in groups of 4) q = 1/24 and 22 checks; for a part of one chunk (small models) every
+check lands on it, so a lie is caught in the very round it is told. A wrongly reduced chunk is
+meant as wrong throughout; a reducer that falsifies a share ``phi`` of a chunk's segments is caught
+per check with ``q * phi``.
 Measured by ``scripts/audit_sim.py`` (detection, Monte Carlo, and bytes against the round's).
 
 What it does not cover: the reducer's own input is one contribution among the others (robust
@@ -63,27 +61,20 @@ FLOAT_NOISE = 1e-5  # relative: what platforms' float arithmetic may differ by, 
 HONEST, LIE, INVALID = "honest", "lie", "invalid"
 
 
-def miss_probability(k: int, auditors: int, q: float) -> float:
-    """Chance that ``k`` checks a round, spread over ``auditors``, all miss a share ``q`` of corrupt chunks."""
-    base, extra = divmod(k, auditors)
-    return ((1.0 - q) ** base * (1.0 - q * extra / auditors)) ** auditors
+def miss_probability(checks: int, q: float) -> float:
+    """Chance that ``checks`` checks of a round all miss a share ``q`` of corrupt chunks."""
+    return (1.0 - q) ** checks
 
 
-def checks_needed(chunks: int, auditors: int) -> int:
-    """Checks of one reducer's part of ``chunks`` chunks per round that meet the target."""
+def checks_per_auditor(chunks: int, auditors: int) -> int:
+    """Checks each of ``auditors`` members makes of one reducer's part of ``chunks`` chunks a round."""
     if chunks <= 0 or auditors <= 0:
         return 0
     q = math.ceil(TARGET_CORRUPT * chunks) / chunks
-    k = 1
-    while k < MAX_CHECKS and miss_probability(k, auditors, q) ** TARGET_ROUNDS > TARGET_MISS:
-        k += 1
-    return k
-
-
-def my_share(k: int, auditors: int, rng: random.Random) -> int:
-    """How many of the ``k`` checks this auditor makes."""
-    base, extra = divmod(k, auditors)
-    return base + (1 if rng.random() < extra / auditors else 0)
+    b = 1
+    while b * auditors < MAX_CHECKS and miss_probability(b * auditors, q) ** TARGET_ROUNDS > TARGET_MISS:
+        b += 1
+    return b
 
 
 def part_segments(numel: int) -> list[tuple[int, int, int]]:

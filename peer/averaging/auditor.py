@@ -139,8 +139,8 @@ class Auditor:
             s, e = bounds[j]
             if reducer == self.peer_id or e <= s:
                 continue
-            k = audit.checks_needed(len(audit.chunk_bounds(e - s)), auditors)
-            wanted = audit.pick_segments(e - s, audit.my_share(k, auditors, self.rng), self.rng)
+            k = audit.checks_per_auditor(len(audit.chunk_bounds(e - s)), auditors)
+            wanted = audit.pick_segments(e - s, k, self.rng)
             if wanted:
                 jobs.append(
                     self._check_one(group, j, reducer, wanted, average[s:e], contributors.get(j), found)

@@ -137,11 +137,11 @@ def test_merkle_paths_lead_to_the_root_for_every_leaf():
 @pytest.mark.parametrize("members", [2, 4, 8, 32])
 def test_the_sampling_rule_meets_the_detection_target(chunks, members):
     auditors = members - 1
-    k = audit.checks_needed(chunks, auditors)
+    b = audit.checks_per_auditor(chunks, auditors)
     q = -(-chunks // 100) / chunks
-    assert audit.miss_probability(k, auditors, q) ** 5 <= 0.01
-    assert k == 1 or audit.miss_probability(k - 1, auditors, q) ** 5 > 0.01  # the least that does
-    assert k <= 92 + auditors
+    assert audit.miss_probability(b * auditors, q) ** 5 <= 0.01
+    assert b == 1 or audit.miss_probability((b - 1) * auditors, q) ** 5 > 0.01  # the least that does
+    assert b * auditors <= 92 + auditors
 
 
 def test_picked_segments_spread_over_chunks_not_values():
