@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from barnraise.peer.averaging import codecs, commitments
-from barnraise.peer.averaging.partreducer import WEIGHT_TOLERANCE, chunk_bounds
+from barnraise.peer.averaging.partreducer import CHUNK_VALUES, WEIGHT_TOLERANCE, chunk_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.averaging.segmented import SEGMENT_VALUES, aggregate_segments, segment_bounds
 from barnraise.protos import audit_pb2, averaging_pb2
@@ -77,22 +77,39 @@ def checks_per_auditor(chunks: int, auditors: int) -> int:
     return b
 
 
+SEGMENTS_PER_CHUNK = CHUNK_VALUES // SEGMENT_VALUES
+assert SEGMENTS_PER_CHUNK * SEGMENT_VALUES == CHUNK_VALUES, "a chunk must hold whole segments"
+
+
+def segment_count(numel: int) -> int:
+    """Segments of a part of ``numel`` values, numbered chunk by chunk."""
+    full, rest = divmod(numel, CHUNK_VALUES)
+    return full * SEGMENTS_PER_CHUNK + -(-rest // SEGMENT_VALUES)
+
+
+def segment_at(numel: int, number: int) -> tuple[int, int, int] | None:
+    """(chunk, start, end) of segment ``number`` of a part of ``numel`` values, start/end within
+    the part; None if there is no such segment."""
+    if not 0 <= number < segment_count(numel):
+        return None
+    c, k = divmod(number, SEGMENTS_PER_CHUNK)
+    lo = c * CHUNK_VALUES + k * SEGMENT_VALUES
+    return c, lo, min(numel, lo + SEGMENT_VALUES, (c + 1) * CHUNK_VALUES)
+
+
 def part_segments(numel: int) -> list[tuple[int, int, int]]:
-    """(chunk, start, end) of every segment of a part of ``numel`` values, start/end within the part."""
-    out = []
-    for c, (s, e) in enumerate(chunk_bounds(numel)):
-        out.extend((c, s + lo, s + hi) for lo, hi in segment_bounds(e - s))
-    return out
+    """(chunk, start, end) of every segment of a part (small parts: tests, tools)."""
+    return [segment_at(numel, i) for i in range(segment_count(numel))]
 
 
 def pick_segments(numel: int, count: int, rng: random.Random) -> list[int]:
-    """``count`` segment numbers of a part: a chunk uniformly, then a segment of it (sorted, distinct)."""
-    segs = part_segments(numel)
-    by_chunk: dict[int, list[int]] = {}
-    for i, (c, _, _) in enumerate(segs):
-        by_chunk.setdefault(c, []).append(i)
-    chunks = sorted(by_chunk)
-    picked = {rng.choice(by_chunk[rng.choice(chunks)]) for _ in range(count)} if chunks else set()
+    """``count`` draws of a segment of a part: a chunk uniformly, then a segment of it (sorted, distinct)."""
+    chunks = -(-numel // CHUNK_VALUES)
+    picked = set()
+    for _ in range(count if chunks else 0):
+        c = rng.randrange(chunks)
+        in_chunk = -(-(min(numel, (c + 1) * CHUNK_VALUES) - c * CHUNK_VALUES) // SEGMENT_VALUES)
+        picked.add(c * SEGMENTS_PER_CHUNK + rng.randrange(in_chunk))
     return sorted(picked)
 
 
@@ -154,10 +171,10 @@ def check_evidence(
     """(HONEST | LIE | INVALID, why) for one segment of reducer ``part``'s output, ``delivered``
     being the whole part as this member decoded it; ``contributors`` those the reducer's summary
     says are in (each must be among the segment's inputs)."""
-    segs = part_segments(part_numel)
-    if not 0 <= evidence.segment < len(segs) or delivered.numel() != part_numel:
+    where = segment_at(part_numel, evidence.segment)
+    if where is None or delivered.numel() != part_numel:
         return INVALID, f"segment {evidence.segment} outside the part"
-    c, lo, hi = segs[evidence.segment]
+    c, lo, hi = where
     rows, weights, why = _decode_inputs(group, evidence, hi - lo)
     if why:
         return INVALID, why

@@ -94,16 +94,16 @@ class Auditor:
             return _refused("no inputs kept for this group")
         if stream.remote not in reducer.members or req.part_index != reducer.index:
             return _refused("not a member of this group, or not my part")
-        segs = audit.part_segments(reducer.numel)
-        if len(req.segments) > MAX_SEGMENTS or any(s >= len(segs) for s in req.segments):
-            return _refused(f"at most {MAX_SEGMENTS} segments of the {len(segs)} of this part")
-        return await asyncio.to_thread(self._evidence_of, reducer, list(req.segments), segs)
+        count = audit.segment_count(reducer.numel)
+        if len(req.segments) > MAX_SEGMENTS or any(s >= count for s in req.segments):
+            return _refused(f"at most {MAX_SEGMENTS} segments of the {count} of this part")
+        return await asyncio.to_thread(self._evidence_of, reducer, list(req.segments))
 
-    def _evidence_of(self, reducer: PartReducer, wanted: list[int], segs) -> audit_pb2.AuditReply:
+    def _evidence_of(self, reducer: PartReducer, wanted: list[int]) -> audit_pb2.AuditReply:
         reply = audit_pb2.AuditReply(ok=True)
         leaves: dict[tuple[str, int], list[bytes]] = {}
         for number in wanted:
-            c, lo, hi = segs[number]
+            c, lo, hi = audit.segment_at(reducer.numel, number)
             if c >= len(reducer.used):
                 return _refused(f"chunk {c + 1} was never reduced")
             cs, ce = reducer.bounds[c]

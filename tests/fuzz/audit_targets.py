@@ -198,7 +198,7 @@ def evidence_case(draw):
     lie = draw(st.booleans())
     _, r, _ = _reduced(lie)
     segment = draw(st.integers(0, 2))
-    ev = _auditor(r)._evidence_of(r, [segment], audit.part_segments(NUMEL)).segments[0]
+    ev = _auditor(r)._evidence_of(r, [segment]).segments[0]
     if draw(st.booleans()):
         return lie, False, ev
     if draw(st.booleans()):
@@ -251,7 +251,7 @@ def check_answer(case) -> None:
 def accusation_case(draw):
     lie = draw(st.booleans())
     _, r, _ = _reduced(lie)
-    ev = _auditor(r)._evidence_of(r, [0], audit.part_segments(NUMEL)).segments[0]
+    ev = _auditor(r)._evidence_of(r, [0]).segments[0]
     acc = audit_pb2.Accusation(
         reducer=r.members[PART], accuser=r.members[0], group_id="g", part_index=PART, evidence=ev
     )

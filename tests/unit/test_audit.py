@@ -60,7 +60,7 @@ def reduce_part(codec: str = "fp32", lie=None, tamper: bool = False):
 def evidence(r: PartReducer, wanted: list[int]):
     auditor = Auditor(p2p=None, peer_id="", auth=OPEN_RUN, robust=RobustConfig())
     auditor.keep(r)
-    return auditor._evidence_of(r, wanted, audit.part_segments(r.numel))
+    return auditor._evidence_of(r, wanted)
 
 
 @pytest.mark.parametrize("codec", ["fp32", "fp16", "bf16", "int8", "int4", "topk"])
