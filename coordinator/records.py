@@ -281,7 +281,13 @@ def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
         return "absurd numbers"
     if not -1 <= hb.hash_round <= MAX_ROUND or hb.exclusion_round > MAX_ROUND or hb.late_round > MAX_ROUND:
         return "absurd round"
-    for name in ("samples_total", "bytes_sent", "bytes_received", "device_memory_bytes"):
+    for name in (
+        "samples_total",
+        "bytes_sent",
+        "bytes_received",
+        "device_memory_bytes",
+        "dht_records_stored",
+    ):
         if getattr(hb, name) > MAX_COUNT:
             return f"absurd {name}"
     for name, limit in MAX_TEXT.items():

@@ -62,6 +62,7 @@ class PeerStats:
     round_s: float = 0.0
     group_size: int = 0
     caught_reducers: dict = field(default_factory=dict)  # reducer -> what it did, for the rest of the run
+    dht_records: int = 0  # records its DHT node stores (a leak shows as growth over hours)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, **changes) -> None:
@@ -162,6 +163,7 @@ class PeerStats:
                 late_round=self.late_round,
                 group_size=self.group_size,
                 caught_reducers=[f"{peer}: {why}"[:200] for peer, why in self.caught_reducers.items()],
+                dht_records_stored=self.dht_records,
             )
 
     def beacon(self, run_id: str) -> heartbeat_pb2.RunBeacon | None:
@@ -176,6 +178,16 @@ class PeerStats:
                 group_size=self.group_size,
                 timestamp=time.time(),
             )
+
+
+async def stored_records(dht, node) -> int:
+    """Runs in the DHT process: records its node stores, each subkey of a dictionary value counted."""
+    from hivemind.dht.storage import DictionaryDHTValue
+
+    return sum(
+        len(item.value) if isinstance(item.value, DictionaryDHTValue) else 1
+        for _key, item in node.protocol.storage.items()
+    )
 
 
 class HeartbeatPublisher:
@@ -205,6 +217,8 @@ class HeartbeatPublisher:
                 self.publish_now()
                 if beats % BEACON_EVERY == 0 and (beacon := self.stats.beacon(self.run_id)) is not None:
                     records.publish_beacon(self.dht, self.peer_id, beacon)
+                if beats % BEACON_EVERY == 1:
+                    self.stats.update(dht_records=self.dht.run_coroutine(stored_records))
             except Exception as e:  # DHT hiccup: the next beat retries
                 log.debug("heartbeat not published: %s", e)
             beats += 1
