@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from barnraise.protos import auth_pb2 as barnraise_dot_protos_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62\x61rnraise/protos/audit.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1b\x62\x61rnraise/protos/auth.proto\"o\n\x0c\x41uditRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x12\n\npart_index\x18\x02 \x01(\r\x12\x10\n\x08segments\x18\x03 \x03(\x04\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"o\n\x0e\x43ommittedInput\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\x12\x0c\n\x04root\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"N\n\rSegmentInputs\x12\x0f\n\x07segment\x18\x01 \x01(\x04\x12,\n\x06inputs\x18\x02 \x03(\x0b\x32\x1c.barnraise.v1.CommittedInput\"W\n\nAuditReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12-\n\x08segments\x18\x03 \x03(\x0b\x32\x1b.barnraise.v1.SegmentInputs\"\x90\x01\n\nAccusation\x12\x0f\n\x07reducer\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63user\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x12\n\npart_index\x18\x04 \x01(\r\x12-\n\x08\x65vidence\x18\x05 \x01(\x0b\x32\x1b.barnraise.v1.SegmentInputs\x12\x0b\n\x03why\x18\x06 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x62\x61rnraise/protos/audit.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1b\x62\x61rnraise/protos/auth.proto\"o\n\x0c\x41uditRequest\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x12\n\npart_index\x18\x02 \x01(\r\x12\x10\n\x08segments\x18\x03 \x03(\x04\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"\xa1\x01\n\x0e\x43ommittedInput\x12\x0e\n\x06sender\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x0e\n\x06values\x18\x03 \x01(\x0c\x12\x0c\n\x04path\x18\x04 \x03(\x0c\x12\x0c\n\x04root\x18\x05 \x01(\x0c\x12\x11\n\tsignature\x18\x06 \x01(\x0c\x12\x0c\n\x04\x64\x61ta\x18\x07 \x01(\x0c\x12\x0e\n\x06scales\x18\x08 \x01(\x0c\x12\x12\n\nblock_size\x18\t \x01(\r\"N\n\rSegmentInputs\x12\x0f\n\x07segment\x18\x01 \x01(\x04\x12,\n\x06inputs\x18\x02 \x03(\x0b\x32\x1c.barnraise.v1.CommittedInput\"W\n\nAuditReply\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12-\n\x08segments\x18\x03 \x03(\x0b\x32\x1b.barnraise.v1.SegmentInputs\"\x90\x01\n\nAccusation\x12\x0f\n\x07reducer\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x63\x63user\x18\x02 \x01(\t\x12\x10\n\x08group_id\x18\x03 \x01(\t\x12\x12\n\npart_index\x18\x04 \x01(\r\x12-\n\x08\x65vidence\x18\x05 \x01(\x0b\x32\x1b.barnraise.v1.SegmentInputs\x12\x0b\n\x03why\x18\x06 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,12 +34,12 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_AUDITREQUEST']._serialized_start=75
   _globals['_AUDITREQUEST']._serialized_end=186
-  _globals['_COMMITTEDINPUT']._serialized_start=188
-  _globals['_COMMITTEDINPUT']._serialized_end=299
-  _globals['_SEGMENTINPUTS']._serialized_start=301
-  _globals['_SEGMENTINPUTS']._serialized_end=379
-  _globals['_AUDITREPLY']._serialized_start=381
-  _globals['_AUDITREPLY']._serialized_end=468
-  _globals['_ACCUSATION']._serialized_start=471
-  _globals['_ACCUSATION']._serialized_end=615
+  _globals['_COMMITTEDINPUT']._serialized_start=189
+  _globals['_COMMITTEDINPUT']._serialized_end=350
+  _globals['_SEGMENTINPUTS']._serialized_start=352
+  _globals['_SEGMENTINPUTS']._serialized_end=430
+  _globals['_AUDITREPLY']._serialized_start=432
+  _globals['_AUDITREPLY']._serialized_end=519
+  _globals['_ACCUSATION']._serialized_start=522
+  _globals['_ACCUSATION']._serialized_end=666
 # @@protoc_insertion_point(module_scope)

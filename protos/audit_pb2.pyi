@@ -20,20 +20,26 @@ class AuditRequest(_message.Message):
     def __init__(self, group_id: _Optional[str] = ..., part_index: _Optional[int] = ..., segments: _Optional[_Iterable[int]] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
 
 class CommittedInput(_message.Message):
-    __slots__ = ("sender", "weight", "values", "path", "root", "signature")
+    __slots__ = ("sender", "weight", "values", "path", "root", "signature", "data", "scales", "block_size")
     SENDER_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
     PATH_FIELD_NUMBER: _ClassVar[int]
     ROOT_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    SCALES_FIELD_NUMBER: _ClassVar[int]
+    BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     sender: str
     weight: float
     values: bytes
     path: _containers.RepeatedScalarFieldContainer[bytes]
     root: bytes
     signature: bytes
-    def __init__(self, sender: _Optional[str] = ..., weight: _Optional[float] = ..., values: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ..., root: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    data: bytes
+    scales: bytes
+    block_size: int
+    def __init__(self, sender: _Optional[str] = ..., weight: _Optional[float] = ..., values: _Optional[bytes] = ..., path: _Optional[_Iterable[bytes]] = ..., root: _Optional[bytes] = ..., signature: _Optional[bytes] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., block_size: _Optional[int] = ...) -> None: ...
 
 class SegmentInputs(_message.Message):
     __slots__ = ("segment", "inputs")

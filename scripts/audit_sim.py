@@ -86,18 +86,18 @@ def detection(trials: int, seed: int) -> list[dict]:
     return rows
 
 
-def evidence_bytes(members: int) -> float:
+def evidence_bytes(members: int, codec: str) -> float:
     """Bytes of one checked segment's audit reply (a full chunk, so Merkle paths are at their longest)."""
     people = sorted(
         (keys.peer_id_of(keys.public_bytes(k)), k) for k in (keys.generate() for _ in range(members))
     )
-    group = averaging_pb2.Group(group_id="g" * 40, round=1, codec="fp32")
+    group = averaging_pb2.Group(group_id="g" * 40, round=1, codec=codec)
     for pid, _ in people:
         group.members.add(peer_id=pid, weight=123.0, part_fraction=1.0 / members)
     r = PartReducer(group=group, index=0, numel=CHUNK_VALUES, topk_fraction=0.01, check_commitments=True)
     for pid, key in people:
-        x = torch.randn(CHUNK_VALUES)
-        enc = codecs.encode(x, "fp32")
+        enc = codecs.encode(torch.randn(CHUNK_VALUES), codec)
+        x = codecs.decode(enc, CHUNK_VALUES, codec)
         enc.commitment = commitments.commit(key, group.group_id, 0, 0, 123.0, x)
         r.begin(pid, 123.0)
         r.receive_chunk(pid, 0, enc)
@@ -114,7 +114,7 @@ def codec_bytes_per_value(codec: str) -> float:
 
 def cost(quick: bool) -> list[dict]:
     per_value = {c: codec_bytes_per_value(c) for c in CODECS}
-    per_check = {m: evidence_bytes(m) for m in GROUPS}
+    per_check = {(m, c): evidence_bytes(m, c) for m in GROUPS for c in CODECS}
     rows = []
     for model, params in MODELS.items():
         for members in GROUPS:
@@ -126,7 +126,7 @@ def cost(quick: bool) -> list[dict]:
                 exchange = 2 * members * (members - 1) * part * per_value[codec]
                 commitment = members * (members - 1) * n * (commitments.COMMITMENT_BYTES + 3)
                 checks = members * (members - 1) * k  # every member checks every other reducer
-                audits = checks * (per_check[members] + 40)  # + the request's share
+                audits = checks * (per_check[(members, codec)] + 40)  # + the request's share
                 extra = commitment + audits
                 rows.append(
                     {

@@ -113,9 +113,12 @@ class AllReduce:
         transmitted = update if group.codec == "fp32" else update.clone()
         average = torch.empty_like(update)
         s, e = bounds[me]
-        if group.codec != "fp32":  # our own part goes through the codec like everyone's
-            for lo, hi in chunk_bounds(e - s):
+        mine = []  # our own part goes through the codec like everyone's
+        if group.codec != "fp32":
+            mine = [
                 self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
+                for lo, hi in chunk_bounds(e - s)
+            ]
         reducer = PartReducer(
             group=group,
             index=me,
@@ -132,7 +135,7 @@ class AllReduce:
             self._commit(group, me, c, weight, transmitted[s + lo : s + hi])
             for c, (lo, hi) in enumerate(reducer.bounds)
         ]
-        reducer.add(self.peer_id, weight, transmitted[s:e], own if self.identity is not None else None)
+        reducer.add(self.peer_id, weight, transmitted[s:e], own if self.identity is not None else None, mine)
         closer = asyncio.create_task(_finish_at_deadline(reducer))
         jobs = [
             self._own_part(reducer, average, s)

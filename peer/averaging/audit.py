@@ -25,9 +25,10 @@ it lands on a corrupt chunk with probability ``q = m / n >= max(0.01, 1/n)`` wha
 chunks' sizes (a reducer cannot hide in the short last chunk). Each of the ``A`` other members
 makes ``b`` checks of every reducer every round (at least one), so a round misses a lie with
 probability ``(1 - q)^(A b)`` and five rounds with ``(1 - q)^(5 A b)``. ``checks_per_auditor``
-picks the least ``b`` with ``(1 - q)^(5 A b) <= 0.01``, i.e. ``A b >= ln(100) / (5 ln(1/(1-q)))``:
-for n >= 100 chunks, 92 checks a round in all (0.99^460 < 0.01); for a part of 24 chunks (25M
-parameters in groups of 4) q = 1/24 and 22 checks; for a part of one chunk (small models) every
+picks the least ``b`` with ``(1 - q)^(5 A b) <= 0.005`` (half the promised 0.01, so that a
+measurement does not sit at the edge), i.e. ``A b >= ln(200) / (5 ln(1/(1-q)))``: for n >= 100
+chunks, 106 checks a round in all (0.99^530 < 0.005); for a part of 24 chunks (25M parameters in
+groups of 4) q = 1/24 and 25 checks (27: 9 by each of 3 members); for a part of one chunk (small models) every
 check lands on it, so a lie is caught in the very round it is told. A wrongly reduced chunk is
 meant as wrong throughout; a reducer that falsifies a share ``phi`` of a chunk's segments is caught
 per check with ``q * phi``.
@@ -47,13 +48,14 @@ import random
 import numpy as np
 import torch
 
+from barnraise.coordinator.errors import ProtocolError
 from barnraise.peer.averaging import codecs, commitments
 from barnraise.peer.averaging.partreducer import CHUNK_VALUES, WEIGHT_TOLERANCE, chunk_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.averaging.segmented import SEGMENT_VALUES, aggregate_segments, segment_bounds
 from barnraise.protos import audit_pb2, averaging_pb2
 
-TARGET_MISS = 0.01  # probability that a lying reducer goes unnoticed for TARGET_ROUNDS rounds
+TARGET_MISS = 0.005  # chance a lying reducer goes unnoticed for TARGET_ROUNDS rounds: half the promised 0.01
 TARGET_ROUNDS = 5
 TARGET_CORRUPT = 0.01  # the smallest share of its chunks a lying reducer corrupts that we promise to catch
 MAX_CHECKS = 256  # checks of one reducer per round, whatever the rule says
@@ -113,6 +115,22 @@ def pick_segments(numel: int, count: int, rng: random.Random) -> list[int]:
     return sorted(picked)
 
 
+def segment_slice(
+    enc: averaging_pb2.EncodedTensor, codec: str, lo: int, hi: int
+) -> averaging_pb2.EncodedTensor | None:
+    """Values [lo, hi) of chunk encoding ``enc`` as an encoding of their own, where the codec is
+    block-local and the bounds fall on its blocks; None where they do not (send fp32 values then)."""
+    width = {"fp32": 4, "fp16": 2, "bf16": 2}.get(codec)
+    if width is not None:
+        return averaging_pb2.EncodedTensor(codec=codec, numel=hi - lo, data=enc.data[lo * width : hi * width])
+    bs = enc.block_size
+    if codec not in ("int8", "int4") or bs <= 0 or lo % bs or lo % 2 or (hi % bs and hi != enc.numel):
+        return None
+    data = enc.data[lo:hi] if codec == "int8" else enc.data[lo // 2 : (hi + 1) // 2]
+    scales = enc.scales[2 * (lo // bs) : 2 * -(-hi // bs)]
+    return averaging_pb2.EncodedTensor(codec=codec, numel=hi - lo, data=data, scales=scales, block_size=bs)
+
+
 def tolerance(codec: str, value: torch.Tensor, delivered: torch.Tensor, chunk_absmax: float) -> torch.Tensor:
     """Per value, how far an honest reducer's delivered value may lie from the recomputed ``value``:
     the codec's rounding of it, plus float noise. ``inf`` where the codec may have dropped it (topk)."""
@@ -149,14 +167,31 @@ def _decode_inputs(
         w = inp.weight
         if not (math.isfinite(w) and abs(w - announced[inp.sender]) <= WEIGHT_TOLERANCE * max(1.0, abs(w))):
             return [], [], f"weight {w} of {inp.sender[:12]} differs from the group's"
-        if len(inp.values) != 4 * width:
-            return [], [], f"{len(inp.values)} bytes of values for a segment of {width}"
-        values = torch.from_numpy(np.frombuffer(inp.values, dtype="<f4").copy())
+        values = _values_of(group.codec, inp, width)
+        if values is None:
+            return [], [], f"values of {inp.sender[:12]} are not a segment of {width} in {group.codec}"
         if not bool(torch.isfinite(values).all()):
             return [], [], "non-finite input values"
         rows.append(values)
         weights.append(w)
     return rows, weights, ""
+
+
+def _values_of(codec: str, inp: audit_pb2.CommittedInput, width: int) -> torch.Tensor | None:
+    """An input's values, sent as fp32 or as the sender encoded them; None if malformed."""
+    if inp.data or inp.scales:
+        if inp.values:
+            return None
+        enc = averaging_pb2.EncodedTensor(
+            codec=codec, numel=width, data=inp.data, scales=inp.scales, block_size=inp.block_size
+        )
+        try:
+            return codecs.decode(enc, width, codec)
+        except (ProtocolError, ValueError):
+            return None
+    if len(inp.values) != 4 * width:
+        return None
+    return torch.from_numpy(np.frombuffer(inp.values, dtype="<f4").copy())
 
 
 def check_evidence(

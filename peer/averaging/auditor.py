@@ -113,14 +113,19 @@ class Auditor:
                 if (sender, c) not in leaves:
                     leaves[(sender, c)] = commitments.leaves(row[cs:ce])
                 signed = reducer.commitments.get((sender, c), b"")
-                ev.inputs.add(
+                inp = ev.inputs.add(
                     sender=sender,
                     weight=reducer.weight_of(sender),
-                    values=row[lo:hi].contiguous().numpy().astype("<f4").tobytes(),
                     path=commitments.path(leaves[(sender, c)], (lo - cs) // audit.SEGMENT_VALUES),
                     root=signed[: commitments.ROOT_BYTES],
                     signature=signed[commitments.ROOT_BYTES :],
                 )
+                enc = reducer.encoded.get((sender, c))
+                piece = audit.segment_slice(enc, reducer.group.codec, lo - cs, hi - cs) if enc else None
+                if piece is not None:  # as the sender encoded it: a quarter of the bytes for int8
+                    inp.data, inp.scales, inp.block_size = piece.data, piece.scales, piece.block_size
+                else:
+                    inp.values = row[lo:hi].contiguous().numpy().astype("<f4").tobytes()
         return reply
 
     async def check_group(

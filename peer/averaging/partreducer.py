@@ -81,6 +81,7 @@ class PartReducer:
     commitments: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (sender, chunk) -> commitment
     used: list[list[str]] = field(default_factory=list)  # per reduced chunk: senders combined, group order
     inputs: torch.Tensor | None = None  # once reduced: one row per member (group order), kept for audits
+    encoded: dict[tuple[str, int], averaging_pb2.EncodedTensor] = field(default_factory=dict)  # as sent
     lie: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # tests only: a lying reducer's hook
 
     def __post_init__(self) -> None:
@@ -172,6 +173,7 @@ class PartReducer:
         codecs.decode(enc, e - s, self.group.codec, out=self._row(sender)[s:e])
         if self.check_commitments:
             self._commitment(sender, c, enc.commitment)
+            self.encoded[(sender, c)] = enc
         self._have[sender] = c + 1
         self._advance()
 
@@ -186,7 +188,12 @@ class PartReducer:
         self.commitments[(sender, c)] = commitment
 
     def add(
-        self, sender: str, weight: float, tensor: torch.Tensor, signed: list[bytes] | None = None
+        self,
+        sender: str,
+        weight: float,
+        tensor: torch.Tensor,
+        signed: list[bytes] | None = None,
+        encoded: list[averaging_pb2.EncodedTensor] | None = None,
     ) -> None:
         """A whole validated part at once (our own contribution, tests, simulations), with its
         commitments when this reducer keeps them."""
@@ -194,6 +201,8 @@ class PartReducer:
         for c, (s, e) in enumerate(self.bounds):
             if signed is not None:
                 self.commitments[(sender, c)] = signed[c]
+            if encoded:
+                self.encoded[(sender, c)] = encoded[c]
             self.add_chunk(sender, c, tensor[s:e])
 
     def exclude(self, sender: str, reason: str) -> None:
