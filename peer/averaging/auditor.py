@@ -34,7 +34,8 @@ from barnraise.protos import audit_pb2, averaging_pb2
 log = logging.getLogger(__name__)
 
 AUDIT_HANDLER = "barnraise.audit"
-KEEP_GROUPS = 4  # reduced parts whose inputs a reducer keeps for audits (memory: one vector each)
+KEEP_GROUPS = 2  # reduced parts whose inputs a reducer keeps for audits (memory: one vector each)
+KEEP_AFTER_DECIDE_S = 10.0  # inputs are dropped this long after the group's leader decided
 MAX_SEGMENTS = 256  # segments one audit request may name
 MAX_AUDIT_REPLY_BYTES = 16 << 20  # 256 segments of a group of 8 members, with paths and signatures
 AUDIT_GRACE_S = 1.0  # audits end this long before the leader decides, so confirmations arrive in time
@@ -84,9 +85,15 @@ class Auditor:
         """The part ``reducer`` reduced, with its inputs, for audits of the next moments."""
         if reducer.inputs is None:
             return
-        self._kept[reducer.group.group_id] = reducer
+        gid = reducer.group.group_id
+        self._kept[gid] = reducer
         while len(self._kept) > KEEP_GROUPS:
             self._kept.popitem(last=False)
+        try:  # audits come before the verdict: after it the inputs only cost memory
+            delay = plan.time_left(plan.decide_deadline(reducer.group.reduce_deadline), KEEP_AFTER_DECIDE_S)
+            asyncio.get_running_loop().call_later(delay, self._kept.pop, gid, None)
+        except RuntimeError:  # no loop (tools and tests keep parts by hand)
+            pass
 
     async def _answer(self, stream: rpc.Stream, req: audit_pb2.AuditRequest) -> audit_pb2.AuditReply:
         reducer = self._kept.get(req.group_id)

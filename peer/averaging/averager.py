@@ -173,6 +173,9 @@ class Averager:
         out.bytes_sent = stats.bytes_sent + found.bytes_sent
         out.bytes_received = stats.bytes_received + found.bytes_received
         out.offenders, out.audit_bytes = stats.offenders, found.bytes_sent + found.bytes_received
+        for p, why in found.failures.items():  # refused or bad evidence (not a slow answer): a few rounds out
+            if not why.startswith("audit not answered"):
+                out.offenders.setdefault(p, f"audit failed: {why}")
         own_hash = stats.result_hash if average is not None and not failure else ""
         verdict = await self.verdicts.confirm(
             leader, group, own_hash, failure, list(stats.offenders), plan.confirm_deadline, found.accusations
