@@ -230,5 +230,10 @@ class Injector:
     def lies(self, r: int) -> bool:
         return "lie" in self.plan.modes("fault", r)
 
+    def lie(self, r: int):
+        """A lying reducer's hook for round ``r`` (None: reduce honestly): the same wrong values,
+        here the combined chunk scaled by -2, to every member."""
+        return (lambda c, value: -2.0 * value) if self.lies(r) else None
+
     def corrupts_shards(self) -> bool:
         return self.plan.corrupts_shards(self.clock.round_at())

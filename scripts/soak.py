@@ -222,6 +222,27 @@ def render(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def summarise(cfg: SoakConfig, runs: dict, losses: dict, machine: dict) -> dict[str, Any]:
+    """The result file's content: verdicts, losses, curves, configuration, machine."""
+    soak = runs["soak"]
+    verdict = judge(soak, LONG_LIVED, LIAR, ROTATOR, window_from_s=min(600.0, cfg.duration_s / 3))
+    gap = losses["soak"] / losses["calm"] - 1 if losses.get("calm") and losses.get("soak") else None
+    summary: dict[str, Any] = {
+        "verdict": verdict,
+        "final_loss_soak": losses.get("soak"),
+        "final_loss_calm": losses.get("calm"),
+        "loss_gap": gap,
+        "loss_within_3pct": gap is not None and gap <= 0.03,
+        "kills": soak["kills"],
+        "freezes": soak["freezes"],
+        "unplanned_exits": soak["unplanned_exits"],
+        "curves": {"samples": soak["samples"], "dht": soak["dht"], "t0": soak["t0"]},
+        "config": dataclasses.asdict(cfg),
+        "machine": machine,
+    }
+    return summary
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=None, help="minutes per run (default 30)")
@@ -263,22 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if not cfg.keep:
             shutil.rmtree(work, ignore_errors=True)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-    soak = runs["soak"]
-    verdict = judge(soak, LONG_LIVED, LIAR, ROTATOR, window_from_s=min(600.0, cfg.duration_s / 3))
-    gap = losses["soak"] / losses["calm"] - 1 if losses.get("calm") and losses.get("soak") else None
-    summary: dict[str, Any] = {
-        "verdict": verdict,
-        "final_loss_soak": losses.get("soak"),
-        "final_loss_calm": losses.get("calm"),
-        "loss_gap": gap,
-        "loss_within_3pct": gap is not None and gap <= 0.03,
-        "kills": soak["kills"],
-        "freezes": soak["freezes"],
-        "unplanned_exits": soak["unplanned_exits"],
-        "curves": {"samples": soak["samples"], "dht": soak["dht"], "t0": soak["t0"]},
-        "config": dataclasses.asdict(cfg),
-        "machine": machine,
-    }
+    summary = summarise(cfg, runs, losses, machine)
+    soak, verdict = runs["soak"], summary["verdict"]
     stem = f"soak-{report.stamp()}{'-quick' if a.quick else ''}"
     png = plot(report.RESULTS_DIR / f"{stem}.png", soak, LONG_LIVED, title=f"soak: {minutes:g} min")
     summary["plot"] = str(png) if png else None

@@ -13,9 +13,8 @@ One stream per (member, reducer): a header frame (``PartMessage`` without a tens
 out, or a single ``ReducedPart`` with status REJECTED/FAILED that ends the stream. Every frame has a
 hard cap read before its body. Each member hashes the chunks it decodes, part by part; the leader
 compares these hashes (``peer/averager.py``), so a partially averaged round is never applied.
-When the peer has an identity (``PeerAuth``), every chunk it sends carries its signed commitment
-(``commitments.py``), every reducer refuses chunks without a valid one and keeps the inputs of its
-part for audits (``auditor.py``), so a reducer's work can be checked after the fact.
+With an identity (``PeerAuth``) every chunk carries its sender's signed commitment and reducers
+keep their inputs for audits (``commitments.py``, ``auditor.py``): a reducer's work can be checked.
 """
 
 from __future__ import annotations
@@ -113,29 +112,7 @@ class AllReduce:
         transmitted = update if group.codec == "fp32" else update.clone()
         average = torch.empty_like(update)
         s, e = bounds[me]
-        mine = []  # our own part goes through the codec like everyone's
-        if group.codec != "fp32":
-            mine = [
-                self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
-                for lo, hi in chunk_bounds(e - s)
-            ]
-        reducer = PartReducer(
-            group=group,
-            index=me,
-            numel=e - s,
-            topk_fraction=self.topk_fraction,
-            robust=self.robust,
-            check_commitments=self.identity is not None,
-            lie=self._lie(group.round),
-        )
-        fut = self._reducer_future(group.group_id)
-        if not fut.done():
-            fut.set_result(reducer)
-        own = [
-            self._commit(group, me, c, weight, transmitted[s + lo : s + hi])
-            for c, (lo, hi) in enumerate(reducer.bounds)
-        ]
-        reducer.add(self.peer_id, weight, transmitted[s:e], own if self.identity is not None else None, mine)
+        reducer = self._own_reducer(group, me, (s, e), weight, update, transmitted)
         closer = asyncio.create_task(_finish_at_deadline(reducer))
         jobs = [
             self._own_part(reducer, average, s)
@@ -148,10 +125,6 @@ class AllReduce:
         finally:
             closer.cancel()
             self._reducers.pop(group.group_id, None)
-        if self.keeper is not None and reducer.inputs is not None:
-            self.keeper(reducer)
-        if reducer.result is not None:
-            stats.contributors[me] = list(reducer.result.contributors)
         failure = self._tally(reducer, stats)
         if not failure:
             failure = "; ".join(f"part {j}: {v}" for j, v in enumerate(outcomes) if isinstance(v, str))
@@ -160,8 +133,45 @@ class AllReduce:
         stats.result_hash = result_hash(outcomes)
         return average, transmitted, ""
 
+    def _own_reducer(
+        self,
+        group,
+        me: int,
+        part: tuple[int, int],
+        weight: float,
+        update: torch.Tensor,
+        transmitted: torch.Tensor,
+    ) -> PartReducer:
+        """The reducer of our part, known to the members' streams, with our own (encoded) contribution."""
+        s, e = part
+        mine = []
+        if group.codec != "fp32":
+            mine = [
+                self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
+                for lo, hi in chunk_bounds(e - s)
+            ]
+        reducer = PartReducer(
+            group=group,
+            index=me,
+            numel=e - s,
+            topk_fraction=self.topk_fraction,
+            robust=self.robust,
+            check_commitments=self.identity is not None,
+            lie=self.faults.lie(group.round) if self.faults else None,
+        )
+        fut = self._reducer_future(group.group_id)
+        if not fut.done():
+            fut.set_result(reducer)
+        reducer.add_own(self.peer_id, weight, transmitted[s:e], self.identity, mine)
+        return reducer
+
     def _tally(self, reducer: PartReducer, stats: ExchangeStats) -> str:
-        """Account for the part we reduced: bytes, clipped and excluded members; why it failed, or ""."""
+        """Account for the part we reduced: bytes, clipped and excluded members, its inputs kept
+        for audits; why it failed, or ""."""
+        if self.keeper is not None and reducer.inputs is not None:
+            self.keeper(reducer)
+        if reducer.result is not None:
+            stats.contributors[reducer.index] = list(reducer.result.contributors)
         own = reducer.result
         stats.bytes_received += reducer.bytes_in
         remote = [p for p in reducer.contributors if p != self.peer_id]
@@ -175,18 +185,6 @@ class AllReduce:
         for p in own.excluded:
             stats.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
         return ""
-
-    def _commit(self, group, part: int, c: int, weight: float, values: torch.Tensor) -> bytes:
-        """Our signed commitment to chunk ``c`` of ``part`` as its reducer decodes it (b"": no identity)."""
-        if self.identity is None:
-            return b""
-        return commitments.commit(self.identity, group.group_id, part, c, weight, values)
-
-    def _lie(self, r: int):
-        """Tests only: a lying reducer's hook, the same wrong values to every member."""
-        if self.faults is None or not getattr(self.faults, "lies", lambda r: False)(r):
-            return None
-        return lambda c, value: -2.0 * value
 
     def _encode_chunk(
         self, codec: str, update: torch.Tensor, transmitted: torch.Tensor, lo: int, hi: int
@@ -277,7 +275,9 @@ class AllReduce:
         for c, (lo, hi) in enumerate(chunks):
             enc = self._encode_chunk(group.codec, update, transmitted, lo, hi)
             if self.identity is not None:
-                enc.commitment = self._commit(group, part[0], c, part[1], transmitted[lo:hi])
+                enc.commitment = commitments.commit(
+                    self.identity, group.group_id, *part, c, transmitted[lo:hi]
+                )
             payload = (
                 self.faults.corrupt_part(group.round, c, enc, group.codec, hi - lo) if self.faults else enc
             )

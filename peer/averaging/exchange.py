@@ -8,8 +8,11 @@ tests can name these without the exchange's machinery.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import torch
 
 from barnraise.peer.averaging import codecs
 from barnraise.peer.net import rpc
@@ -63,7 +66,7 @@ class PartFaults(Protocol):
 
     def stalls(self, r: int) -> bool: ...
 
-    def lies(self, r: int) -> bool: ...
+    def lie(self, r: int) -> Callable[[int, torch.Tensor], torch.Tensor] | None: ...
 
 
 @dataclass

@@ -205,6 +205,17 @@ class PartReducer:
                 self.encoded[(sender, c)] = encoded[c]
             self.add_chunk(sender, c, tensor[s:e])
 
+    def add_own(self, sender: str, weight: float, tensor: torch.Tensor, identity, encoded) -> None:
+        """The reducer's own part, committed to with its ``identity`` (None: no commitments)."""
+        signed = None
+        if identity is not None:
+            gid = self.group.group_id
+            signed = [
+                commitments.commit(identity, gid, self.index, c, weight, tensor[s:e])
+                for c, (s, e) in enumerate(self.bounds)
+            ]
+        self.add(sender, weight, tensor, signed, encoded)
+
     def exclude(self, sender: str, reason: str) -> None:
         if sender in self.excluded or self.done.is_set():
             return
