@@ -218,7 +218,8 @@ class HeartbeatPublisher:
                 if beats % BEACON_EVERY == 0 and (beacon := self.stats.beacon(self.run_id)) is not None:
                     records.publish_beacon(self.dht, self.peer_id, beacon)
                 if beats % BEACON_EVERY == 1:
-                    self.stats.update(dht_records=self.dht.run_coroutine(stored_records))
+                    counted = self.dht.run_coroutine(stored_records, return_future=True)
+                    self.stats.update(dht_records=counted.result(timeout=5.0))
             except Exception as e:  # DHT hiccup: the next beat retries
                 log.debug("heartbeat not published: %s", e)
             beats += 1
