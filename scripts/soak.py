@@ -179,8 +179,16 @@ def run_once(cfg: SoakConfig, label: str, pristine: Path, work: Path, hostile: b
         end_unix = time.time()
     peers = scenario.all_peers()
     events_files = {p: out / "logs" / "cache" / p / "events.jsonl" for p in peers}
+    run = {
+        "events_files": events_files,
+        "ids": peer_ids(events_files),
+        "samples": sampler.samples,
+        "dht": sampler.dht,
+    }  # judged now: the events files go with the work directory
+    window_s = min(600.0, cfg.duration_s / 3)
     return {
         "label": label,
+        "verdict": judge(run, LONG_LIVED, LIAR, ROTATOR, window_from_s=window_s) if hostile else None,
         "events": read_all([out / "logs" / "cache" / p / PROBE_EVENTS for p in peers]),
         "events_files": events_files,
         "ids": peer_ids(events_files),
@@ -225,7 +233,7 @@ def render(s: dict[str, Any]) -> str:
 def summarise(cfg: SoakConfig, runs: dict, losses: dict, machine: dict) -> dict[str, Any]:
     """The result file's content: verdicts, losses, curves, configuration, machine."""
     soak = runs["soak"]
-    verdict = judge(soak, LONG_LIVED, LIAR, ROTATOR, window_from_s=min(600.0, cfg.duration_s / 3))
+    verdict = soak["verdict"]
     gap = losses["soak"] / losses["calm"] - 1 if losses.get("calm") and losses.get("soak") else None
     summary: dict[str, Any] = {
         "verdict": verdict,
