@@ -125,6 +125,8 @@ class ExchangeDone(Event):
     ok: bool  # the group agreed on the average this peer assembled
     reason: str  # why not, when not ok
     offenders: dict[str, str]  # peer id -> what it did, as this peer saw it or was told
+    caught: dict[str, str] = field(default_factory=dict)  # reducers proven (signed evidence) to have lied
+    audit_bytes: int = 0  # of bytes_sent + bytes_received, those of checking reducers
 
     @classmethod
     def of(cls, out) -> ExchangeDone:

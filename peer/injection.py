@@ -24,7 +24,9 @@ The kinds:
                     disagreement detection); it takes no round range
     fault           the part exchange of the round: send NaN values (``nan``), a part one value
                     short (``shape``) or a frame over the cap (``oversize``) as the first chunk of
-                    each part; or, as a reducer, take parts and never answer (``stall``)
+                    each part; or, as a reducer, take parts and never answer (``stall``), or
+                    reduce its part wrongly but consistently, the same wrong bytes to every
+                    member (``lie``: the lying reducer that ``peer/averaging/audit.py`` catches)
     attack          send a Byzantine update instead of the honest one (``mode``: a name from
                     ``peer/attacks.py``)
     corrupt_shards  flip the first 64 bytes of every shard served to another peer
@@ -52,7 +54,8 @@ from barnraise.peer.averaging import codecs
 from barnraise.protos import averaging_pb2
 
 KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards", "corrupt_state")
-PART_FAULTS = ("nan", "shape", "oversize", "stall")
+PART_FAULTS = ("nan", "shape", "oversize", "stall", "lie")
+REDUCER_FAULTS = ("stall", "lie")  # faults of the reducer's side: nothing broken in what it sends
 _COMMON_KEYS = ("kind", "peer", "from_round", "to_round")
 _KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",)}
 
@@ -224,11 +227,19 @@ class Injector:
         self, r: int, chunk: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
     ) -> averaging_pb2.EncodedTensor | bytes:
         """What to send as chunk ``chunk`` of a part in round ``r``: the first one broken if a fault says."""
-        broken = [m for m in self.plan.modes("fault", r) if m != "stall"]
+        broken = [m for m in self.plan.modes("fault", r) if m not in REDUCER_FAULTS]
         return broken_part(broken[0], enc, codec, numel) if broken and chunk == 0 else enc
 
     def stalls(self, r: int) -> bool:
         return "stall" in self.plan.modes("fault", r)
+
+    def lies(self, r: int) -> bool:
+        return "lie" in self.plan.modes("fault", r)
+
+    def lie(self, r: int):
+        """A lying reducer's hook for round ``r`` (None: reduce honestly): the same wrong values,
+        here the combined chunk scaled by -2, to every member."""
+        return (lambda c, value: -2.0 * value) if self.lies(r) else None
 
     def corrupts_shards(self) -> bool:
         return self.plan.corrupts_shards(self.clock.round_at())

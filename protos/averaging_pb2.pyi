@@ -1,3 +1,4 @@
+from barnraise.protos import audit_pb2 as _audit_pb2
 from barnraise.protos import auth_pb2 as _auth_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -37,7 +38,7 @@ PART_REJECTED: PartStatus
 PART_FAILED: PartStatus
 
 class EncodedTensor(_message.Message):
-    __slots__ = ("codec", "numel", "data", "scales", "indices", "block_size", "nnz")
+    __slots__ = ("codec", "numel", "data", "scales", "indices", "block_size", "nnz", "commitment")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     NUMEL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +46,7 @@ class EncodedTensor(_message.Message):
     INDICES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     NNZ_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     codec: str
     numel: int
     data: bytes
@@ -52,7 +54,8 @@ class EncodedTensor(_message.Message):
     indices: bytes
     block_size: int
     nnz: int
-    def __init__(self, codec: _Optional[str] = ..., numel: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., indices: _Optional[bytes] = ..., block_size: _Optional[int] = ..., nnz: _Optional[int] = ...) -> None: ...
+    commitment: bytes
+    def __init__(self, codec: _Optional[str] = ..., numel: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., indices: _Optional[bytes] = ..., block_size: _Optional[int] = ..., nnz: _Optional[int] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "base_round", "auth")
@@ -153,34 +156,38 @@ class ReducedPart(_message.Message):
     def __init__(self, status: _Optional[_Union[PartStatus, str]] = ..., reason: _Optional[str] = ..., tensor: _Optional[_Union[EncodedTensor, _Mapping]] = ..., contributors: _Optional[_Iterable[str]] = ..., total_weight: _Optional[float] = ..., excluded: _Optional[_Iterable[str]] = ..., exclusions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Confirm(_message.Message):
-    __slots__ = ("group_id", "sender", "result_hash", "failure", "offenders", "auth")
+    __slots__ = ("group_id", "sender", "result_hash", "failure", "offenders", "auth", "accusations")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RESULT_HASH_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     OFFENDERS_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    ACCUSATIONS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     sender: str
     result_hash: str
     failure: str
     offenders: _containers.RepeatedScalarFieldContainer[str]
     auth: _auth_pb2.RequestAuth
-    def __init__(self, group_id: _Optional[str] = ..., sender: _Optional[str] = ..., result_hash: _Optional[str] = ..., failure: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    accusations: _containers.RepeatedCompositeFieldContainer[_audit_pb2.Accusation]
+    def __init__(self, group_id: _Optional[str] = ..., sender: _Optional[str] = ..., result_hash: _Optional[str] = ..., failure: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ..., accusations: _Optional[_Iterable[_Union[_audit_pb2.Accusation, _Mapping]]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("ok", "result_hash", "agreed", "reason", "offenders")
+    __slots__ = ("ok", "result_hash", "agreed", "reason", "offenders", "accusations")
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_HASH_FIELD_NUMBER: _ClassVar[int]
     AGREED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OFFENDERS_FIELD_NUMBER: _ClassVar[int]
+    ACCUSATIONS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     result_hash: str
     agreed: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     offenders: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: _Optional[bool] = ..., result_hash: _Optional[str] = ..., agreed: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ...) -> None: ...
+    accusations: _containers.RepeatedCompositeFieldContainer[_audit_pb2.Accusation]
+    def __init__(self, ok: _Optional[bool] = ..., result_hash: _Optional[str] = ..., agreed: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., accusations: _Optional[_Iterable[_Union[_audit_pb2.Accusation, _Mapping]]] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("run_id", "min_round", "wait_s", "auth")

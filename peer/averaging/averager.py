@@ -20,6 +20,7 @@ import torch
 
 from barnraise.coordinator.errors import BarnraiseError
 from barnraise.peer.averaging.allreduce import AllReduce, ExchangeStats, PartFaults
+from barnraise.peer.averaging.auditor import Auditor, Findings
 from barnraise.peer.averaging.codecs import ErrorFeedback
 from barnraise.peer.averaging.matchmaking import GroupRules, Matchmaker
 from barnraise.peer.averaging.plan import RoundPlan
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 REPORTED = "reported by the group"
 PENALTY_ROUNDS = 3  # a member seen misbehaving is left out of this many following rounds
 SPARSE_EF_DECAY = 0.95  # share of the error-feedback residual a sparse group carries into the next round
+BANNED_UNTIL = 1 << 62  # a reducer proven to have lied is left out for the rest of the run
 
 
 @dataclass
@@ -54,6 +56,8 @@ class RoundOutcome:
     result_hash: str = ""  # the group's agreed hash of the average (set with ``ok``)
     reduced: list[list[averaging_pb2.EncodedTensor]] = field(default_factory=list)  # the average as
     # received: each part's reduced chunks, in part order (set with ``ok``; ``barnraise.peer.sync.updatelog``)
+    caught: dict[str, str] = field(default_factory=dict)  # reducers proven to have lied -> what they did
+    audit_bytes: int = 0  # of the bytes above, those of checking reducers (requests and evidence)
 
 
 class Averager:
@@ -89,11 +93,14 @@ class Averager:
             p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, faults=faults, auth=auth, robust=robust
         )
         self.feedback = ErrorFeedback()
+        self.auditor = Auditor(p2p=p2p, peer_id=peer_id, auth=auth, robust=self.allreduce.robust)
+        self.allreduce.keeper = self.auditor.keep
 
     async def register(self) -> None:
         await self.matchmaker.register()
         await self.allreduce.register()
         await self.verdicts.register()
+        await self.auditor.register()
 
     async def average(
         self,
@@ -138,6 +145,9 @@ class Averager:
             for offender, why in out.offenders.items():
                 if why != REPORTED:  # only what this peer saw itself: a liar cannot get others excluded
                     self.matchmaker.penalise(offender, round_no + PENALTY_ROUNDS)
+            for reducer, why in out.caught.items():  # proven by signed evidence: banned for the run
+                self.matchmaker.penalise(reducer, BANNED_UNTIL)
+                self.auth.ban(reducer, why)
             self.matchmaker.forget_before(round_no - 2)
         return out
 
@@ -162,18 +172,30 @@ class Averager:
         stats = ExchangeStats()
         average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)
         self.feedback.remember(compensated, transmitted)
-        out.bytes_sent, out.bytes_received, out.offenders = (
-            stats.bytes_sent,
-            stats.bytes_received,
-            stats.offenders,
-        )
-        own_hash = stats.result_hash if average is not None else ""
+        found = Findings()
+        if average is not None and self.allreduce.identity is not None:
+            await self.auditor.check_group(group, average, stats.contributors, found)
+            failure = "; ".join(f"reducer {p[:12]}: {why}" for p, why in found.failures.items())
+            failure = failure or "; ".join(f"reducer {a.reducer[:12]} lied" for a in found.accusations)
+        out.bytes_sent = stats.bytes_sent + found.bytes_sent
+        out.bytes_received = stats.bytes_received + found.bytes_received
+        out.offenders, out.audit_bytes = stats.offenders, found.bytes_sent + found.bytes_received
+        for p, why in found.failures.items():  # refused or bad evidence (not a slow answer): a few rounds out
+            if not why.startswith("audit not answered"):
+                out.offenders.setdefault(p, f"audit failed: {why}")
+        own_hash = stats.result_hash if average is not None and not failure else ""
         verdict = await self.verdicts.confirm(
-            leader, group, own_hash, failure, list(stats.offenders), plan.confirm_deadline
+            leader, group, own_hash, failure, list(stats.offenders), plan.confirm_deadline, found.accusations
         )
         for p in verdict.offenders:
             out.offenders.setdefault(p, REPORTED)
-        if verdict.ok and own_hash and verdict.result_hash == own_hash:
+        if average is not None:
+            out.caught, false = self.auditor.judge(group, average, [*found.accusations, *verdict.accusations])
+            for p in false:
+                out.offenders.setdefault(p, REPORTED)
+        if out.caught:
+            out.reason = "; ".join(f"reducer {p[:12]} {why}" for p, why in out.caught.items())
+        elif verdict.ok and own_hash and verdict.result_hash == own_hash:
             out.ok, out.average = True, average
             out.result_hash, out.reduced = own_hash, [stats.reduced[j] for j in sorted(stats.reduced)]
             out.total_weight = sum(m.weight for m in group.members)
