@@ -92,6 +92,7 @@ def reach_of(swarm: Swarm, net: NetSim) -> dict[str, str]:
 
 def run_layout(label: str, nat: tuple[str, ...], args: argparse.Namespace, work: Path) -> dict[str, Any]:
     run_dir = work / label / "run"
+    run_dir.parent.mkdir(parents=True, exist_ok=True)
     init = [*default_barnraise_command(), "init", str(run_dir), "--model", args.model]
     subprocess.run(
         [*init, "--round-s", str(args.round_s), "--codec", "fp32"], check=True, capture_output=True
