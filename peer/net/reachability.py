@@ -40,6 +40,7 @@ MAX_PROBERS = 3  # peers asked per probe; one that dials us back is enough
 MAX_ADDRS = 16  # addresses a request may list
 MAX_ADDR_CHARS = 256
 DIAL_TIMEOUT_S = 3.0  # a prober's TCP connect to the requester
+ISOLATED_AFTER = 3  # probes in a row nobody answered, with live peers to ask, before we say client
 DIALBACK = rpc.Method(
     name="barnraise.dialback",
     request=reach_pb2.DialBackRequest,
@@ -199,6 +200,7 @@ class ReachabilityMonitor:
         self.on_change = on_change
         self.current = Reachability(reach=UNKNOWN, detail="not probed yet")
         self.server = DialBackServer()
+        self._unanswered = 0  # probes in a row that live peers existed for but none answered
         self._task: asyncio.Task | None = None
 
     def reach(self) -> str:
@@ -225,7 +227,15 @@ class ReachabilityMonitor:
             await asyncio.sleep(3.0 if self.current.reach == UNKNOWN else self.every_s)
 
     async def probe_once(self) -> Reachability:
-        found = await probe_reachability(self.p2p, await self._probers(), self.timeout_s, access=self.access)
+        probers = await self._probers()
+        found = await probe_reachability(self.p2p, probers, self.timeout_s, access=self.access)
+        self._unanswered = self._unanswered + 1 if found.reach == UNKNOWN and probers else 0
+        if found.reach == UNKNOWN and self._unanswered >= ISOLATED_AFTER and self.current.reach == UNKNOWN:
+            # Live peers exist but none could even be asked: each of them is out of our reach,
+            # so whatever our own address, we cannot serve a group; say so rather than "unknown".
+            found = Reachability(
+                reach=CLIENT, detail="no live peer could be reached to ask", checked_at=found.checked_at
+            )
         if found.reach == UNKNOWN and self.current.reach != UNKNOWN:
             return self.current
         changed = found.reach != self.current.reach
