@@ -75,16 +75,11 @@ def open_identity(path: Path, *, default_location: bool) -> tuple[Ed25519Private
     return key, keys.IdentityLock(path)
 
 
-def dht_extra(relays: tuple[str, ...] = ()) -> dict:
-    """hivemind DHT options of a peer: our record validator; its RSA-only identity check off (see
-    IdentityLock); with ``relays`` (the initial peers), a peer AutoNAT finds behind NAT reserves a
-    circuit-relay slot on them, so others can dial it through them (``relayed``)."""
+def dht_extra() -> dict:
+    """hivemind DHT options of a peer: our record validator; its RSA-only identity check off (see IdentityLock)."""
     from barnraise.coordinator.signing import dht_validators
 
-    extra = {"record_validators": dht_validators(), "check_if_identity_free": False}
-    if relays:
-        extra.update(use_auto_relay=True, trusted_relays=list(relays))
-    return extra
+    return {"record_validators": dht_validators(), "check_if_identity_free": False}
 
 
 class PeerAuth:
