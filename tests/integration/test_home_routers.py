@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from barnraise.peer.events import RoundApplied, read_events
+from barnraise.peer.events import RoundApplied, WindowTrained, read_events
 from tests.conftest import init_run
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -151,3 +151,36 @@ def test_nat_peers_are_full_members_and_a_closing_router_is_noticed(tmp_path: Pa
             "two more rounds agreed by all four after p1's router closed",
         )
     assert len(agreed) >= 3
+
+
+@pytest.mark.timeout(240)
+def test_every_peer_behind_nat_trains_and_status_says_so(tmp_path: Path) -> None:
+    """With only the bootstrap public (and no relay it can reserve), nobody can be dialled: every
+    peer must find out, say ``client``, and keep training instead of waiting on groups that
+    cannot meet."""
+    registry.cleanup_stale(PREFIX)
+    run_dir = tmp_path / "run"
+    init_run(run_dir, "--round-s", "8")
+    scenario = Scenario(
+        peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(PEERS)
+    )
+    config = SwarmConfig(
+        run_dir=run_dir, log_dir=tmp_path / "logs", scenario=scenario, peer_args=("--threads", "1")
+    )
+    with NetSim(hosts=swarm_hosts(scenario), subnet=SUBNET, prefix=PREFIX) as net:
+        swarm = Swarm(config, net)
+        swarm.start_bootstrap()
+        for name in PEERS:
+            swarm.start_peer(name)
+
+        def all_clients() -> dict[str, str] | None:
+            links = reach_by_host(swarm, net)
+            return links if len(links) == 4 and set(links.values()) == {"client"} else None
+
+        wait(all_clients, 150, "status to show all four peers as client")
+        trained = {n: len(read_events(swarm.events_path(n), WindowTrained)) for n in PEERS}
+        wait(
+            lambda: all(len(read_events(swarm.events_path(n), WindowTrained)) > trained[n] for n in PEERS),
+            40,
+            "every peer to train another window",
+        )
