@@ -184,7 +184,9 @@ class PeerDaemon:
             faults=self.inject if cfg.inject else None,
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
+            on_reach=lambda reach: self.stats.update(link=reach),
         )
+        self.feed.announcer.serving = self.averager.reachability.can_be_dialled
         serve = dict(auth=self.auth, corrupt_state=self.inject.corrupts_state if cfg.inject else None)
         self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, **serve)
         self.loop.call(self.averager.register(), 10.0)
@@ -379,8 +381,7 @@ class PeerDaemon:
         return True
 
     def close(self) -> None:
-        """Leave cleanly and quickly. When a signal to the whole process group already ended the
-        DHT process, steps that would only wait on it are cut short."""
+        """Leave cleanly and quickly; steps that would only wait on a DHT process already gone are cut short."""
         dht_alive = self.dht is not None and self.dht.is_alive()
         if self.feed is not None and not dht_alive:
             log.info("the DHT process is gone: leases expire by themselves")

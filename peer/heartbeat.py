@@ -32,7 +32,7 @@ class PeerStats:
 
     device: str = ""
     device_memory_bytes: int = 0
-    link: str = "direct"
+    link: str = "unknown"  # how others reach us: public, relayed, client (peer/net/reachability.py)
     samples_per_s: float = 0.0
     round: int = 0
     phase: int = heartbeat_pb2.PHASE_IDLE

@@ -58,7 +58,7 @@ class EncodedTensor(_message.Message):
     def __init__(self, codec: _Optional[str] = ..., numel: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., indices: _Optional[bytes] = ..., block_size: _Optional[int] = ..., nnz: _Optional[int] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "base_round", "auth")
+    __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "base_round", "auth", "reach")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class JoinRequest(_message.Message):
     BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
     BASE_ROUND_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     peer_id: str
@@ -77,7 +78,8 @@ class JoinRequest(_message.Message):
     bandwidth_bps: float
     base_round: int
     auth: _auth_pb2.RequestAuth
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., base_round: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    reach: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., base_round: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ..., reach: _Optional[str] = ...) -> None: ...
 
 class GroupMember(_message.Message):
     __slots__ = ("peer_id", "weight", "part_fraction", "bandwidth_bps")
@@ -222,13 +224,15 @@ class StateChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class RoundEntry(_message.Message):
-    __slots__ = ("peer_id", "weight", "base_hash", "timestamp")
+    __slots__ = ("peer_id", "weight", "base_hash", "timestamp", "reach")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     weight: float
     base_hash: str
     timestamp: float
-    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., timestamp: _Optional[float] = ...) -> None: ...
+    reach: str
+    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., timestamp: _Optional[float] = ..., reach: _Optional[str] = ...) -> None: ...

@@ -229,6 +229,8 @@ class AllReduce:
     ) -> bytes | str:
         """Stream our part j to its reducer and read the reduced part back; returns its digest or why not."""
         start, end = bounds
+        if end <= start:  # its reducer has no part (nobody can dial it): nothing to exchange
+            return hashlib.sha256().digest()
         chunks = [(start + lo, start + hi) for lo, hi in chunk_bounds(end - start)]
         header = averaging_pb2.PartMessage(
             group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight

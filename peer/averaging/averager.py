@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -27,6 +28,7 @@ from barnraise.peer.averaging.plan import RoundPlan
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.averaging.verdict import Verdicts
 from barnraise.peer.net.auth import OpenRun, PeerAuth
+from barnraise.peer.net.reachability import ReachabilityMonitor
 from barnraise.protos import averaging_pb2
 
 log = logging.getLogger(__name__)
@@ -78,6 +80,7 @@ class Averager:
         faults: PartFaults | None = None,  # tests only: see peer/injection.py
         auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
+        on_reach: Callable[[str], None] | None = None,  # told when how others reach us changes
     ):
         self.peer_id = peer_id
         self.auth = auth  # signs our requests, checks others' (OPEN_RUN: anyone)
@@ -89,6 +92,10 @@ class Averager:
         self.verdicts = Verdicts(p2p=p2p, peer_id=peer_id, auth=auth)
         rules = GroupRules(run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec)
         self.matchmaker = Matchmaker(p2p, dht, rules, auth=auth, verdicts=self.verdicts)
+        self.reachability = ReachabilityMonitor(
+            p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, access=auth, on_change=on_reach
+        )
+        self.matchmaker.reach = self.reachability.reach
         self.allreduce = AllReduce(
             p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, faults=faults, auth=auth, robust=robust
         )
@@ -97,6 +104,7 @@ class Averager:
         self.allreduce.keeper = self.auditor.keep
 
     async def register(self) -> None:
+        await self.reachability.register()
         await self.matchmaker.register()
         await self.allreduce.register()
         await self.verdicts.register()
@@ -128,6 +136,7 @@ class Averager:
                 base_round=base_round,
                 codec=self.ask_codec or self.codec,
                 bandwidth_bps=self.bandwidth_bps,
+                reach=self.matchmaker.reach(),
             )
             reply = await self.matchmaker.form_group(round_no, request, plan)
             if reply.status == averaging_pb2.JOIN_ACCEPTED:

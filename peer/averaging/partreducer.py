@@ -255,6 +255,8 @@ class PartReducer:
 
     def _complete(self) -> bool:
         n = len(self.bounds)
+        if n == 0:  # an empty part (a member nobody can dial reduces nothing) needs nobody's chunks
+            return True
         return self._closed or all(p in self.excluded or self._have.get(p, -1) == n for p in self.members)
 
     def _combine(self, c: int) -> bool:

@@ -28,6 +28,7 @@ from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.peer.sync import chunks
+from barnraise.peer.net.reachability import CLIENT
 from barnraise.peer.sync.rounds import LaunchedRound
 from barnraise.peer.sync.state import GlobalState, tensor_hash
 from barnraise.peer.sync.updatelog import UPDATES, Kept, UpdateLog
@@ -271,7 +272,10 @@ def choose_donors(beats: list[heartbeat_pb2.Heartbeat], me: str) -> tuple[str, i
     top = max(b.hash_round for b in done)
     at_top = [b for b in done if b.hash_round == top]
     phash, _ = Counter(b.params_hash for b in at_top).most_common(1)[0]
-    return phash, top, [b.peer_id for b in at_top if b.params_hash == phash]
+    holders = [b for b in at_top if b.params_hash == phash]
+    # Donors others can dial first: a peer behind a home router serves only over a connection
+    # we happen to have, so it is asked last (sorted() keeps the order among equals).
+    return phash, top, [b.peer_id for b in sorted(holders, key=lambda b: b.link == CLIENT)]
 
 
 def verify_against(state: GlobalState, expected_hash: str) -> None:
