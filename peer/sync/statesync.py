@@ -27,8 +27,8 @@ from barnraise.coordinator.errors import IntegrityError, PeerUnavailable, Protoc
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OpenRun, PeerAuth
-from barnraise.peer.sync import chunks
 from barnraise.peer.net.reachability import CLIENT
+from barnraise.peer.sync import chunks
 from barnraise.peer.sync.rounds import LaunchedRound
 from barnraise.peer.sync.state import GlobalState, tensor_hash
 from barnraise.peer.sync.updatelog import UPDATES, Kept, UpdateLog
