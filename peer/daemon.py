@@ -30,6 +30,7 @@ from barnraise.peer import events
 from barnraise.peer.averaging.averager import Averager, RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan, reduce_budget
 from barnraise.peer.averaging.robust import RobustConfig
+from barnraise.peer.checkpoints import PeerCheckpoints
 from barnraise.peer.config import PeerConfig
 from barnraise.peer.control import ControlServer, Switches, socket_path
 from barnraise.peer.data.feed import ShardFeed
@@ -68,7 +69,7 @@ class PeerDaemon:
         self.carried = 0.0  # samples in the live params that no applied average has taken yet
         self.completed = 0  # rounds applied
         self.stats = PeerStats()
-        self.dht = self.loop = self.heartbeat = self.client = self.feed = None
+        self.dht = self.loop = self.heartbeat = self.client = self.feed = self.checkpoints = None
         self.auth = self.identity_lock = None
 
     # --- start-up -------------------------------------------------------------------------------
@@ -112,19 +113,16 @@ class PeerDaemon:
         self.peer_id = self.dht.peer_id.to_base58()
         rec = records.wait_for_run(self.dht, cfg.run_id or None, cfg.join_timeout_s, cfg.run_key_fingerprint)
         self.client = CoordinatorClient(rec.grpc_addrs)
-        signed, genesis = self.client.manifest()
-        self.manifest = verify_manifest(signed)
+        self.signed, genesis = self.client.manifest()
+        self.manifest = verify_manifest(self.signed)
         records.check_announced_key(rec, self.manifest.run_public_key)
         if self.manifest.run_id != rec.run_id:
             raise PeerUnavailable(
                 f"coordinator serves run {self.manifest.run_id}, the DHT announced {rec.run_id}"
             )
+        token, pin = cfg.token, cfg.run_key_fingerprint
         self.auth = PeerAuth.join(
-            self.manifest,
-            self.identity,
-            cache_dir=cfg.cache_dir,
-            token_file=cfg.token,
-            run_key_fingerprint=cfg.run_key_fingerprint,
+            self.manifest, self.identity, cache_dir=cfg.cache_dir, token_file=token, run_key_fingerprint=pin
         )
         self.auth.attach_to_client(self.client)
         self.auth.start(self.dht)
@@ -163,8 +161,7 @@ class PeerDaemon:
             load_flat(model, self.state.params)
         self.trainer = InnerTrainer(model, t, self.info)
         self.trainer.fit(self.feed.sample)
-        info = self.info
-        self.stats.update(device=info.description, device_memory_bytes=info.memory_bytes)
+        self.stats.update(device=self.info.description, device_memory_bytes=self.info.memory_bytes)
         self.stats.update(batch_size=t.batch_size, micro_batch=self.trainer.micro_batch)
         return model
 
@@ -199,6 +196,7 @@ class PeerDaemon:
             held=lambda: self.state,
         )
         self._publish_state()
+        self.checkpoints = PeerCheckpoints(cfg, self.manifest, self.signed, self.catchup, self.trainer.model)
 
     def _publish_state(self) -> None:
         self.state_server.publish(self.state)
@@ -210,7 +208,7 @@ class PeerDaemon:
         from in the background while training (waiting for it would idle the device for up to a
         round); True if we adopted a state now."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
-        found = self.catchup.now()
+        found = self.checkpoints.resume(self.feed, self.state.params.numel()) or self.catchup.now()
         if found is not None:
             self._adopt(*found, rebase=False)
         self.catchup.start()
@@ -348,6 +346,7 @@ class PeerDaemon:
             self.state = new
             load_flat(self.trainer.model, new.params + local_progress)
             self._publish_state()
+            self.checkpoints.offer(new, self.stats.loss, out.total_weight)
             self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
             h, n = new.params_hash(), len(out.members)
             self.events.emit(
@@ -386,6 +385,7 @@ class PeerDaemon:
         for what, fn in (
             ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop(wait=dht_alive)),
             ("shard feed", lambda: self.feed and dht_alive and self.feed.close()),  # leases, via the DHT
+            ("checkpoints", lambda: self.checkpoints and self.checkpoints.close()),
             ("p2p", lambda: self.loop and self.loop.stop()),
             ("coordinator client", lambda: self.client and self.client.close()),
             ("dht", lambda: self.dht and self.dht.shutdown()),
