@@ -191,9 +191,20 @@ def position_of(rec: checkpoint_pb2.CheckpointRecord) -> DataPosition:
     return DataPosition(epoch=rec.epoch, done=done, offsets={o.shard: o.offset for o in rec.offsets})
 
 
-def publish(dht, rec: checkpoint_pb2.CheckpointRecord) -> bool:
+def operator_subkey(run_public_key: bytes, holder: str) -> str:
+    """Where the operator's bootstrap announces its checkpoint: sealed by the run key (the
+    bootstrap's own libp2p identity is not an Ed25519 key that could seal it)."""
+    from barnraise.coordinator.signing import runkey_subkey
+
+    return runkey_subkey(run_public_key, holder)
+
+
+def publish(dht, rec: checkpoint_pb2.CheckpointRecord, subkey: str = "") -> bool:
+    """Store ``rec`` under its holder's peer id, or ``subkey`` (``operator_subkey``)."""
     key = checkpoints_key(rec.run_id)
-    return records.store(dht, key, rec.peer_id, rec.SerializeToString(), RECORD_TTL_S, timeout_s=5.0)
+    return records.store(
+        dht, key, subkey or rec.peer_id, rec.SerializeToString(), RECORD_TTL_S, timeout_s=5.0
+    )
 
 
 def record_problem(
@@ -201,7 +212,10 @@ def record_problem(
 ) -> str | None:
     """Why a checkpoint record read from the DHT cannot be used, or None. ``n_shards``: the run's
     shard count, when the reader knows the manifest."""
-    if rec.peer_id != subkey or rec.run_id != run_id:
+    from barnraise.coordinator.signing import RUNKEY_PREFIX
+
+    operator = subkey.startswith(RUNKEY_PREFIX) and subkey.endswith("/" + rec.peer_id)
+    if not (rec.peer_id == subkey or operator) or rec.run_id != run_id or not rec.peer_id:
         return "holder or run does not match its key"
     if not (0 <= rec.round < records.MAX_ROUND) or not (0 < len(rec.params_hash) <= 64):
         return "round or hash out of range"
@@ -217,20 +231,22 @@ def record_problem(
 
 def read_records(
     dht, run_id: str, n_shards: int | None = None, timeout_s: float = 5.0
-) -> list[checkpoint_pb2.CheckpointRecord]:
-    """Valid checkpoint records of a run, newest round first (each sealed by its holder)."""
+) -> list[tuple[str, checkpoint_pb2.CheckpointRecord]]:
+    """(subkey, record) of a run's valid checkpoint records, newest round first, each sealed by its
+    holder or, under ``operator_subkey``, by the run key."""
     out = []
     for subkey, data in records.get_dict(dht, checkpoints_key(run_id), timeout_s).items():
         rec = records.parse_record(data, checkpoint_pb2.CheckpointRecord)
         if rec is not None and record_problem(rec, subkey, run_id, n_shards) is None:
-            out.append(rec)
-    return sorted(out, key=lambda r: (-r.round, r.peer_id))
+            out.append((subkey, rec))
+    return sorted(out, key=lambda x: (-x[1].round, x[1].peer_id))
 
 
-def status_entry(recs: list[checkpoint_pb2.CheckpointRecord], now: float) -> dict | None:
+def status_entry(found: list[tuple[str, checkpoint_pb2.CheckpointRecord]], now: float) -> dict | None:
     """The newest checkpoint for ``status``: its round, hash, age and how many nodes hold it."""
-    if not recs:
+    if not found:
         return None
+    recs = [rec for _, rec in found]
     top = recs[0]
     holders = sum(1 for r in recs if (r.round, r.params_hash) == (top.round, top.params_hash))
     return {

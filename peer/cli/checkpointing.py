@@ -43,12 +43,10 @@ def start_puller(node, args):
         signed=node.signed,
         manifest=node.manifest,
         run_dir=node.cfg.run_dir,
-        identity=node.cfg.identity or node.cfg.run_dir / "bootstrap.id",
-        run_key=node.run_key,
         policy=CheckpointPolicy(every=every, keep=args.keep_checkpoints),
     )
-    puller.start()
-    print(f"checkpoints every {every} rounds in {puller.store.root} (keeping {args.keep_checkpoints})")
+    if puller.start():
+        print(f"checkpoints every {every} rounds in {puller.store.root} (keeping {args.keep_checkpoints})")
     return puller.stop
 
 

@@ -25,10 +25,9 @@ def _sources(dht, manifest, peer_id: str) -> list[tuple[int, str, list[str], flo
     if donors and rnd >= 0 and agreed_hash(beats, rnd) == phash:
         losses = [b.loss for b in beats if b.loss > 0]
         found.append((rnd, phash, donors, sum(losses) / len(losses) if losses else None))
-    coordinators = {r.peer_id for r in records.find_runs(dht) if r.run_id == manifest.run_id}
     recs = checkpoints.read_records(dht, manifest.run_id, len(manifest.shards))
-    for rec in trusted_records(recs, coordinators, peer_id):
-        holders = [r.peer_id for r in recs if (r.round, r.params_hash) == (rec.round, rec.params_hash)]
+    for rec in trusted_records(recs, manifest.run_public_key, peer_id):
+        holders = [r.peer_id for _, r in recs if (r.round, r.params_hash) == (rec.round, rec.params_hash)]
         found.append((rec.round, rec.params_hash, holders, rec.loss if rec.loss == rec.loss else None))
     return sorted(found, key=lambda s: -s[0])
 

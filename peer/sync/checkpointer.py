@@ -86,8 +86,9 @@ class CheckpointStore:
             self.root.mkdir(parents=True, exist_ok=True)
             write_atomic(path, data, mode=0o644)
 
-    def announce(self, dht, peer_id: str) -> None:
-        """Republish our newest checkpoint's record in the background until ``stop``."""
+    def announce(self, dht, peer_id: str, subkey: str = "") -> None:
+        """Republish our newest checkpoint's record (under ``subkey``, default our peer id) in the
+        background until ``stop``."""
 
         def loop() -> None:
             while True:
@@ -95,7 +96,7 @@ class CheckpointStore:
                     info = rules.newest_info(self.root)
                     if info is not None:
                         rec = rules.to_record(info, peer_id, len(self.manifest.shards))
-                        rules.publish(dht, rec)
+                        rules.publish(dht, rec, subkey)
                 except BarnraiseError as e:
                     log.debug("checkpoint record not published: %s", e)
                 if self._stop.wait(PUBLISH_EVERY_S):

@@ -17,10 +17,9 @@ from collections import Counter
 from pathlib import Path
 
 from barnraise.coordinator import checkpoints as rules
-from barnraise.coordinator import keys, records
+from barnraise.coordinator import records
 from barnraise.coordinator.errors import BarnraiseError, PeerUnavailable
-from barnraise.coordinator.signing import register_signer
-from barnraise.peer.net.auth import OPEN_RUN, PeerAuth
+from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.peer.net.p2ploop import P2PLoop
 from barnraise.peer.sync.checkpoint import run_layout
 from barnraise.peer.sync.checkpointer import CheckpointPolicy, CheckpointStore
@@ -32,7 +31,6 @@ log = logging.getLogger(__name__)
 
 FRAME_TIMEOUT_S = 60.0  # the most seconds between two frames of a pulled state
 PULL_TIMEOUT_S = 900.0  # a whole pull, paced, of the largest state we expect
-TOKEN_DAYS = 365.0  # the bootstrap's own membership token in a closed run
 
 
 async def pull_state(
@@ -95,37 +93,26 @@ class CheckpointPuller:
         signed: manifest_pb2.SignedManifest,
         manifest: manifest_pb2.RunManifest,
         run_dir: Path,
-        identity: Path,
-        run_key,
         policy: CheckpointPolicy,
     ):
         self.dht, self.manifest, self.policy = dht, manifest, policy
         self.store = CheckpointStore(run_dir / "checkpoints", manifest, policy)
-        self.identity = keys.load_identity(identity)
+        self.store.keep_manifest(signed)
         self.peer_id = dht.peer_id.to_base58()
-        self.auth = self._auth(run_key)
+        self.auth = OPEN_RUN  # open runs only (``start`` says why)
         self.numel, self.layout = run_layout(manifest)
         self.last_round = -1
         self.samples, self._seen = 0, {}  # samples the run trained; peer -> its last samples_total
         self._stop = threading.Event()
         self.loop: P2PLoop | None = None
 
-    def _auth(self, run_key):
-        """Open run: sign nothing. Closed run: the bootstrap gives itself a token with the run key."""
-        if self.manifest.membership.open:
-            register_signer(self.identity)
-            return OPEN_RUN
-        from barnraise.coordinator.tokens import issue_token
-
-        token = issue_token(
-            run_key, self.manifest.run_id, keys.public_bytes(self.identity), days=TOKEN_DAYS, name="bootstrap"
-        )
-        auth = PeerAuth(manifest=self.manifest, identity=self.identity, token=token)
-        register_signer(self.identity, token)
-        auth.start(self.dht)
-        return auth
-
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start pulling and serving; False in a closed run, where the bootstrap cannot take part
+        in state sync (its libp2p identity is not an Ed25519 key a membership token can name): its
+        peers' own checkpoints are what a closed run resumes from."""
+        if not self.manifest.membership.open:
+            log.warning("closed run: the bootstrap keeps no checkpoints; every peer keeps its own")
+            return False
         self.loop = P2PLoop(self.dht)
         self.server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
         self.loop.call(self.server.register(), 10.0)
@@ -135,8 +122,11 @@ class CheckpointPuller:
             self.server.publish(state)
             self.last_round, self.samples = state.round, info.samples_seen
             log.info("newest checkpoint: round %d (%s)", state.round, info.params_hash)
-        self.store.announce(self.dht, self.peer_id)
+        self.store.announce(
+            self.dht, self.peer_id, rules.operator_subkey(self.manifest.run_public_key, self.peer_id)
+        )
         threading.Thread(target=self._run, daemon=True, name="checkpoint-puller").start()
+        return True
 
     def _run(self) -> None:
         period = min(self.manifest.training.round_s, 5.0)
@@ -190,5 +180,3 @@ class CheckpointPuller:
         self.store.stop()
         if self.loop is not None:
             self.loop.stop()
-        if isinstance(self.auth, PeerAuth):
-            self.auth.stop()

@@ -4,9 +4,8 @@ At start-up a peer compares three things: the newest state live peers agree on (
 its own newest checkpoint (``CACHE_DIR/<run>/checkpoints``), and the checkpoints other nodes
 announce (``CheckpointRecord``; the operator's bootstrap serves its own). If a checkpoint is newer
 than anything live, the run goes on from it: its round, parameters, outer momentum and place in the
-data. A remote checkpoint is trusted when the run's coordinator holds it (its peer id is in the
-record the run key seals) or when two holders announce the same round and hash; its state must
-match the hash announced.
+data. A remote checkpoint is trusted when its record is sealed by the run key (the operator's bootstrap)
+or when two holders announce the same round and hash; its state must match the hash announced.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ from dataclasses import dataclass
 from barnraise.coordinator import checkpoints as rules
 from barnraise.coordinator import records
 from barnraise.coordinator.errors import BarnraiseError
-from barnraise.coordinator.keys import fingerprint
 from barnraise.peer.net.p2ploop import P2PLoop
 from barnraise.peer.sync.checkpointer import CheckpointStore
 from barnraise.peer.sync.puller import PULL_TIMEOUT_S, pull_state
@@ -40,14 +38,18 @@ class Resumed:
 
 
 def trusted_records(
-    recs: list[checkpoint_pb2.CheckpointRecord], coordinators: set[str], me: str
+    found: list[tuple[str, checkpoint_pb2.CheckpointRecord]], run_public_key: bytes, me: str
 ) -> list[checkpoint_pb2.CheckpointRecord]:
-    """Records held by the run's coordinator, or announced alike by two holders; newest first."""
-    agree = Counter((r.round, r.params_hash) for r in recs)
+    """Records sealed by the run key (the operator's bootstrap), or announced alike by two
+    holders; newest first."""
+    agree = Counter((r.round, r.params_hash) for _, r in found)
     return [
         r
-        for r in recs
-        if r.peer_id != me and (r.peer_id in coordinators or agree[(r.round, r.params_hash)] > 1)
+        for subkey, r in found
+        if r.peer_id != me
+        and (
+            subkey == rules.operator_subkey(run_public_key, r.peer_id) or agree[(r.round, r.params_hash)] > 1
+        )
     ]
 
 
@@ -74,15 +76,6 @@ class ResumePoint:
         )
         self.records: list[checkpoint_pb2.CheckpointRecord] = []
 
-    def _coordinators(self) -> set[str]:
-        fp = fingerprint(self.manifest.run_public_key) if self.manifest.run_public_key else ""
-        try:
-            return {
-                r.peer_id for r in records.find_runs(self.dht, 5.0, fp) if r.run_id == self.manifest.run_id
-            }
-        except BarnraiseError:
-            return set()
-
     def find(self, numel: int) -> Resumed | None:
         """The newest checkpoint if it is newer than every live peer's state, else None."""
         run_id = self.manifest.run_id
@@ -93,7 +86,7 @@ class ResumePoint:
             log.info("checkpoint records unreadable (%s)", e)
             beats, recs = [], []
         _, live_round, _ = choose_donors(beats, self.peer_id)
-        self.records = trusted_records(recs, self._coordinators(), self.peer_id)
+        self.records = trusted_records(recs, self.manifest.run_public_key, self.peer_id)
         local = self.store.newest(numel)
         local_round = local[0].round if local is not None else -1
         for rec in self.records:

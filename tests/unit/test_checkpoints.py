@@ -139,15 +139,37 @@ def test_record_carries_the_data_position_and_is_checked():
     assert rules.record_problem(rec, "peerA", "r1", 10) is None
     assert rules.record_problem(rec, "peerB", "r1", 10) is not None  # not its holder's subkey
     assert rules.record_problem(rec, "peerA", "r1", 1) is not None  # more shards than the run has
+    operator = rules.operator_subkey(b"\x01" * 32, "peerA")  # sealed by the run key, naming the holder
+    assert rules.record_problem(rec, operator, "r1", 10) is None
+    assert rules.record_problem(rec, rules.operator_subkey(b"\x01" * 32, "peerB"), "r1", 10) is not None
     rec.round = -3
     assert rules.record_problem(rec, "peerA", "r1", 10) is not None
+
+
+def test_only_the_run_key_or_two_holders_are_trusted():
+    from barnraise.peer.sync.resume import trusted_records
+
+    key = b"\x02" * 32
+    rec = lambda p, r, h: rules.to_record(info(round=r, params_hash=h), p, 10)  # noqa: E731
+    found = [
+        ("liar", rec("liar", 99, "aa")),  # one peer's word
+        (rules.operator_subkey(key, "boot"), rec("boot", 19, "bb")),
+        ("p1", rec("p1", 14, "cc")),
+        ("p2", rec("p2", 14, "cc")),
+        (rules.operator_subkey(b"\x03" * 32, "x"), rec("x", 50, "dd")),  # another run key
+    ]
+    assert [(r.peer_id, r.round) for r in trusted_records(found, key, "me")] == [
+        ("boot", 19),
+        ("p1", 14),
+        ("p2", 14),
+    ]
 
 
 def test_status_shows_the_newest_checkpoint_round_and_age():
     now = time.time()
     recs = [
-        rules.to_record(info(round=19, params_hash="ff", saved_at=now - 30), p, 10) for p in ("a", "b")
-    ] + [rules.to_record(info(round=9, params_hash="ee", saved_at=now - 300), "c", 10)]
+        (p, rules.to_record(info(round=19, params_hash="ff", saved_at=now - 30), p, 10)) for p in ("a", "b")
+    ] + [("c", rules.to_record(info(round=9, params_hash="ee", saved_at=now - 300), "c", 10))]
     entry = rules.status_entry(recs, now)
     assert entry["round"] == 19 and entry["holders"] == 2 and 29 <= entry["age_s"] <= 31
     report = build_report(None, [], now, checkpoint=entry)
