@@ -45,7 +45,7 @@ from barnraise.peer.sync.rounds import LaunchedRound, finished
 from barnraise.peer.sync.state import GlobalState, OuterStep, all_finite, flat_params, load_flat
 from barnraise.peer.sync.statesync import StateServer
 from barnraise.peer.training.device import pick_device
-from barnraise.peer.training.model import build_model, count_params
+from barnraise.peer.training.model import build_run_model, count_params
 from barnraise.peer.training.trainer import InnerTrainer
 from barnraise.protos import heartbeat_pb2
 
@@ -155,7 +155,7 @@ class PeerDaemon:
         """The run's model from its seed, the initial global state, and the inner trainer on our device."""
         cfg, t = self.cfg, self.manifest.training
         self.info = pick_device(cfg.device, cfg.threads)
-        model = build_model(self.manifest.model, self.manifest.seed)
+        model = build_run_model(self.manifest)
         self.state = GlobalState.initial(model)
         self.stats.update(init_hash=self.state.params_hash())
         if self.inject.tamper:
