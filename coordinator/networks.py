@@ -139,11 +139,18 @@ def build_hf(config_bytes: bytes, seed: int, *, where: str = "hf config") -> Lan
     config = hf_config(config_bytes, where)
     try:
         with seeded(seed):
-            net = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            net = transformers.AutoModelForCausalLM.from_config(
+                config, **{_dtype_kw(transformers): torch.float32}
+            )
     except (ValueError, KeyError, TypeError) as e:
         first = str(e).split("\n")[0].split(". ")[0][:200]
         raise ConfigError(f"{where}: not a causal LM transformers can build ({first})") from None
     return LanguageModel(net.float(), "hf")
+
+
+def _dtype_kw(transformers) -> str:
+    """transformers 5 names the dtype argument ``dtype``; 4.x calls it ``torch_dtype``."""
+    return "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
 
 
 _ENTRY = re.compile(r"^py:([A-Za-z_][\w.]*):([A-Za-z_]\w*)(?:\?(.*))?$")

@@ -74,9 +74,10 @@ class PeerDaemon:
     # --- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
         self._join_run()
+        model = build_run_model(self.manifest)  # a model unlike the run's is refused before any lease
         self.loop = P2PLoop(self.dht)
         self._open_data()
-        model = self._build_training()
+        self._build_training(model)
         self._start_averaging()
         self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
         self.heartbeat.start()
@@ -151,11 +152,10 @@ class PeerDaemon:
         )
         self.cache = self.feed.cache
 
-    def _build_training(self) -> torch.nn.Module:
-        """The run's model from its seed, the initial global state, and the inner trainer on our device."""
+    def _build_training(self, model: torch.nn.Module) -> None:
+        """The initial global state from the run's seeded model, and the inner trainer on our device."""
         cfg, t = self.cfg, self.manifest.training
         self.info = pick_device(cfg.device, cfg.threads)
-        model = build_run_model(self.manifest)
         self.state = GlobalState.initial(model)
         self.stats.update(init_hash=self.state.params_hash())
         if self.inject.tamper:
@@ -166,7 +166,6 @@ class PeerDaemon:
         info = self.info
         self.stats.update(device=info.description, device_memory_bytes=info.memory_bytes)
         self.stats.update(batch_size=t.batch_size, micro_batch=self.trainer.micro_batch)
-        return model
 
     def _start_averaging(self) -> None:
         """The averaging protocol and the state server on the P2P loop; background catch-up."""
