@@ -48,13 +48,14 @@ def named_state(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]
     The names are the network's own (``network_of``); tied parameters appear once, under the first
     name. The tensors are views of ``flat``: clone them before changing them.
     """
+    params = list(network_of(model).named_parameters())
+    total = sum(p.numel() for _, p in params)
+    if total != flat.numel():
+        raise ConfigError(f"a state of {flat.numel()} values does not fit this model's {total} parameters")
     out, offset = {}, 0
-    for name, p in network_of(model).named_parameters():
-        n = p.numel()
-        out[name] = flat[offset : offset + n].view(p.shape)
-        offset += n
-    if offset != flat.numel():
-        raise ConfigError(f"a state of {flat.numel()} values does not fit this model's {offset} parameters")
+    for name, p in params:
+        out[name] = flat[offset : offset + p.numel()].view(p.shape)
+        offset += p.numel()
     return out
 
 
