@@ -46,7 +46,7 @@ from barnraise.peer.sync.rounds import LaunchedRound, finished
 from barnraise.peer.sync.state import GlobalState, OuterStep, all_finite, flat_params, load_flat
 from barnraise.peer.sync.statesync import StateServer
 from barnraise.peer.training.device import pick_device
-from barnraise.peer.training.model import build_model, count_params
+from barnraise.peer.training.model import build_run_model, count_params
 from barnraise.peer.training.trainer import InnerTrainer
 from barnraise.protos import heartbeat_pb2
 
@@ -75,9 +75,10 @@ class PeerDaemon:
     # --- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
         self._join_run()
+        model = build_run_model(self.manifest)  # a model unlike the run's is refused before any lease
         self.loop = P2PLoop(self.dht)
         self._open_data()
-        model = self._build_training()
+        self._build_training(model)
         self._start_averaging()
         self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
         self.heartbeat.start()
@@ -149,11 +150,10 @@ class PeerDaemon:
         )
         self.cache = self.feed.cache
 
-    def _build_training(self) -> torch.nn.Module:
-        """The run's model from its seed, the initial global state, and the inner trainer on our device."""
+    def _build_training(self, model: torch.nn.Module) -> None:
+        """The initial global state from the run's seeded model, and the inner trainer on our device."""
         cfg, t = self.cfg, self.manifest.training
         self.info = pick_device(cfg.device, cfg.threads)
-        model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
         self.stats.update(init_hash=self.state.params_hash())
         if self.inject.tamper:
@@ -163,7 +163,6 @@ class PeerDaemon:
         self.trainer.fit(self.feed.sample)
         self.stats.update(device=self.info.description, device_memory_bytes=self.info.memory_bytes)
         self.stats.update(batch_size=t.batch_size, micro_batch=self.trainer.micro_batch)
-        return model
 
     def _start_averaging(self) -> None:
         """The averaging protocol and the state server on the P2P loop; background catch-up."""

@@ -61,6 +61,7 @@ class Weights:
     loss: float | None  # the swarm's mean inner loss at that round
     held_out_loss: float | None  # loss on held-out data, where the run has some
     source: str  # where they came from, for the user
+    tokenizer_bytes: bytes | None = None  # the run's tokenizer file, if it has one and it was found
 
 
 def add_source_flags(p, *, checkpoint_dir: bool) -> None:
@@ -132,7 +133,21 @@ def _from_dir(root: Path, run_dir: Path, round_no: int | None) -> Weights:
         loss=info.loss,
         held_out_loss=None,
         source=str(path),
+        tokenizer_bytes=_tokenizer_near(manifest, run_dir),
     )
+
+
+def _tokenizer_near(manifest, run_dir: Path) -> bytes | None:
+    """The run's tokenizer file from RUN_DIR/files, if the run has one and it is there."""
+    from barnraise.coordinator.errors import BarnraiseError
+    from barnraise.coordinator.runfiles import read_run_file
+
+    if not manifest.tokenizer.HasField("file"):
+        return None
+    try:
+        return read_run_file(run_dir, manifest.tokenizer.file)
+    except BarnraiseError:
+        return None
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -148,7 +163,9 @@ def cmd_export(args) -> int:
     from barnraise.peer.training.export import export_model
 
     w = load_weights(args)
-    files = export_model(w.manifest, w.params, args.out, None)
+    if w.manifest.tokenizer.HasField("file") and w.tokenizer_bytes is None:
+        raise ConfigError("the run's tokenizer file was not found beside the checkpoint (RUN_DIR/files)")
+    files = export_model(w.manifest, w.params, args.out, w.tokenizer_bytes)
     summary = {
         "round": w.round,
         "loss": w.loss,
@@ -180,17 +197,16 @@ def register_sample(sub) -> None:
 
 
 def cmd_sample(args) -> int:
-    import torch
-
-    from barnraise.peer.training.generation import ByteTokenizer, generate
-    from barnraise.peer.training.model import build_model
+    from barnraise.coordinator.tokenizer import load_tokenizer
+    from barnraise.peer.training.generate import generate
+    from barnraise.peer.training.model import build_run_model, load_named
 
     if not 0 < args.tokens <= 100_000:
         raise ConfigError(f"--tokens {args.tokens}: must be between 1 and 100000")
     w = load_weights(args)
-    model = build_model(w.manifest.model, w.manifest.seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            p.copy_(w.params[name])
-    print(generate(model, ByteTokenizer(), args.prompt, args.tokens, args.seed), flush=True)
+    tokenizer = load_tokenizer(w.manifest.tokenizer, w.tokenizer_bytes)
+    model = build_run_model(w.manifest)
+    load_named(model, w.params)
+    text = generate(model, tokenizer, args.prompt, args.tokens, args.seed, seq_len=w.manifest.model.seq_len)
+    print(args.prompt + text, flush=True)
     return 0

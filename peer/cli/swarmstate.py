@@ -57,6 +57,8 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
         client = CoordinatorClient(rec.grpc_addrs)
         try:
             manifest = verify_manifest(client.manifest()[0])
+            tok = manifest.tokenizer
+            tokenizer_bytes = client.fetch_file(tok.file) if tok.HasField("file") else None
         finally:
             client.close()
         if not manifest.membership.open:
@@ -87,6 +89,7 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
                     loss=loss,
                     held_out_loss=None,
                     source=f"peer {donor}",
+                    tokenizer_bytes=tokenizer_bytes,
                 )
             log.warning(
                 "state from %s refused: it is not the round-%d state the swarm agrees on", donor[:12], rnd

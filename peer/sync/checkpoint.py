@@ -34,15 +34,19 @@ ORDER_KEY = "barnraise.order"  # safetensors metadata: the parameter names in fl
 
 
 def param_layout(model: nn.Module) -> list[tuple[str, tuple[int, ...]]]:
-    """(name, shape) of each parameter in ``flat_params`` order (tied weights once)."""
-    return [(name, tuple(p.shape)) for name, p in model.named_parameters()]
+    """(name, shape) of each parameter in ``flat_params`` order (tied weights once), named as the
+    network names them (``named_state``, what exports hold)."""
+    from barnraise.peer.training.model import network_of
+
+    return [(name, tuple(p.shape)) for name, p in network_of(model).named_parameters()]
 
 
 def run_layout(manifest) -> tuple[int, list[tuple[str, tuple[int, ...]]]]:
-    """(parameter count, layout) of the run's model, built from its seed (no training state)."""
-    from barnraise.peer.training.model import build_model
+    """(parameter count, layout) of the run's model, built from its seed (no training state);
+    ConfigError if this machine builds a model unlike the run's."""
+    from barnraise.peer.training.model import build_run_model
 
-    layout = param_layout(build_model(manifest.model, manifest.seed))
+    layout = param_layout(build_run_model(manifest))
     return sum(int(torch.Size(s).numel()) for _, s in layout), layout
 
 

@@ -127,7 +127,7 @@ def test_export_and_sample_a_builtin_model(tmp_path):
     flat = torch.cat([weights[n].reshape(-1) for n in names])
     assert torch.equal(flat, states[9].params)
     config = json.loads((tmp_path / "out" / "config.json").read_text())
-    assert config["barnraise_model"] == "gpt-nano" and config["vocab_size"] == 256
+    assert config["model"] == "gpt-nano" and config["vocab_size"] == 256
 
     # the newest damaged: refused in one line, the previous one exported
     (run / "checkpoints" / "round-000009" / "outer.safetensors").write_bytes(b"\0" * 64)
