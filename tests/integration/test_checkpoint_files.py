@@ -21,7 +21,7 @@ from barnraise.peer.sync.state import GlobalState
 from barnraise.peer.training.model import build_model
 from tests.conftest import ROOT, init_run, run_cli
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = pytest.mark.timeout(300)
 
 WRITER = textwrap.dedent(
     """
