@@ -181,3 +181,23 @@ def test_status_shows_the_newest_checkpoint_round_and_age():
     assert checkpoint_cell(None) == "checkpoint none"
     assert rules.status_entry([], now) is None
     assert math.isfinite(entry["loss"])
+
+
+def test_pulled_state_is_checked_against_the_rounds_majority_and_donors_spread():
+    from barnraise.peer.sync.puller import agreed_hash, rank_donors
+    from barnraise.protos import heartbeat_pb2
+
+    def beat(peer, hash_round, phash, recent=(), link="direct"):
+        hb = heartbeat_pb2.Heartbeat(peer_id=peer, hash_round=hash_round, params_hash=phash, link=link)
+        hb.recent_hashes.extend(heartbeat_pb2.RoundHash(round=r, params_hash=h) for r, h in recent)
+        return hb
+
+    beats = [beat("a", 9, "x"), beat("b", 9, "x"), beat("c", 10, "z", recent=[(9, "y")])]
+    assert agreed_hash(beats, 9) == "x"  # 2 of the 3 that report round 9
+    assert agreed_hash(beats, 10) == "z"
+    assert agreed_hash([beat("a", 9, "x"), beat("b", 9, "y")], 9) is None  # no strict majority
+    assert agreed_hash(beats, 3) is None
+    beats = [beat(p, 9, "x", link="relayed" if p == "r" else "direct") for p in ("r", "a", "b", "c")]
+    orders = {tuple(rank_donors(beats, ["r", "a", "b", "c"], rnd)) for rnd in range(20)}
+    assert all(order[-1] == "r" for order in orders)  # a relayed donor last
+    assert len({order[0] for order in orders}) > 1  # the first donor changes with the round
