@@ -32,13 +32,27 @@ def _sources(dht, manifest, peer_id: str) -> list[tuple[int, str, list[str], flo
     return sorted(found, key=lambda s: -s[0])
 
 
+def _run_manifest(dht, timeout_s: float):
+    """(the run's verified manifest, its tokenizer file or None) from the coordinator."""
+    from barnraise.coordinator import records
+    from barnraise.coordinator.signing import verify_manifest
+    from barnraise.peer.net.coordinator_client import CoordinatorClient
+
+    rec = records.wait_for_run(dht, None, timeout_s)
+    client = CoordinatorClient(rec.grpc_addrs)
+    try:
+        manifest = verify_manifest(client.manifest()[0])
+        tok = manifest.tokenizer
+        return manifest, client.fetch_file(tok.file) if tok.HasField("file") else None
+    finally:
+        client.close()
+
+
 def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
     """``make(...)`` (a ``Weights``) of the state pulled from the swarm."""
-    from barnraise.coordinator import records
     from barnraise.coordinator.dhtnode import DHTOptions, start_dht
-    from barnraise.coordinator.signing import dht_validators, verify_manifest
+    from barnraise.coordinator.signing import dht_validators
     from barnraise.peer.net.auth import OPEN_RUN
-    from barnraise.peer.net.coordinator_client import CoordinatorClient
     from barnraise.peer.net.p2ploop import P2PLoop
     from barnraise.peer.sync.checkpoint import run_layout, split_flat
     from barnraise.peer.sync.puller import PULL_TIMEOUT_S, pull_state
@@ -53,14 +67,7 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
     dht = start_dht(opts)
     loop = None
     try:
-        rec = records.wait_for_run(dht, None, timeout_s)
-        client = CoordinatorClient(rec.grpc_addrs)
-        try:
-            manifest = verify_manifest(client.manifest()[0])
-            tok = manifest.tokenizer
-            tokenizer_bytes = client.fetch_file(tok.file) if tok.HasField("file") else None
-        finally:
-            client.close()
+        manifest, tokenizer_bytes = _run_manifest(dht, timeout_s)
         if not manifest.membership.open:
             raise ConfigError(
                 f"run {manifest.run_id} is closed: export from its RUN_DIR or a --checkpoint DIR"
