@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from barnraise.coordinator import records
+from barnraise.coordinator import checkpoints, records
 from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.findings import find_problems
 from barnraise.protos import coordinator_pb2, heartbeat_pb2
@@ -279,10 +279,12 @@ def build_report(
     beats: Sequence[heartbeat_pb2.Heartbeat],
     now: float,
     rejected: Sequence[str] = (),
+    checkpoint: dict | None = None,
 ) -> dict:
     """The whole health report as one JSON-ready dict (schema: coordinator/status_schema.json).
 
-    ``rejected`` holds the reasons records were dropped before this point (``records.read_heartbeats``).
+    ``rejected`` holds the reasons records were dropped before this point (``records.read_heartbeats``);
+    ``checkpoint`` the newest checkpoint (``checkpoints.status_entry``).
     """
     clock_round = run.round_at(now) if run is not None else None
     kept, dropped = screen(beats, now, clock_round)
@@ -309,6 +311,7 @@ def build_report(
         "totals": swarm_totals(peers, agreement),
         "findings": findings,
         "records": {"shown": len(peers), "ignored": len(rejected), "reasons": dict(Counter(rejected))},
+        "checkpoint": checkpoint,
         "generated_at": now,
     }
 
@@ -343,4 +346,6 @@ def query_report(
         if beats is None and run is not None:
             beats = pool.submit(beats_of, run.run_id)
         found = beats.result() if beats is not None else []
-    return build_report(run, found, (now or time.time)(), rejected)
+        ckpts = checkpoints.read_records(dht, run.run_id, timeout_s=timeout_s) if run is not None else []
+    t = (now or time.time)()
+    return build_report(run, found, t, rejected, checkpoints.status_entry(ckpts, t))

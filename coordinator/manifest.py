@@ -223,13 +223,7 @@ def check_manifest(m: manifest_pb2.RunManifest) -> None:
         problems.append(f"format_version {m.format_version} (this barnraise reads {FORMAT_VERSION})")
     if not m.run_id:
         problems.append("empty run_id")
-    md = m.model
-    if not (
-        1 <= md.vocab_size <= 1 << 20 and 1 <= md.seq_len <= 1 << 16 and md.n_layer >= 1 and md.n_head >= 1
-    ):
-        problems.append("model config out of range")
-    elif md.d_model % md.n_head:
-        problems.append(f"d_model {md.d_model} is not a multiple of n_head {md.n_head}")
+    problems += _model_problems(m)
     t = m.training
     if not (
         t.round_s > 0
@@ -254,10 +248,38 @@ def check_manifest(m: manifest_pb2.RunManifest) -> None:
         raise IntegrityError("invalid manifest: " + "; ".join(problems))
 
 
+def _model_problems(m: manifest_pb2.RunManifest) -> list[str]:
+    """What is wrong with the model and tokenizer fields; a spec'd model carries its own shapes."""
+    md, problems = m.model, []
+    if not (1 <= md.vocab_size <= 1 << 22 and 1 <= md.seq_len <= 1 << 16):
+        problems.append("model config out of range")
+    elif md.spec and not md.spec.startswith(("hf:", "py:")):
+        problems.append(f"unknown model spec {md.spec[:40]!r}")
+    elif md.spec.startswith("hf:") and not md.hf_config:
+        problems.append("hf: model without its config")
+    elif not md.spec and not (md.n_layer >= 1 and md.n_head >= 1):
+        problems.append("model config out of range")
+    elif not md.spec and md.d_model % md.n_head:
+        problems.append(f"d_model {md.d_model} is not a multiple of n_head {md.n_head}")
+    tk = m.tokenizer
+    if tk.kind not in ("", "bytes", "bpe", "file"):
+        problems.append(f"unknown tokenizer {tk.kind[:20]!r}")
+    elif tk.kind in ("bpe", "file") and (
+        len(tk.file.sha256) != 64 or not 1 <= tk.vocab_size <= md.vocab_size
+    ):
+        problems.append("tokenizer file or vocabulary out of range")
+    if m.dataset.token_dtype not in ("", "uint8", "uint16", "uint32"):
+        problems.append(f"unknown token dtype {m.dataset.token_dtype[:20]!r}")
+    return problems
+
+
 def manifest_summary(m: manifest_pb2.RunManifest) -> dict:
     return {
         "run_id": m.run_id,
         "model": m.model.name,
+        "params": m.model.n_params,
+        "tokenizer": m.tokenizer.kind or "bytes",
+        "vocab_size": m.model.vocab_size,
         "shards": len(m.shards),
         "tokens": m.dataset.total_tokens,
         "round_s": m.training.round_s,

@@ -27,5 +27,7 @@ class PeerConfig:
     shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
     token: Path | None = None  # membership token file (closed runs)
     run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)
+    checkpoint_every: int = 0  # rounds between this peer's own checkpoints (0: about ten minutes of rounds)
+    keep_checkpoints: int = 3  # own checkpoints kept in CACHE_DIR/<run>/checkpoints
     schedule: tuple[Window, ...] = ()  # local hours to train in (--schedule); none: always
     inject: InjectionPlan | None = None  # tests and benchmarks only: faults by (peer, round)

@@ -30,6 +30,7 @@ from barnraise.peer import events
 from barnraise.peer.averaging.averager import Averager, RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan, reduce_budget
 from barnraise.peer.averaging.robust import RobustConfig
+from barnraise.peer.checkpoints import PeerCheckpoints
 from barnraise.peer.config import PeerConfig
 from barnraise.peer.control import ControlServer, Switches, socket_path
 from barnraise.peer.data.feed import ShardFeed
@@ -45,7 +46,7 @@ from barnraise.peer.sync.rounds import LaunchedRound, finished
 from barnraise.peer.sync.state import GlobalState, OuterStep, all_finite, flat_params, load_flat
 from barnraise.peer.sync.statesync import StateServer
 from barnraise.peer.training.device import pick_device
-from barnraise.peer.training.model import build_model, count_params
+from barnraise.peer.training.model import build_run_model, count_params
 from barnraise.peer.training.trainer import InnerTrainer
 from barnraise.protos import heartbeat_pb2
 
@@ -68,15 +69,16 @@ class PeerDaemon:
         self.carried = 0.0  # samples in the live params that no applied average has taken yet
         self.completed = 0  # rounds applied
         self.stats = PeerStats()
-        self.dht = self.loop = self.heartbeat = self.client = self.feed = None
+        self.dht = self.loop = self.heartbeat = self.client = self.feed = self.checkpoints = None
         self.auth = self.identity_lock = None
 
     # --- start-up -------------------------------------------------------------------------------
     def start(self) -> None:
         self._join_run()
+        model = build_run_model(self.manifest)  # a model unlike the run's is refused before any lease
         self.loop = P2PLoop(self.dht)
         self._open_data()
-        model = self._build_training()
+        self._build_training(model)
         self._start_averaging()
         self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
         self.heartbeat.start()
@@ -112,19 +114,16 @@ class PeerDaemon:
         self.peer_id = self.dht.peer_id.to_base58()
         rec = records.wait_for_run(self.dht, cfg.run_id or None, cfg.join_timeout_s, cfg.run_key_fingerprint)
         self.client = CoordinatorClient(rec.grpc_addrs)
-        signed, genesis = self.client.manifest()
-        self.manifest = verify_manifest(signed)
+        self.signed, genesis = self.client.manifest()
+        self.manifest = verify_manifest(self.signed)
         records.check_announced_key(rec, self.manifest.run_public_key)
         if self.manifest.run_id != rec.run_id:
             raise PeerUnavailable(
                 f"coordinator serves run {self.manifest.run_id}, the DHT announced {rec.run_id}"
             )
+        token, pin = cfg.token, cfg.run_key_fingerprint
         self.auth = PeerAuth.join(
-            self.manifest,
-            self.identity,
-            cache_dir=cfg.cache_dir,
-            token_file=cfg.token,
-            run_key_fingerprint=cfg.run_key_fingerprint,
+            self.manifest, self.identity, cache_dir=cfg.cache_dir, token_file=token, run_key_fingerprint=pin
         )
         self.auth.attach_to_client(self.client)
         self.auth.start(self.dht)
@@ -151,11 +150,10 @@ class PeerDaemon:
         )
         self.cache = self.feed.cache
 
-    def _build_training(self) -> torch.nn.Module:
-        """The run's model from its seed, the initial global state, and the inner trainer on our device."""
+    def _build_training(self, model: torch.nn.Module) -> None:
+        """The initial global state from the run's seeded model, and the inner trainer on our device."""
         cfg, t = self.cfg, self.manifest.training
         self.info = pick_device(cfg.device, cfg.threads, self.slot)  # slots spread over GPUs
-        model = build_model(self.manifest.model, self.manifest.seed)
         self.state = GlobalState.initial(model)
         self.stats.update(init_hash=self.state.params_hash())
         if self.inject.tamper:
@@ -166,7 +164,6 @@ class PeerDaemon:
         self.events.emit(events.DeviceReady.of(self.info, probe, count_params(model)), log)
         self.stats.update(device=self.info.description, device_memory_bytes=self.info.memory_bytes)
         self.stats.update(batch_size=t.batch_size, micro_batch=probe.micro_batch)
-        return model
 
     def _start_averaging(self) -> None:
         """The averaging protocol and the state server on the P2P loop; background catch-up."""
@@ -203,6 +200,7 @@ class PeerDaemon:
             outer=self.outer,
         )
         self._publish_state()
+        self.checkpoints = PeerCheckpoints(cfg, self.manifest, self.signed, self.catchup, self.trainer.model)
 
     def _publish_state(self) -> None:
         self.state_server.publish(self.state)
@@ -213,7 +211,7 @@ class PeerDaemon:
         """Start from the newest state a donor has at hand, and fetch the next round's in the background
         while training (waiting would idle the device for up to a round); True if we adopted one now."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
-        found = self.catchup.now()
+        found = self.checkpoints.resume(self.feed, self.state.params.numel()) or self.catchup.now()
         if found is not None:
             self._adopt(*found, rebase=False)
         self.catchup.start()
@@ -351,6 +349,7 @@ class PeerDaemon:
             self.state = new
             load_flat(self.trainer.model, new.params + local_progress)
             self._publish_state()
+            self.checkpoints.offer(new, self.stats.loss, out.total_weight)
             self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
             h, n = new.params_hash(), len(out.members)
             self.events.emit(
@@ -388,6 +387,7 @@ class PeerDaemon:
         for what, fn in (
             ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop(wait=dht_alive)),
             ("shard feed", lambda: self.feed and dht_alive and self.feed.close()),  # leases, via the DHT
+            ("checkpoints", lambda: self.checkpoints and self.checkpoints.close()),
             ("p2p", lambda: self.loop and self.loop.stop()),
             ("coordinator client", lambda: self.client and self.client.close()),
             ("dht", lambda: self.dht and self.dht.shutdown()),

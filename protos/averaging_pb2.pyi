@@ -192,16 +192,18 @@ class Verdict(_message.Message):
     def __init__(self, ok: _Optional[bool] = ..., result_hash: _Optional[str] = ..., agreed: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., accusations: _Optional[_Iterable[_Union[_audit_pb2.Accusation, _Mapping]]] = ...) -> None: ...
 
 class StateRequest(_message.Message):
-    __slots__ = ("run_id", "min_round", "wait_s", "auth")
+    __slots__ = ("run_id", "min_round", "wait_s", "auth", "checkpoint")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     MIN_ROUND_FIELD_NUMBER: _ClassVar[int]
     WAIT_S_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     min_round: int
     wait_s: float
     auth: _auth_pb2.RequestAuth
-    def __init__(self, run_id: _Optional[str] = ..., min_round: _Optional[int] = ..., wait_s: _Optional[float] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    checkpoint: bool
+    def __init__(self, run_id: _Optional[str] = ..., min_round: _Optional[int] = ..., wait_s: _Optional[float] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ..., checkpoint: _Optional[bool] = ...) -> None: ...
 
 class StateHeader(_message.Message):
     __slots__ = ("ok", "reason", "round", "params_hash", "total_bytes")

@@ -24,25 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61rnraise/protos/manifest.proto\x12\x0c\x62\x61rnraise.v1\"r\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x0f\n\x07\x64_model\x18\x04 \x01(\r\x12\x0f\n\x07n_layer\x18\x05 \x01(\r\x12\x0e\n\x06n_head\x18\x06 \x01(\r\"\x83\x02\n\x0eTrainingConfig\x12\x10\n\x08inner_lr\x18\x01 \x01(\x02\x12\x1a\n\x12inner_weight_decay\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08outer_lr\x18\x04 \x01(\x02\x12\x16\n\x0eouter_momentum\x18\x05 \x01(\x02\x12\x0f\n\x07round_s\x18\x06 \x01(\x02\x12\x13\n\x0bround_delay\x18\x07 \x01(\r\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x15\n\rtopk_fraction\x18\t \x01(\x02\x12\x12\n\ngroup_size\x18\n \x01(\r\x12\x11\n\tgrad_clip\x18\x0b \x01(\x02\x12\x12\n\naggregator\x18\x0c \x01(\t\"P\n\tShardInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x10\n\x08n_tokens\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\r\"V\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0btoken_dtype\x18\x03 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x04\"\x1a\n\nMembership\x12\x0c\n\x04open\x18\x01 \x01(\x08\"\xcc\x02\n\x0bRunManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.barnraise.v1.ModelConfig\x12.\n\x08training\x18\x06 \x01(\x0b\x32\x1c.barnraise.v1.TrainingConfig\x12*\n\x07\x64\x61taset\x18\x07 \x01(\x0b\x32\x19.barnraise.v1.DatasetInfo\x12\'\n\x06shards\x18\x08 \x03(\x0b\x32\x17.barnraise.v1.ShardInfo\x12\x16\n\x0erun_public_key\x18\t \x01(\x0c\x12,\n\nmembership\x18\n \x01(\x0b\x32\x18.barnraise.v1.Membership\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x62\x61rnraise/protos/manifest.proto\x12\x0c\x62\x61rnraise.v1\"\xa4\x02\n\x0bModelConfig\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12\x0f\n\x07seq_len\x18\x03 \x01(\r\x12\x0f\n\x07\x64_model\x18\x04 \x01(\r\x12\x0f\n\x07n_layer\x18\x05 \x01(\r\x12\x0e\n\x06n_head\x18\x06 \x01(\r\x12\x0c\n\x04spec\x18\x64 \x01(\t\x12\x11\n\thf_config\x18\x65 \x01(\x0c\x12*\n\x0b\x63onfig_file\x18\x66 \x01(\x0b\x32\x15.barnraise.v1.FileRef\x12\x13\n\x0b\x66ingerprint\x18g \x01(\t\x12(\n\x06params\x18h \x03(\x0b\x32\x18.barnraise.v1.ParamShape\x12\x10\n\x08n_params\x18i \x01(\x04\x12\x12\n\nbuilt_with\x18j \x01(\t\"\x83\x02\n\x0eTrainingConfig\x12\x10\n\x08inner_lr\x18\x01 \x01(\x02\x12\x1a\n\x12inner_weight_decay\x18\x02 \x01(\x02\x12\x12\n\nbatch_size\x18\x03 \x01(\r\x12\x10\n\x08outer_lr\x18\x04 \x01(\x02\x12\x16\n\x0eouter_momentum\x18\x05 \x01(\x02\x12\x0f\n\x07round_s\x18\x06 \x01(\x02\x12\x13\n\x0bround_delay\x18\x07 \x01(\r\x12\r\n\x05\x63odec\x18\x08 \x01(\t\x12\x15\n\rtopk_fraction\x18\t \x01(\x02\x12\x12\n\ngroup_size\x18\n \x01(\r\x12\x11\n\tgrad_clip\x18\x0b \x01(\x02\x12\x12\n\naggregator\x18\x0c \x01(\t\"P\n\tShardInfo\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x10\n\x08n_tokens\x18\x03 \x01(\x04\x12\r\n\x05index\x18\x04 \x01(\r\"V\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0btoken_dtype\x18\x03 \x01(\t\x12\x14\n\x0ctotal_tokens\x18\x04 \x01(\x04\"\x1a\n\nMembership\x12\x0c\n\x04open\x18\x01 \x01(\x08\"\xfc\x02\n\x0bRunManifest\x12\x16\n\x0e\x66ormat_version\x18\x01 \x01(\r\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\x12\n\ncreated_at\x18\x03 \x01(\x01\x12\x0c\n\x04seed\x18\x04 \x01(\x04\x12(\n\x05model\x18\x05 \x01(\x0b\x32\x19.barnraise.v1.ModelConfig\x12.\n\x08training\x18\x06 \x01(\x0b\x32\x1c.barnraise.v1.TrainingConfig\x12*\n\x07\x64\x61taset\x18\x07 \x01(\x0b\x32\x19.barnraise.v1.DatasetInfo\x12\'\n\x06shards\x18\x08 \x03(\x0b\x32\x17.barnraise.v1.ShardInfo\x12\x16\n\x0erun_public_key\x18\t \x01(\x0c\x12,\n\nmembership\x18\n \x01(\x0b\x32\x18.barnraise.v1.Membership\x12.\n\ttokenizer\x18\x64 \x01(\x0b\x32\x1b.barnraise.v1.TokenizerInfo\"5\n\x0eSignedManifest\x12\x10\n\x08manifest\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\";\n\x07\x46ileRef\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x12\n\nsize_bytes\x18\x02 \x01(\x04\x12\x0c\n\x04name\x18\x03 \x01(\t\"8\n\nParamShape\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\r\x12\r\n\x05\x64type\x18\x03 \x01(\t\"V\n\rTokenizerInfo\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x12\n\nvocab_size\x18\x02 \x01(\r\x12#\n\x04\x66ile\x18\x03 \x01(\x0b\x32\x15.barnraise.v1.FileRefb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'barnraise.protos.manifest_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_MODELCONFIG']._serialized_start=49
-  _globals['_MODELCONFIG']._serialized_end=163
-  _globals['_TRAININGCONFIG']._serialized_start=166
-  _globals['_TRAININGCONFIG']._serialized_end=425
-  _globals['_SHARDINFO']._serialized_start=427
-  _globals['_SHARDINFO']._serialized_end=507
-  _globals['_DATASETINFO']._serialized_start=509
-  _globals['_DATASETINFO']._serialized_end=595
-  _globals['_MEMBERSHIP']._serialized_start=597
-  _globals['_MEMBERSHIP']._serialized_end=623
-  _globals['_RUNMANIFEST']._serialized_start=626
-  _globals['_RUNMANIFEST']._serialized_end=958
-  _globals['_SIGNEDMANIFEST']._serialized_start=960
-  _globals['_SIGNEDMANIFEST']._serialized_end=1013
+  _globals['_MODELCONFIG']._serialized_start=50
+  _globals['_MODELCONFIG']._serialized_end=342
+  _globals['_TRAININGCONFIG']._serialized_start=345
+  _globals['_TRAININGCONFIG']._serialized_end=604
+  _globals['_SHARDINFO']._serialized_start=606
+  _globals['_SHARDINFO']._serialized_end=686
+  _globals['_DATASETINFO']._serialized_start=688
+  _globals['_DATASETINFO']._serialized_end=774
+  _globals['_MEMBERSHIP']._serialized_start=776
+  _globals['_MEMBERSHIP']._serialized_end=802
+  _globals['_RUNMANIFEST']._serialized_start=805
+  _globals['_RUNMANIFEST']._serialized_end=1185
+  _globals['_SIGNEDMANIFEST']._serialized_start=1187
+  _globals['_SIGNEDMANIFEST']._serialized_end=1240
+  _globals['_FILEREF']._serialized_start=1242
+  _globals['_FILEREF']._serialized_end=1301
+  _globals['_PARAMSHAPE']._serialized_start=1303
+  _globals['_PARAMSHAPE']._serialized_end=1359
+  _globals['_TOKENIZERINFO']._serialized_start=1361
+  _globals['_TOKENIZERINFO']._serialized_end=1447
 # @@protoc_insertion_point(module_scope)

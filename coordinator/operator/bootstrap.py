@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from barnraise.coordinator import __version__
+from barnraise.coordinator import __version__, checkpoints
 from barnraise.coordinator.atomic import write_atomic
 from barnraise.coordinator.dhtnode import DHTOptions, start_dht, visible_maddrs
 from barnraise.coordinator.errors import ConfigError
@@ -125,7 +125,9 @@ class BootstrapNode:
         log.info("run %s: coordinator gRPC on %s", self.manifest.run_id, ", ".join(self.grpc_addrs))
 
     def _genesis(self) -> float:
-        """Round 0's start: kept in RUN_DIR/clock.json; a second entry point adopts the swarm's."""
+        """Round 0's start: kept in RUN_DIR/clock.json; a second entry point adopts the swarm's. Rounds
+        are wall-clock windows, so after a full stop the round numbers go on from the clock, past
+        every checkpoint's round."""
         path = self.cfg.run_dir / CLOCK_FILE
         if self.cfg.initial_peers:
             for rec in find_runs(self.dht, run_key_fingerprint=fingerprint(self.manifest.run_public_key)):
@@ -137,6 +139,9 @@ class BootstrapNode:
             except (ValueError, KeyError, TypeError) as e:
                 raise ConfigError(f"{path} is damaged ({e}): delete it to restart the round clock") from e
         genesis = time.time()
+        newest = checkpoints.newest_info(self.cfg.run_dir / "checkpoints")
+        if newest is not None:  # a run moved here without its clock: go on after its newest checkpoint
+            genesis -= (newest.round + 1) * self.manifest.training.round_s
         write_atomic(path, json.dumps({"genesis": genesis}).encode())
         return genesis
 

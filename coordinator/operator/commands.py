@@ -8,7 +8,9 @@ daemon: an operator's machine needs only what the swarm agrees on (``barnraise.c
 from __future__ import annotations
 
 import json
+import sys
 import threading
+import time
 from pathlib import Path
 
 from barnraise.coordinator.errors import ConfigError
@@ -43,8 +45,16 @@ def register_init(sub) -> None:
     p.add_argument(
         "--model",
         default="gpt-nano",
-        help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide, gpt-large",
+        help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide, gpt-large; hf:CONFIG.json (a transformers causal LM, "
+        "needs barnraise[hf]); or py:package.module:factory[?key=value&...]",
     )
+    p.add_argument(
+        "--tokenizer",
+        default="bytes",
+        help="bytes (default, vocabulary 256), bpe:N (train a byte-level BPE of N tokens on the "
+        "dataset) or a tokenizer.json",
+    )
+    p.add_argument("--seq-len", type=int, default=0, help="context in tokens (default: the model's)")
     add_training_flags(p)
     p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
     p.add_argument("--seed", type=int, default=None)
@@ -69,10 +79,16 @@ def cmd_init(args) -> int:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     options = {"vocab_size": args.vocab_size} if args.vocab_size else {}
+    if args.seq_len < 0:
+        raise ConfigError(f"--seq-len must be positive, got {args.seq_len}")
+    progress = TextProgress()
     manifest = init_run(
         args.run_dir,
         dataset=args.dataset,
         model=args.model,
+        tokenizer=args.tokenizer,
+        seq_len=args.seq_len,
+        progress=progress,
         training=training,
         shard_bytes=args.shard_kib * 1024,
         seed=args.seed,
@@ -80,12 +96,41 @@ def cmd_init(args) -> int:
         closed=args.closed,
         run_key=args.run_key,
     )
+    progress.done()
     print(json.dumps(manifest_summary(manifest)))
     if args.run_key is None:
         print(f"run key: {args.run_dir / 'run.key'} (keep it private; it signs the manifest and tokens)")
     run_key = f" --run-key {args.run_key}" if args.run_key is not None else ""  # the bootstrap seals with it
     print(f"next: barnraise bootstrap --run {args.run_dir}{run_key}")
     return 0
+
+
+class TextProgress:
+    """``init``'s progress while a tokenizer learns or encodes: one line redrawn on a terminal,
+    nothing when stderr is not one (logs and pipes stay clean)."""
+
+    def __init__(self, every_s: float = 0.5):
+        self.tty = sys.stderr.isatty()
+        self.every_s = every_s  # seconds between redraws
+        self.t0 = self.last = time.monotonic()
+        self.what = ""
+        self.shown = False
+
+    def __call__(self, what: str, done: int) -> None:
+        now = time.monotonic()
+        if what != self.what:
+            self.what, self.t0 = what, now
+        if not self.tty or now - self.last < self.every_s:
+            return
+        self.last, self.shown = now, True
+        rate = done / max(1e-9, now - self.t0) / 1e6
+        print(
+            f"\r{what}: {done / 1e6:,.0f} MB read ({rate:.1f} MB/s)   ", end="", file=sys.stderr, flush=True
+        )
+
+    def done(self) -> None:
+        if self.shown:
+            print(file=sys.stderr)
 
 
 # --- bootstrap --------------------------------------------------------------------------------
@@ -111,11 +156,24 @@ def register_bootstrap(sub) -> None:
         metavar="FILE",
         help="the run key (PEM) that seals the coordinator record (default RUN_DIR/run.key)",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="save the swarm's agreed state in RUN_DIR/checkpoints every N rounds (default: about 10 minutes)",
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     p.set_defaults(handler=cmd_bootstrap)
 
 
-def cmd_bootstrap(args) -> int:
+def cmd_bootstrap(args, attach=None) -> int:
+    """Run the bootstrap node until a signal. ``attach(node)``, if given, starts more work in this
+    process once the node is up (the checkpoint puller, which the CLI adds) and returns its stop."""
     from barnraise.coordinator.operator.bootstrap import BootstrapConfig, BootstrapNode
+
+    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
+        raise ConfigError("--checkpoint-every must be 0 or more rounds and --keep-checkpoints 1 or more")
 
     node = BootstrapNode(
         BootstrapConfig(
@@ -136,7 +194,9 @@ def cmd_bootstrap(args) -> int:
     done = threading.Event()
     stop_on_signals(done.set)
     node.start()
+    detach = None
     try:
+        detach = attach(node) if attach is not None else None
         print(f"run {node.manifest.run_id}: coordinator at {', '.join(node.grpc_addrs)}")
         if node.metrics is not None:
             print(f"metrics at {node.metrics.url}")
@@ -149,6 +209,8 @@ def cmd_bootstrap(args) -> int:
         while not done.wait(1.0):
             pass
     finally:
+        if detach is not None:
+            detach()
         node.stop()
     return 0
 

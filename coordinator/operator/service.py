@@ -1,7 +1,9 @@
 """The coordinator gRPC service: manifest, shards and round history, next to grpc.health.v1.
 
 Shards are served from the run directory by sha256; a shard whose bytes on disk no longer match
-the manifest is never served (DATA_LOSS), so a corrupted disk cannot feed peers bad data.
+the manifest is never served (DATA_LOSS), so a corrupted disk cannot feed peers bad data. Run files
+(a model's config.json, the tokenizer.json: ``coordinator/runfiles.py``) are served the same way,
+by the same call, from ``RUN_DIR/files``.
 
 In a closed run, FetchShard and GetHistory need a request signed by a token holder (gRPC metadata
 ``barnraise-auth-bin``: a serialized RequestAuth, see coordinator/tokens.py); GetManifest stays
@@ -22,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from barnraise.coordinator.errors import BarnraiseError, ConfigError
 from barnraise.coordinator.manifest import SHARDS_DIR
+from barnraise.coordinator.runfiles import FILES_DIR, manifest_files
 from barnraise.coordinator.tokens import (
     AUTH_METADATA,
     REVOCATIONS_FILE,
@@ -38,11 +41,21 @@ HISTORY_ROUNDS = 10_000
 SERVICE_NAME = "barnraise.v1.Coordinator"
 
 
+def served_files(manifest: manifest_pb2.RunManifest) -> dict[str, tuple[str, manifest_pb2.ShardInfo]]:
+    """sha256 -> (folder in the run directory, what is served): the shards and the run files."""
+    out = {s.sha256: (SHARDS_DIR, s) for s in manifest.shards}
+    for ref in manifest_files(manifest):
+        out.setdefault(
+            ref.sha256, (FILES_DIR, manifest_pb2.ShardInfo(sha256=ref.sha256, size_bytes=ref.size_bytes))
+        )
+    return out
+
+
 def verify_shards(run_dir: Path, manifest: manifest_pb2.RunManifest) -> set[str]:
-    """Hashes of shards present on disk with the right content; logs the others."""
+    """Hashes of shards and run files present on disk with the right content; logs the others."""
     good = set()
-    for s in manifest.shards:
-        path = run_dir / SHARDS_DIR / s.sha256
+    for folder, s in served_files(manifest).values():
+        path = run_dir / folder / s.sha256
         h = hashlib.sha256()
         try:
             with open(path, "rb") as f:
@@ -73,7 +86,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         self.run_dir = run_dir
         self.signed = signed
         self.genesis = genesis
-        self.shards = {s.sha256: s for s in manifest.shards}
+        self.shards = served_files(manifest)
         self.servable = verify_shards(run_dir, manifest)
         self.history: deque[coordinator_pb2.RoundSummary] = deque(maxlen=HISTORY_ROUNDS)
         self._lock = threading.Lock()
@@ -117,9 +130,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
 
     def FetchShard(self, request, context):
         self._authorize(context, "FetchShard", request)
-        info = self.shards.get(request.sha256)
-        if info is None:
+        found = self.shards.get(request.sha256)
+        if found is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"shard {request.sha256[:16]} is not in this run")
+        folder, info = found
         if request.sha256 not in self.servable:
             context.abort(
                 grpc.StatusCode.DATA_LOSS, f"shard {request.sha256[:16]} is corrupted or missing here"
@@ -128,7 +142,7 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
             context.abort(
                 grpc.StatusCode.OUT_OF_RANGE, f"offset {request.offset} beyond shard size {info.size_bytes}"
             )
-        with open(self.run_dir / SHARDS_DIR / request.sha256, "rb") as f:
+        with open(self.run_dir / folder / request.sha256, "rb") as f:
             f.seek(request.offset)
             offset = request.offset
             while block := f.read(CHUNK_BYTES):

@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 READ_BLOCK = 1 << 20  # bytes read from an input file at a time; even, so uint16 blocks stay whole
 BYTE_VOCAB_SIZE = 256  # byte-level corpora: a token is a byte
 UINT16_VOCAB_LIMIT = 1 << 16  # a uint16 token id cannot reach this
-TOKEN_ITEMSIZE = {"uint8": 1, "uint16": 2}
+TOKEN_ITEMSIZE = {"uint8": 1, "uint16": 2, "uint32": 4}
 
 
 @dataclass(frozen=True, kw_only=True)

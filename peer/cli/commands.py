@@ -80,6 +80,14 @@ def register_peer(sub) -> None:
         "--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS
     )
     p.add_argument("--metrics-port", default="", metavar="[HOST:]PORT", help="serve Prometheus /metrics")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="rounds between this peer's own checkpoints in CACHE_DIR (default: about 10 minutes of rounds)",
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="own checkpoints kept (default 3)")
     add_controls(p)  # the positional pause|resume|leave and --schedule
     # Last: --config and --print-config; every visible flag above is also settable from
     # BARNRAISE_<FLAG> and the file (settings.py).
@@ -161,6 +169,8 @@ def peer_config(args):
         from barnraise.coordinator.metrics import parse_metrics_address
 
         parse_metrics_address(args.metrics_port)
+    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
+        raise ConfigError("--checkpoint-every must be 0 or more rounds and --keep-checkpoints 1 or more")
     return PeerConfig(
         initial_peers=tuple(args.initial_peers),
         run_id=args.run_id,
@@ -177,6 +187,8 @@ def peer_config(args):
         token=args.token,
         run_key_fingerprint=args.run_key_fingerprint,
         schedule=parse_schedule(args.schedule),
+        checkpoint_every=args.checkpoint_every,
+        keep_checkpoints=args.keep_checkpoints,
         inject=injection_plan(args),
     )
 
@@ -311,12 +323,15 @@ def register_demo(sub) -> None:
 def registry() -> list:
     """Every subcommand's ``register(sub)``, in the order ``barnraise --help`` lists them."""
     from barnraise.coordinator.operator import commands as operator
+    from barnraise.peer.cli import checkpointing
 
     return [
         operator.register_init,
-        operator.register_bootstrap,
+        checkpointing.register_bootstrap,  # the operator's, with the checkpoint puller attached
         register_peer,
         register_status,
+        checkpointing.register_export,
+        checkpointing.register_sample,
         register_demo,
         operator.register_token,
     ]

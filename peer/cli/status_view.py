@@ -53,7 +53,19 @@ def summary_lines(report: dict) -> list[str]:
     if t["agreement"]:
         a = t["agreement"]
         second.append(f"params agree {a['peers']}/{a['of']} at round {a['round']}")
+    second.append(checkpoint_cell(report.get("checkpoint")))
     return ["  ".join(first), "  ".join(second)]
+
+
+def checkpoint_cell(c: dict | None) -> str:
+    """The newest checkpoint's round and age, or that there is none."""
+    if c is None:
+        return "checkpoint none"
+    age = c["age_s"]
+    ago = f"{age:.0f} s" if age < 120 else (f"{age / 60:.0f} min" if age < 7200 else f"{age / 3600:.1f} h")
+    return (
+        f"checkpoint round {c['round']} ({ago} ago, {c['holders']} holder{'s' if c['holders'] > 1 else ''})"
+    )
 
 
 def empty_message(report: dict) -> str | None:

@@ -106,6 +106,7 @@ class ShardFeed:
         self.failed: set[int] = set()  # shards no source could serve, ever (refuse to train if all)
         self._asked_at: float | None = None  # monotonic time of the trainer's first request
         self._closers: list = []
+        self.floor: tuple[int, dict[int, int]] = (-1, {})  # (epoch, shard -> offset) a checkpoint records
         self._set_epoch(leases.read_epoch_hint())
         keeper.start(self.epoch)
 
@@ -116,6 +117,19 @@ class ShardFeed:
         self.done: set[int] = set()  # shards of this epoch known done (DHT, or finished here)
         self.unobtainable: dict[int, float] = {}  # shard -> monotonic time until which it is skipped
         self.keeper.set_epoch(epoch)
+
+    def restore(self, position) -> None:
+        """Start no earlier in the data than ``position`` (a checkpoint's ``DataPosition``): its
+        epoch, its finished shards and its partly trained ones' offsets. Positions only move the
+        feed forward, so one older than what the DHT records changes nothing."""
+        if position.epoch > self.epoch:
+            self._set_epoch(position.epoch)
+        if position.epoch == self.epoch:
+            self.done |= {s for s in position.done if 0 <= s < len(self.shards)}
+            self.floor = (position.epoch, dict(position.offsets))
+            log.info(
+                "data position: epoch %d, %d shards done (from a checkpoint)", self.epoch, len(self.done)
+            )
 
     def _refresh_done(self) -> None:
         try:
@@ -214,6 +228,8 @@ class ShardFeed:
     def _start(self, held: HeldLease) -> bool:
         """Fetch and open a freshly claimed shard; False if it cannot be trained now."""
         info = self.shards[held.shard]
+        if self.floor[0] == held.epoch:  # a checkpoint we resumed from had trained this far
+            held.offset = max(held.offset, self.floor[1].get(held.shard, 0))
         self.keeper.hold(held)  # renewed from now on, also while the fetch runs
         if held.offset >= trainable_tokens(info.n_tokens, self.manifest.model.seq_len):
             self.done.add(held.shard)  # the previous owner got to the end but did not say so

@@ -178,7 +178,7 @@ class ShardCache:
 
 
 def shard_tokens(data: bytes, token_dtype: str) -> torch.Tensor:
-    dtype = np.uint16 if token_dtype == "uint16" else np.uint8
+    dtype = {"uint16": np.uint16, "uint32": np.uint32}.get(token_dtype, np.uint8)
     return torch.from_numpy(np.frombuffer(data, dtype=dtype).astype(np.int64))
 
 

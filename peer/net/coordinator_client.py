@@ -12,6 +12,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from barnraise.coordinator.errors import PeerUnavailable, ProtocolError
+from barnraise.coordinator.runfiles import MAX_RUN_FILE_BYTES, check_file
 from barnraise.protos import coordinator_pb2, coordinator_pb2_grpc, manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,13 @@ class CoordinatorClient:
                 f"coordinator could not serve shard {info.index}: {e.code().name} {e.details()}"
             ) from e
         return bytes(buf)
+
+    def fetch_file(self, ref: manifest_pb2.FileRef, timeout_s: float = 120.0) -> bytes:
+        """A run file (config.json, tokenizer.json), served like a shard, checked against ``ref``."""
+        if ref.size_bytes > MAX_RUN_FILE_BYTES:
+            raise ProtocolError(f"run file {ref.name} of {ref.size_bytes} bytes is over the limit")
+        info = manifest_pb2.ShardInfo(sha256=ref.sha256, size_bytes=ref.size_bytes)
+        return check_file(self.fetch_shard(info, timeout_s), ref)
 
     def history(self, max_rounds: int = 0) -> list[coordinator_pb2.RoundSummary]:
         try:

@@ -42,6 +42,8 @@ MAX_MESSAGE_BYTES = 4096  # a request or a header: ids, numbers and a signed mem
 MAX_DONOR_WAIT_S = 30.0  # a requester cannot hold a donor's stream open longer than this
 POLL_S = 0.05  # how often a waiting donor looks at its averaging round
 ANNOUNCED_STATES = 2  # states whose chunks a donor keeps at hand (its current one and the next)
+CHECKPOINT_SHARE = 0.25  # share of the donor's uplink a checkpoint pull may take (peer/sync/puller.py)
+HOME_UPLINK_BPS = 25e6 / 8  # bytes/s assumed for a donor that declares no bandwidth
 STATE = rpc.Method(
     name=STATE_HANDLER,
     request=averaging_pb2.StateRequest,
@@ -51,8 +53,9 @@ STATE = rpc.Method(
 
 
 class StateServer:
-    """Serves the state whole (``barnraise.state``) and in hashed chunks to syncing peers that fetch
-    from several donors at once (``barnraise.state.manifest`` and ``barnraise.state.chunks``)."""
+    """Serves the state whole (``barnraise.state``, paced for checkpoint pulls) and in hashed chunks
+    to syncing peers that fetch from several donors at once (``barnraise.state.manifest`` and
+    ``barnraise.state.chunks``)."""
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class StateServer:
         *,
         auth: PeerAuth | OpenRun,
         corrupt_state: Callable[[], bool] | None = None,
+        uplink_bps: float = 0.0,
     ):
         self.p2p = p2p
         self.run_id = run_id
@@ -68,6 +72,9 @@ class StateServer:
         self.corrupt_state = corrupt_state  # tests: whether to serve broken chunks now
         self._announced: dict[tuple[int, str], tuple[GlobalState, statechunks_pb2.StateManifest]] = {}
         self.updates = UpdateLog()  # our last rounds' averages, for peers catching up by rounds
+        # checkpoint pulls' pace, bytes/s: a bounded share of our uplink (declared, or a home link's)
+        self.checkpoint_bps = CHECKPOINT_SHARE * (uplink_bps or HOME_UPLINK_BPS)
+        self._checkpoint_busy = False  # one checkpoint pull served at a time
         self._lock = threading.Lock()
         self._current: GlobalState | None = None  # the state this peer holds (states never change)
         self._inflight: LaunchedRound | None = None  # the round launched from it, if any
@@ -133,14 +140,32 @@ class StateServer:
         state = await self._choose(req.min_round, req.wait_s) if req.run_id == self.run_id else None
         if state is None or state.round < 0:
             return averaging_pb2.StateHeader(ok=False, reason="no state for that run")
+        if req.checkpoint and self._checkpoint_busy:
+            return averaging_pb2.StateHeader(ok=False, reason="busy serving another checkpoint pull")
         blob = await asyncio.to_thread(self._serialized, state)
         header = averaging_pb2.StateHeader(
             ok=True, round=state.round, params_hash=state.params_hash(), total_bytes=len(blob)
         )
         await stream.write(header, STATE.reply_timeout_s)
+        if not req.checkpoint:
+            await self._send(stream, blob, pace_bps=0.0)
+            return None
+        self._checkpoint_busy = True
+        try:
+            await self._send(stream, blob, pace_bps=self.checkpoint_bps)
+        finally:
+            self._checkpoint_busy = False
+        return None
+
+    @staticmethod
+    async def _send(stream: rpc.Stream, blob: bytes, pace_bps: float) -> None:
+        """The state in frames; with ``pace_bps`` no faster than that many bytes/s on average."""
+        t0 = time.monotonic()
         for i in range(0, len(blob), CHUNK_BYTES):
             await stream.write(blob[i : i + CHUNK_BYTES], 60.0)
-        return None
+            sent = i + CHUNK_BYTES
+            if pace_bps > 0 and sent < len(blob):
+                await asyncio.sleep(max(0.0, t0 + sent / pace_bps - time.monotonic()))
 
     async def _serve_manifest(
         self, stream: rpc.Stream, req: averaging_pb2.StateRequest
@@ -217,11 +242,14 @@ async def download_state(
     auth: PeerAuth | OpenRun,
     min_round: int = -1,
     wait_s: float = 0.0,
+    checkpoint: bool = False,
 ) -> GlobalState:
     """Download ``donor``'s state; with ``min_round``, the donor may wait ``wait_s`` for that round's.
 
     ``timeout_s``: the most seconds between two frames of the state."""
-    request = averaging_pb2.StateRequest(run_id=run_id, min_round=min_round, wait_s=wait_s)
+    request = averaging_pb2.StateRequest(
+        run_id=run_id, min_round=min_round, wait_s=wait_s, checkpoint=checkpoint
+    )
     async with rpc.call(
         p2p, donor, STATE, request, access=auth, connect_timeout_s=10.0, send_timeout_s=5.0
     ) as stream:

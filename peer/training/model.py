@@ -1,85 +1,87 @@
-"""A small GPT over bytes (or tokens): the built-in model every peer builds from the manifest.
+"""The run's model on a peer: built from the manifest, checked against its fingerprint, and its flat
+state viewed as named tensors (what checkpoints and exports hold).
 
-Initialisation is seeded from the run seed, so peers that start together hold bit-identical
-parameters without downloading anything.
+Building lives on the coordinator's side (``coordinator/networks.py``, ``coordinator/gpt.py``)
+because ``init`` builds the same model to take its fingerprint; the built-in GPT's names are
+re-exported here for the code that builds one directly.
 """
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
-from torch.nn import functional as F
 
+from barnraise.coordinator.errors import ConfigError
+from barnraise.coordinator.gpt import GPT, Block, build_model, count_params
+from barnraise.coordinator.modelspec import check_model
+from barnraise.coordinator.networks import LanguageModel, build_network, network_of
 from barnraise.protos import manifest_pb2
 
-
-class Block(nn.Module):
-    def __init__(self, d: int, n_head: int):
-        super().__init__()
-        self.n_head = n_head
-        self.ln1 = nn.LayerNorm(d)
-        self.qkv = nn.Linear(d, 3 * d)
-        self.proj = nn.Linear(d, d)
-        self.ln2 = nn.LayerNorm(d)
-        self.fc = nn.Linear(d, 4 * d)
-        self.out = nn.Linear(4 * d, d)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(d, dim=2)
-        q, k, v = (z.view(b, t, self.n_head, d // self.n_head).transpose(1, 2) for z in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = x + self.proj(y.transpose(1, 2).reshape(b, t, d))
-        return x + self.out(F.gelu(self.fc(self.ln2(x))))
+__all__ = [
+    "GPT",
+    "Block",
+    "LanguageModel",
+    "build_model",
+    "build_run_model",
+    "count_params",
+    "flat_from_named",
+    "load_named",
+    "named_state",
+    "network_of",
+]
 
 
-class GPT(nn.Module):
-    def __init__(self, cfg: manifest_pb2.ModelConfig):
-        super().__init__()
-        d = cfg.d_model
-        self.seq_len = cfg.seq_len
-        self.tok = nn.Embedding(cfg.vocab_size, d)
-        self.pos = nn.Embedding(cfg.seq_len, d)
-        self.blocks = nn.ModuleList(Block(d, cfg.n_head) for _ in range(cfg.n_layer))
-        self.ln = nn.LayerNorm(d)
-        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
-        self.head.weight = self.tok.weight  # tied embeddings
-        self.apply(self._init)
-        for name, p in self.named_parameters():
-            if name.endswith("proj.weight") or name.endswith("out.weight"):
-                nn.init.normal_(p, std=0.02 / math.sqrt(2 * cfg.n_layer))
+def build_run_model(manifest: manifest_pb2.RunManifest) -> nn.Module:
+    """The run's model from its seed, called as ``model(idx, targets=None) -> (logits, loss)``.
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        t = idx.shape[1]
-        x = self.tok(idx) + self.pos(torch.arange(t, device=idx.device))
-        for block in self.blocks:
-            x = block(x)
-        logits = self.head(self.ln(x))
-        if targets is None:
-            return logits, None
-        return logits, F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1))
+    Raises ConfigError (one line, naming the first differing parameter) when the model this machine
+    builds is not the one the run was initialised with.
+    """
+    model = build_network(manifest.model, manifest.seed)
+    check_model(manifest.model, model)
+    return model
 
 
-def build_model(cfg: manifest_pb2.ModelConfig, seed: int) -> GPT:
-    """The run's model, initialised identically on every peer (CPU RNG, seeded)."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
-        return GPT(cfg)
-    finally:
-        torch.random.set_rng_state(gen_state)
+def named_state(model: nn.Module, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A flat state (``GlobalState.params``) as ``{parameter name: tensor}``, in the model's order.
+
+    The names are the network's own (``network_of``); tied parameters appear once, under the first
+    name. The tensors are views of ``flat``: clone them before changing them.
+    """
+    params = list(network_of(model).named_parameters())
+    total = sum(p.numel() for _, p in params)
+    if total != flat.numel():
+        raise ConfigError(f"a state of {flat.numel()} values does not fit this model's {total} parameters")
+    out, offset = {}, 0
+    for name, p in params:
+        out[name] = flat[offset : offset + p.numel()].view(p.shape)
+        offset += p.numel()
+    return out
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+def flat_from_named(model: nn.Module, named: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The flat fp32 state from ``{parameter name: tensor}``; ConfigError on a missing or misshapen one."""
+    parts = []
+    for name, p in network_of(model).named_parameters():
+        t = named.get(name)
+        if t is None:
+            raise ConfigError(f"the state has no parameter {name}")
+        if tuple(t.shape) != tuple(p.shape):
+            raise ConfigError(
+                f"parameter {name} is {list(t.shape)} in the state, {list(p.shape)} in the model"
+            )
+        parts.append(t.detach().reshape(-1).float().cpu())
+    return torch.cat(parts) if parts else torch.zeros(0)
+
+
+def load_named(model: nn.Module, named: dict[str, torch.Tensor]) -> None:
+    """Copy ``{parameter name: tensor}`` into the model (every parameter must be there, finite)."""
+    flat = flat_from_named(model, named)
+    if not torch.isfinite(flat).all():
+        raise ConfigError("the state holds non-finite values")
+    offset = 0
+    with torch.no_grad():
+        for p in model.parameters():
+            n = p.numel()
+            p.copy_(flat[offset : offset + n].view_as(p))
+            offset += n

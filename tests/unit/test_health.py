@@ -195,7 +195,7 @@ def test_garbage_records_never_crash_the_reader():
 
 GOLDEN = """\
 run r1  round 6 (10 s rounds, 10.5 s actual)  peers alive 3 (1 dead)  samples/s 300.0
-mean loss 2.500 falling (-0.1000/round)  params agree 2/3 at round 5
+mean loss 2.500 falling (-0.1000/round)  params agree 2/3 at round 5  checkpoint none
 peer       device             round  phase      loss  samples/s  share    sent  params  joined/missed   seen  status
 …Peer1111  cpu                    6  training  2.500      100.0    43%  1.5 MB  aaaa@5            5/0   1.0s  ok
 …Peer2222  cpu                    6  training  2.500      100.0    38%  1.5 MB  aaaa@5            5/0   1.0s  ok
