@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from barnraise.coordinator import __version__, records
+from barnraise.coordinator import __version__, records, swarmclock
 from barnraise.coordinator.signing import seal_heartbeat
 from barnraise.protos import heartbeat_pb2
 
@@ -60,6 +59,9 @@ class PeerStats:
     genesis: float = 0.0  # the run's clock (unix s) and round length (s), for the run beacon
     round_s: float = 0.0
     group_size: int = 0
+    clock_offset_s: float = 0.0  # our clock minus the swarm's, seconds (peer/clock.py)
+    clock_sources: int = 0  # sources of that estimate; 0: not estimated yet
+    upload_limit_mbit: float = 0.0  # --max-upload-mbit; 0: unlimited
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, **changes) -> None:
@@ -110,7 +112,7 @@ class PeerStats:
         a future cancelled after a timed-out wait counts too."""
 
         def done(_future) -> None:
-            if time.time() > deadline:
+            if swarmclock.now() > deadline:
                 with self.lock:
                     self.rounds_late += 1
                     self.late_round = round_no
@@ -137,7 +139,7 @@ class PeerStats:
                 rounds_joined=self.rounds_joined,
                 rounds_missed=self.rounds_missed,
                 last_exclusion=self.last_exclusion,
-                timestamp=time.time(),
+                timestamp=swarmclock.now(),
                 samples_total=self.samples_total,
                 codec_sent=self.codec_sent,
                 batch_size=self.batch_size,
@@ -155,6 +157,9 @@ class PeerStats:
                 rounds_late=self.rounds_late,
                 late_round=self.late_round,
                 group_size=self.group_size,
+                clock_offset_s=self.clock_offset_s,
+                clock_sources=self.clock_sources,
+                upload_limit_mbit=self.upload_limit_mbit,
             )
 
     def beacon(self, run_id: str) -> heartbeat_pb2.RunBeacon | None:
@@ -167,7 +172,7 @@ class PeerStats:
                 genesis=self.genesis,
                 round_s=self.round_s,
                 group_size=self.group_size,
-                timestamp=time.time(),
+                timestamp=swarmclock.now(),
             )
 
 

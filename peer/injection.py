@@ -12,7 +12,8 @@ every round)::
         {"kind": "fault", "mode": "nan", "from_round": 3, "to_round": 6},
         {"kind": "attack", "mode": "signflip", "peer": "12D3KooW..."},
         {"kind": "corrupt_shards"},
-        {"kind": "tamper"}
+        {"kind": "tamper"},
+        {"kind": "clock", "offset_s": -5}
     ]}
 
 The kinds:
@@ -27,6 +28,9 @@ The kinds:
     attack          send a Byzantine update instead of the honest one (``mode``: a name from
                     ``peer/attacks.py``)
     corrupt_shards  flip the first 64 bytes of every shard served to another peer
+    clock           the process's clock reads ``offset_s`` seconds off (``time.time`` and all that
+                    reads it, hivemind's DHT included), as a drifting machine's would; set before
+                    the peer starts (``skew_clock``), so it takes no peer or round range
 
 A bad file is one ``ConfigError`` line naming the file, the fault and the problem. The product
 asks an ``Injector`` at its hook points and has no hook installed when there is no plan. The
@@ -38,6 +42,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,10 +54,11 @@ from barnraise.peer.attacks import ATTACKS, Attacker
 from barnraise.peer.averaging import codecs
 from barnraise.protos import averaging_pb2
 
-KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards")
+KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards", "clock")
+MAX_SKEW_S = 600.0  # a clock fault's offset, at most
 PART_FAULTS = ("nan", "shape", "oversize", "stall")
 _COMMON_KEYS = ("kind", "peer", "from_round", "to_round")
-_KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",)}
+_KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",), "clock": ("offset_s",)}
 
 
 def _is_int(v) -> bool:
@@ -67,6 +73,7 @@ class Fault:
     to_round: int | None = None  # last round covered, included; None = no end
     factor: float = 1.0  # slowdown: compute takes this many times as long
     mode: str = ""  # fault: one of PART_FAULTS; attack: one of peer.attacks.ATTACKS
+    offset_s: float = 0.0  # clock: seconds the process's clock reads ahead (negative: behind)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -79,8 +86,16 @@ class Fault:
                 raise ValueError(f"{name} must be a round number (an integer >= 0), got {v!r}")
         if self.from_round is not None and self.to_round is not None and self.from_round > self.to_round:
             raise ValueError(f"from_round {self.from_round} is after to_round {self.to_round}")
-        if self.kind == "tamper" and (self.from_round, self.to_round) != (None, None):
-            raise ValueError("tamper takes no round range: it perturbs the state a peer starts from")
+        if self.kind in ("tamper", "clock") and (self.from_round, self.to_round) != (None, None):
+            raise ValueError(f"{self.kind} takes no round range: it is set before the peer starts")
+        if self.kind == "clock" and self.peer:
+            raise ValueError("clock takes no peer: it is set before the peer knows its id")
+        if self.kind == "clock" and not (
+            isinstance(self.offset_s, int | float)
+            and not isinstance(self.offset_s, bool)
+            and abs(self.offset_s) <= MAX_SKEW_S
+        ):
+            raise ValueError(f"clock offset_s must be a number of seconds within +-{MAX_SKEW_S:g}")
         if self.kind == "slowdown" and not (
             isinstance(self.factor, int | float)
             and not isinstance(self.factor, bool)
@@ -127,6 +142,22 @@ class InjectionPlan:
     @property
     def tamper(self) -> bool:
         return any(f.kind == "tamper" for f in self.faults)
+
+    @property
+    def clock_skew_s(self) -> float:
+        """Seconds the process's clock is to read off (the clock faults' sum; 0: none)."""
+        return float(sum(f.offset_s for f in self.faults if f.kind == "clock"))
+
+
+def skew_clock(offset_s: float) -> None:
+    """Make this process's clock read ``offset_s`` seconds off from here on: ``time.time`` and
+    ``time.time_ns``, so our code, logging and hivemind (imported after this, its DHT process
+    forked after this) all see the skewed time, as on a machine whose clock drifted."""
+    if not offset_s:
+        return
+    real, real_ns = time.time, time.time_ns
+    time.time = lambda: real() + offset_s
+    time.time_ns = lambda: real_ns() + int(offset_s * 1e9)
 
 
 def parse_plan(data, where: str = "plan") -> InjectionPlan:
