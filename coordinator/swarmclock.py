@@ -30,6 +30,7 @@ SETTLE_S = 0.02  # a new estimate this close to the one in use keeps the old (no
 
 _lock = threading.Lock()
 _offset_s = 0.0  # this machine's clock minus the swarm's, seconds
+_skew_s = 0.0  # tests only (peer --inject, kind clock): seconds our clock reads beyond time.time()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -106,11 +107,24 @@ def correct(offset_s: float) -> bool:
         return True
 
 
+def skew(seconds: float) -> None:
+    """Tests: make this machine's clock, as barnraise reads it (``reading``), ``seconds`` off."""
+    global _skew_s
+    if not (math.isfinite(seconds) and abs(seconds) <= MAX_OFFSET_S):
+        raise ValueError(f"a clock skew must be within +-{MAX_OFFSET_S:g} s, got {seconds}")
+    _skew_s = float(seconds)
+
+
+def reading() -> float:
+    """This machine's clock (unix seconds), uncorrected: what an exchange's sample is taken on."""
+    return time.time() + _skew_s
+
+
 def now() -> float:
     """The swarm's time (unix seconds) as this process knows it."""
-    return time.time() - offset()
+    return reading() - offset()
 
 
 def local(swarm_t: float) -> float:
-    """Our clock's reading at swarm time ``swarm_t``: for waits that compare against ``time.time()``."""
-    return swarm_t + offset()
+    """``time.time()``'s reading at swarm time ``swarm_t``: for waits that compare against it."""
+    return swarm_t + offset() - _skew_s

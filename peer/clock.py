@@ -18,7 +18,6 @@ import asyncio
 import logging
 import random
 import threading
-import time
 
 from barnraise.coordinator import records, swarmclock
 from barnraise.coordinator.errors import BarnraiseError
@@ -32,6 +31,7 @@ EVERY_S = 30.0  # seconds between two estimates
 MAX_PEERS = 5  # peers asked per estimate (besides the bootstrap)
 TRIES = 3  # exchanges per source; the one with the shortest round trip counts
 GATHER_TIMEOUT_S = 15.0  # every probe of one estimate together
+WARN_OFFSET_S = 1.0  # an offset beyond this is worth telling the volunteer about
 
 
 class ClockKeeper:
@@ -72,17 +72,23 @@ class ClockKeeper:
         self.stats.update(clock_offset_s=swarmclock.offset(), clock_sources=est.sources)
         event = events.ClockEstimated(offset_s=est.offset_s, sources=est.sources, dropped=list(est.dropped))
         self.events.emit(event, log if changed else None)
+        if changed and abs(est.offset_s) > WARN_OFFSET_S:
+            log.warning(
+                "this machine's clock is %+.1f s off the swarm's: rounds are corrected for it, but "
+                "turn on time synchronisation (NTP) so other programs agree",
+                est.offset_s,
+            )
         return est
 
     def _bootstrap_samples(self) -> list[ClockSample]:
         out = []
         for _ in range(TRIES):
-            sent_at = time.time()
+            sent_at = swarmclock.reading()
             try:
                 server_time = self.client.time()
             except BarnraiseError:  # the bootstrap is gone: the peers keep the time
                 break
-            s = swarmclock.sample("bootstrap", sent_at, server_time, time.time())
+            s = swarmclock.sample("bootstrap", sent_at, server_time, swarmclock.reading())
             if s is not None:
                 out.append(s)
         return out

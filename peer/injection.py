@@ -28,9 +28,9 @@ The kinds:
     attack          send a Byzantine update instead of the honest one (``mode``: a name from
                     ``peer/attacks.py``)
     corrupt_shards  flip the first 64 bytes of every shard served to another peer
-    clock           the process's clock reads ``offset_s`` seconds off (``time.time`` and all that
-                    reads it, hivemind's DHT included), as a drifting machine's would; set before
-                    the peer starts (``skew_clock``), so it takes no peer or round range
+    clock           the machine's clock, as barnraise reads it, is ``offset_s`` seconds off (round
+                    windows, deadlines, timestamps, clock exchanges), as a drifting machine's would;
+                    set before the peer starts (``skew_clock``), so it takes no peer or round range
 
 A bad file is one ``ConfigError`` line naming the file, the fault and the problem. The product
 asks an ``Injector`` at its hook points and has no hook installed when there is no plan. The
@@ -42,12 +42,12 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from barnraise.coordinator import swarmclock
 from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.attacks import ATTACKS, Attacker
@@ -150,14 +150,10 @@ class InjectionPlan:
 
 
 def skew_clock(offset_s: float) -> None:
-    """Make this process's clock read ``offset_s`` seconds off from here on: ``time.time`` and
-    ``time.time_ns``, so our code, logging and hivemind (imported after this, its DHT process
-    forked after this) all see the skewed time, as on a machine whose clock drifted."""
-    if not offset_s:
-        return
-    real, real_ns = time.time, time.time_ns
-    time.time = lambda: real() + offset_s
-    time.time_ns = lambda: real_ns() + int(offset_s * 1e9)
+    """Make this machine's clock read ``offset_s`` seconds off, as barnraise reads it
+    (``swarmclock.reading``): the round clock, every deadline and timestamp of ours and the clock
+    exchanges see the skewed time, as on a machine whose clock drifted."""
+    swarmclock.skew(offset_s)
 
 
 def parse_plan(data, where: str = "plan") -> InjectionPlan:

@@ -216,7 +216,7 @@ def cmd_peer(args) -> int:
     from barnraise.peer.injection import skew_clock
     from barnraise.peer.net.uplink import UPLOAD
 
-    skew_clock(cfg.inject.clock_skew_s if cfg.inject else 0.0)  # tests: before hivemind reads the clock
+    skew_clock(cfg.inject.clock_skew_s if cfg.inject else 0.0)  # tests: a machine whose clock is off
     UPLOAD.set_limit_mbit(cfg.max_upload_mbit)  # the process's one bucket: every protocol's bytes
     from barnraise.peer.daemon import PeerDaemon
     from barnraise.peer.events import open_events

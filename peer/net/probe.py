@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import time
 from dataclasses import dataclass
 
 from barnraise.coordinator import swarmclock
@@ -103,11 +102,11 @@ async def probe(
 ) -> tuple[clock_pb2.ProbeReply, float, float]:
     """One probe: (reply, our clock when we sent it, our clock when its reply arrived).
     ``ProtocolError`` when the server refused it or answered out of bounds."""
-    sent_at = time.time()
+    sent_at = swarmclock.reading()
     reply = await rpc.ask(
         p2p, peer, PROBE, request, access=access, timeout_s=timeout_s, max_reply_bytes=PROBE.max_request_bytes
     )
-    received_at = time.time()
+    received_at = swarmclock.reading()
     if reply.refused:
         raise ProtocolError(f"peer {peer[:12]} refused the probe: {reply.refused[:200]}")
     if len(reply.padding) != request.download_bytes or len(reply.dialed) not in (0, len(request.dial_back)):
