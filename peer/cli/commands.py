@@ -328,6 +328,12 @@ def register_demo(sub) -> None:
     register(sub)
 
 
+def register_doctor(sub) -> None:
+    from barnraise.peer.cli.doctor import register
+
+    register(sub)
+
+
 def registry() -> list:
     """Every subcommand's ``register(sub)``, in the order ``barnraise --help`` lists them."""
     from barnraise.coordinator.operator import commands as operator
@@ -337,6 +343,7 @@ def registry() -> list:
         operator.register_bootstrap,
         register_peer,
         register_status,
+        register_doctor,
         register_demo,
         operator.register_token,
     ]
