@@ -18,7 +18,15 @@ from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.peer.net.wire import HEADER, parse_frame, read_frame_bytes
 from barnraise.peer.sync.state import GlobalState
-from barnraise.protos import auth_pb2, averaging_pb2, coordinator_pb2, heartbeat_pb2, manifest_pb2, shards_pb2
+from barnraise.protos import (
+    auth_pb2,
+    averaging_pb2,
+    clock_pb2,
+    coordinator_pb2,
+    heartbeat_pb2,
+    manifest_pb2,
+    shards_pb2,
+)
 from tests.fuzz.strategies import (
     encoded,
     hostile,
@@ -119,7 +127,15 @@ def check_wire(case) -> None:
 MESSAGES = sorted(
     (
         m._concrete_class
-        for mod in (auth_pb2, averaging_pb2, coordinator_pb2, heartbeat_pb2, manifest_pb2, shards_pb2)
+        for mod in (
+            auth_pb2,
+            averaging_pb2,
+            clock_pb2,
+            coordinator_pb2,
+            heartbeat_pb2,
+            manifest_pb2,
+            shards_pb2,
+        )
         for m in mod.DESCRIPTOR.message_types_by_name.values()
     ),
     key=lambda c: c.DESCRIPTOR.full_name,
@@ -143,9 +159,17 @@ def check_proto(case) -> None:
 def _methods() -> list[rpc.Method]:
     from barnraise.peer.averaging import allreduce, matchmaking, verdict
     from barnraise.peer.data import shardserver
+    from barnraise.peer.net import probe
     from barnraise.peer.sync import statesync
 
-    return [matchmaking.JOIN, allreduce.REDUCE, verdict.CONFIRM, shardserver.SHARD, statesync.STATE]
+    return [
+        matchmaking.JOIN,
+        allreduce.REDUCE,
+        verdict.CONFIRM,
+        shardserver.SHARD,
+        statesync.STATE,
+        probe.PROBE,
+    ]
 
 
 class _Errors(logging.Handler):

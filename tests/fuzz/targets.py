@@ -51,7 +51,7 @@ def run_target(target: Target, max_examples: int, seed: int | None = None) -> in
 
 
 def all_targets() -> dict[str, Target]:
-    from tests.fuzz import peer_targets, record_targets
+    from tests.fuzz import clock_targets, peer_targets, record_targets
 
-    found = [*peer_targets.TARGETS, *record_targets.TARGETS]
+    found = [*peer_targets.TARGETS, *record_targets.TARGETS, *clock_targets.TARGETS]
     return {t.name: t for t in found}
