@@ -280,6 +280,10 @@ def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
         return "absurd numbers"
     if hb.group_size > 1 << 20:
         return "absurd numbers"
+    if not abs(hb.clock_offset_s) <= swarmclock.MAX_OFFSET_S or hb.clock_sources > 1 << 10:
+        return "absurd clock offset"
+    if not 0 <= hb.upload_limit_mbit <= 1e6:
+        return "absurd upload limit"
     if not -1 <= hb.hash_round <= MAX_ROUND or hb.exclusion_round > MAX_ROUND or hb.late_round > MAX_ROUND:
         return "absurd round"
     for name in ("samples_total", "bytes_sent", "bytes_received", "device_memory_bytes"):
