@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 EVERY_S = 30.0  # seconds between two estimates
 MAX_PEERS = 5  # peers asked per estimate (besides the bootstrap)
 TRIES = 3  # exchanges per source; the one with the shortest round trip counts
-GATHER_TIMEOUT_S = 15.0  # every probe of one estimate together
+GATHER_TIMEOUT_S = 10.0  # every probe of one estimate together
 WARN_OFFSET_S = 1.0  # an offset beyond this is worth telling the volunteer about
 
 

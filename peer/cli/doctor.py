@@ -19,7 +19,7 @@ from pathlib import Path
 
 from barnraise.peer.diagnosis import Check, failed, render_json, render_text
 
-BUDGET_S = 25.0  # the whole run of checks, seconds (the promise is under 30 s)
+BUDGET_S = 20.0  # the waits of all checks, seconds (the promise is under 30 s, start-up and shutdown included)
 TRANSFER_BYTES = 2 << 20  # each way, for the bandwidth checks
 MAX_PEERS = 3  # swarm members asked for their time
 
