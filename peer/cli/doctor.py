@@ -14,12 +14,15 @@ It finishes within ``BUDGET_S``: every wait takes what is left of it. Exit 0 whe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 from barnraise.peer.diagnosis import Check, failed, render_json, render_text
 
-BUDGET_S = 20.0  # the waits of all checks, seconds (the promise is under 30 s, start-up and shutdown included)
+BUDGET_S = (
+    20.0  # the waits of all checks, seconds (the promise is under 30 s, start-up and shutdown included)
+)
 TRANSFER_BYTES = 2 << 20  # each way, for the bandwidth checks
 MAX_PEERS = 3  # swarm members asked for their time
 
@@ -116,6 +119,8 @@ def machine_checks(args, rec, manifest) -> list[Check]:
         on_cuda = info.device.type == "cuda"
         batch = manifest.training.batch_size or 1
         fit = memoryfit.fit(params, manifest.model, batch, info.device.type, available)
+        if on_cuda and fit.micro_batch and not args.memory_limit_mb:  # measure what was estimated
+            fit = dataclasses.replace(fit, micro_batch=memoryfit.probe_micro_batch(manifest, info))
         checks.append(diagnosis.device(info.description, manifest.model, fit, on_cuda))
     except BarnraiseError as e:
         checks.append(Check(name="device", status=diagnosis.FAIL, detail=str(e)))

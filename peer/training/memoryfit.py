@@ -1,7 +1,7 @@
 """Will the run's model train on this device, and with what micro-batch? An estimate, before joining.
 
-``barnraise doctor`` answers without running a step (the peer itself probes the real micro-batch on
-CUDA, ``device.fit_micro_batch``): memory = weights, gradients and AdamW's two moments (16 bytes a
+``barnraise doctor`` estimates first, then on CUDA runs the probe the peer itself runs
+(``probe_micro_batch``: ``device.fit_micro_batch`` through ``InnerTrainer.fit``): memory = weights, gradients and AdamW's two moments (16 bytes a
 parameter, fp32), plus on the CPU the global state the outer step keeps (parameters and momentum)
 and the update vectors of averaging (20 bytes a parameter), plus activations per sequence of the
 micro-batch: per block 34·s·h + 5·a·s² values (Korthikanti et al., 2022) in the compute dtype, and
@@ -87,3 +87,20 @@ def available_memory(device: torch.device) -> int:
     except OSError:
         pass
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def probe_micro_batch(manifest: manifest_pb2.RunManifest, info) -> int:
+    """On CUDA, the probe the peer itself runs (``InnerTrainer.fit``: forward and backward, halving
+    on out-of-memory) on random tokens through the run's model; the micro-batch found. ConfigError
+    when not even one sequence fits. The memory is given back before returning."""
+    from barnraise.peer.training.model import build_model
+    from barnraise.peer.training.trainer import InnerTrainer
+
+    model, vocab, seq = manifest.model, manifest.model.vocab_size, manifest.model.seq_len
+    trainer = InnerTrainer(build_model(model, manifest.seed), manifest.training, info)
+    try:
+        trainer.fit(lambda n: (torch.randint(0, vocab, (n, seq)), torch.randint(0, vocab, (n, seq))))
+        return trainer.micro_batch
+    finally:
+        del trainer
+        torch.cuda.empty_cache()

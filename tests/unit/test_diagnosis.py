@@ -113,3 +113,15 @@ def test_max_upload_mbit_is_layered_like_every_flag(tmp_path, monkeypatch):
 
     with pytest.raises(ConfigError):
         config(["--max-upload-mbit", "-1"], {})
+
+
+@pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA device: the probe runs the model"
+)
+def test_micro_batch_probe_on_cuda():
+    from barnraise.peer.training.device import pick_device
+
+    manifest = manifest_pb2.RunManifest(
+        seed=1, model=MEDIUM, training=manifest_pb2.TrainingConfig(batch_size=16, inner_lr=1e-3)
+    )
+    assert memoryfit.probe_micro_batch(manifest, pick_device("cuda")) == 16
