@@ -69,7 +69,7 @@ def cmd_doctor(args) -> int:
 def run_checks(args, budget: Budget) -> list[Check]:
     from barnraise.coordinator import records
     from barnraise.coordinator.dhtnode import DHTOptions, start_dht
-    from barnraise.coordinator.errors import BarnraiseError
+    from barnraise.coordinator.errors import BarnraiseError, ConfigError
     from barnraise.coordinator.signing import verify_manifest
     from barnraise.peer.diagnosis import unreachable
     from barnraise.peer.net.auth import dht_extra
@@ -83,6 +83,8 @@ def run_checks(args, budget: Budget) -> list[Check]:
             start_timeout_s=budget.left(15),
         )
         dht = start_dht(opts)
+    except ConfigError:  # a mistake in the flags: one line, exit 2 (main)
+        raise
     except BarnraiseError as e:
         return [unreachable(str(e))]
     client = None
