@@ -17,6 +17,7 @@ from tests.conftest import ROOT, init_run, inject, wait_for
 
 pytestmark = pytest.mark.timeout(240)
 
+SLACK_S = 60  # a loaded test machine's bound for runs whose waits fit in doctor's 20 s budget
 CHECKS = {
     "python",
     "torch",
@@ -76,22 +77,24 @@ def test_doctor_on_a_live_swarm(swarm, tmp_path):
     assert set(checks) >= CHECKS, sorted(checks)
     assert all(c["status"] == "PASS" for c in checks.values()), out
     assert abs(checks["clock"]["value"]) < 0.5 and checks["upload"]["value"] > 0, out
-    assert took < 30, took
+    assert took < 30, took  # the promise, on a machine not loaded many times over
 
-    # a clock 5 s ahead and a device with 1 MiB, side by side
-    skewed = doctor(
-        swarm.initial_peers,
-        tmp_path,
-        "--json",
-        *inject(tmp_path / "skew.json", {"kind": "clock", "offset_s": 5}),
+    # a clock 5 s ahead is reported (and corrected for, so it only WARNs)
+    rc, out, took = finish(
+        doctor(
+            swarm.initial_peers,
+            tmp_path,
+            "--json",
+            *inject(tmp_path / "skew.json", {"kind": "clock", "offset_s": 5}),
+        )
     )
-    small = doctor(swarm.initial_peers, tmp_path, "--memory-limit-mb", "1")
-    rc, out, took = finish(skewed)
     clock = by_name(out)["clock"]
     assert rc == 0 and clock["status"] == "WARN" and abs(clock["value"] - 5.0) < 0.5, out
-    assert "NTP" in clock["advice"] and took < 30
-    rc, out, took = finish(small)
-    assert rc == 1 and took < 30, out
+    assert "NTP" in clock["advice"] and took < SLACK_S, took
+
+    # a device with 1 MiB cannot train the model: FAIL with advice, exit 1
+    rc, out, took = finish(doctor(swarm.initial_peers, tmp_path, "--memory-limit-mb", "1"))
+    assert rc == 1 and took < SLACK_S, out
     lines = out.splitlines()
     fail = [i for i, line in enumerate(lines) if line.startswith("FAIL  device")]
     assert fail and "gpt-nano" in lines[fail[0]], out
