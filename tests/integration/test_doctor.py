@@ -77,7 +77,7 @@ def test_doctor_on_a_live_swarm(swarm, tmp_path):
     assert set(checks) >= CHECKS, sorted(checks)
     assert all(c["status"] == "PASS" for c in checks.values()), out
     assert abs(checks["clock"]["value"]) < 0.5 and checks["upload"]["value"] > 0, out
-    assert took < 30, took  # the promise, on a machine not loaded many times over
+    assert took < SLACK_S, took  # 18-20 s at load 8 on 2 cores; the waits fit in 20 s
 
     # a clock 5 s ahead is reported (and corrected for, so it only WARNs)
     rc, out, took = finish(
