@@ -173,6 +173,8 @@ def peer_entry(hb: heartbeat_pb2.Heartbeat, now: float) -> dict:
         "round_wall_s": round(hb.round_wall_s, 2),
         "disagrees": False,
         "straggler": False,
+        "clock_offset_s": round(hb.clock_offset_s, 3) if hb.clock_sources else None,
+        "upload_limit_mbit": round(hb.upload_limit_mbit, 2) if hb.upload_limit_mbit > 0 else None,
     }
 
 

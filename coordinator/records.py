@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from google.protobuf.message import Message
 
+from barnraise.coordinator import swarmclock
 from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.protos import averaging_pb2, coordinator_pb2, heartbeat_pb2
 
@@ -66,9 +67,9 @@ def caches_key(run_id: str) -> str:
 
 
 def dht_time() -> float:
-    from hivemind.utils import get_dht_time
-
-    return get_dht_time()
+    """Expirations are in swarm time (``swarmclock.py``), so a peer whose clock is off stores
+    records that live as long for everyone else as anyone's."""
+    return swarmclock.now()
 
 
 def store(dht, key: str, subkey: str, value: bytes, ttl_s: float, timeout_s: float = DHT_TIMEOUT_S) -> bool:
@@ -279,6 +280,10 @@ def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
         return "absurd numbers"
     if hb.group_size > 1 << 20:
         return "absurd numbers"
+    if not abs(hb.clock_offset_s) <= swarmclock.MAX_OFFSET_S or hb.clock_sources > 1 << 10:
+        return "absurd clock offset"
+    if not 0 <= hb.upload_limit_mbit <= 1e6:
+        return "absurd upload limit"
     if not -1 <= hb.hash_round <= MAX_ROUND or hb.exclusion_round > MAX_ROUND or hb.late_round > MAX_ROUND:
         return "absurd round"
     for name in (

@@ -1,14 +1,16 @@
 """The swarm's round clock: round r is the wall-clock window [genesis + r*T, genesis + (r+1)*T).
 
 Rounds are time boxes, not step counts, so a slow peer never delays a fast one; the bootstrap
-publishes ``genesis`` and ``T`` in the DHT and every peer derives the same windows from them.
+publishes ``genesis`` and ``T`` in the DHT and every peer derives the same windows from them. The
+windows are in swarm time (``swarmclock.py``): a peer whose clock is off corrects by its offset.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
+
+from barnraise.coordinator import swarmclock
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -21,7 +23,7 @@ class RoundClock:
             raise ValueError(f"bad round clock genesis={self.genesis} round_s={self.round_s}")
 
     def round_at(self, t: float | None = None) -> int:
-        t = time.time() if t is None else t
+        t = swarmclock.now() if t is None else t
         return max(0, math.floor((t - self.genesis) / self.round_s))
 
     def start(self, r: int) -> float:

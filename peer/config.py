@@ -24,6 +24,7 @@ class PeerConfig:
     join_timeout_s: float = 30.0  # finding the run in the DHT
     codec: str = ""  # ask groups for a smaller update codec than the run's (slow uplink)
     bandwidth_mbit: float = 0.0  # declared upload bandwidth, Mbit/s: parts reduced follow it (0 = unknown)
+    max_upload_mbit: float = 0.0  # cap on everything our protocols send, Mbit/s on the wire (0 = none)
     shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
     token: Path | None = None  # membership token file (closed runs)
     run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)

@@ -110,6 +110,14 @@ class Switches:
         self.changed.wait(timeout_s)
         self.changed.clear()
 
+    def leave(self) -> bool:
+        """Leave after this round's averaging; False if already asked."""
+        if self.leaving.is_set():
+            return False
+        self.leaving.set()
+        self.changed.set()
+        return True
+
     def act(self, action: str) -> str:
         """Apply a control action; returns the line the client prints."""
         if action == "pause":

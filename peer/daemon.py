@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from barnraise.coordinator import records
+from barnraise.coordinator import records, swarmclock
 from barnraise.coordinator.dhtnode import DHTOptions, start_dht
 from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.coordinator.manifest import DEFAULT_AGGREGATOR
@@ -31,6 +31,7 @@ from barnraise.peer.averaging.averager import Averager, RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan, reduce_budget
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.checkpoints import PeerCheckpoints
+from barnraise.peer.clock import ClockKeeper
 from barnraise.peer.config import PeerConfig
 from barnraise.peer.control import ControlServer, Switches, socket_path
 from barnraise.peer.data.feed import ShardFeed
@@ -68,8 +69,9 @@ class PeerDaemon:
         self.control: ControlServer | None = None
         self.carried = 0.0  # samples in the live params that no applied average has taken yet
         self.completed = 0  # rounds applied
-        self.stats = PeerStats()
+        self.stats = PeerStats(upload_limit_mbit=cfg.max_upload_mbit)
         self.dht = self.loop = self.heartbeat = self.client = self.feed = self.checkpoints = None
+        self.clock_keeper = None
         self.auth = self.identity_lock = None
 
     # --- start-up -------------------------------------------------------------------------------
@@ -80,6 +82,7 @@ class PeerDaemon:
         self._open_data()
         self._build_training(model)
         self._start_averaging()
+        self.clock_keeper = ClockKeeper(daemon=self).start()  # our clock's offset, now and every 30 s
         self.heartbeat = HeartbeatPublisher(self.dht, self.peer_id, self.manifest.run_id, self.stats)
         self.heartbeat.start()
         if not self.inject.tamper:
@@ -258,8 +261,9 @@ class PeerDaemon:
                     continue
                 r = self.clock.round_at()
                 self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
+                end = swarmclock.local(self.clock.end(r))  # the window's end, read on our clock
                 window = self.trainer.train_until(
-                    self.clock.end(r), self.feed.next_batch, self._interrupted, self.inject.slowdown(r)
+                    end, self.feed.next_batch, self._interrupted, self.inject.slowdown(r)
                 )
                 if self.stop_event.is_set():
                     break
@@ -373,11 +377,7 @@ class PeerDaemon:
 
     def leave(self) -> bool:
         """Leave after this round's averaging (``leave``, the first Ctrl-C); False if already asked."""
-        if self.switches.leaving.is_set():
-            return False
-        self.switches.leaving.set()
-        self.switches.changed.set()
-        return True
+        return self.switches.leave()
 
     def close(self) -> None:
         """Leave cleanly and quickly; steps that would only wait on a DHT process already gone are cut short."""
@@ -386,6 +386,7 @@ class PeerDaemon:
             log.info("the DHT process is gone: leases expire by themselves")
         for what, fn in (
             ("heartbeat", lambda: self.heartbeat and self.heartbeat.stop(wait=dht_alive)),
+            ("clock", lambda: self.clock_keeper and self.clock_keeper.stop()),
             ("shard feed", lambda: self.feed and dht_alive and self.feed.close()),  # leases, via the DHT
             ("checkpoints", lambda: self.checkpoints and self.checkpoints.close()),
             ("p2p", lambda: self.loop and self.loop.stop()),

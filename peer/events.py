@@ -26,6 +26,7 @@ scripts share. The events:
     shard_skipped   no source served a good copy of a leased shard: back to the pool for a while
     range_trained   a completed step trained tokens [start, end) of a shard (the old ``--ledger`` line)
     epoch_complete  every shard of an epoch was trained, as far as this peer knows
+    clock_estimated the peer estimated its clock's offset against the swarm (peer/clock.py)
 """
 
 from __future__ import annotations
@@ -236,6 +237,15 @@ class EpochComplete(Event):
     shards: int  # how many shards that is
 
 
+@dataclass(frozen=True, kw_only=True)
+class ClockEstimated(Event):
+    kind: ClassVar[str] = "clock_estimated"
+    line: ClassVar[str] = "clock: {offset_s:+.3f} s against the swarm ({sources} sources agree)"
+    offset_s: float  # this machine's clock minus the swarm's, seconds; its rounds are corrected by it
+    sources: int  # swarm members (and the bootstrap) the median was taken over
+    dropped: list[str] = field(default_factory=list)  # sources left out as outliers
+
+
 KINDS: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
@@ -255,6 +265,7 @@ KINDS: dict[str, type[Event]] = {
         ShardSkipped,
         RangeTrained,
         EpochComplete,
+        ClockEstimated,
     )
 }
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 import logging
 import math
 import threading
-import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from barnraise.coordinator import __version__, records
+from barnraise.coordinator import __version__, records, swarmclock
 from barnraise.coordinator.signing import seal_heartbeat
 from barnraise.protos import heartbeat_pb2
 
@@ -63,6 +62,9 @@ class PeerStats:
     group_size: int = 0
     caught_reducers: dict = field(default_factory=dict)  # reducer -> what it did, for the rest of the run
     dht_records: int = 0  # records its DHT node stores (a leak shows as growth over hours)
+    clock_offset_s: float = 0.0  # our clock minus the swarm's, seconds (peer/clock.py)
+    clock_sources: int = 0  # sources of that estimate; 0: not estimated yet
+    upload_limit_mbit: float = 0.0  # --max-upload-mbit; 0: unlimited
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, **changes) -> None:
@@ -117,7 +119,7 @@ class PeerStats:
         a future cancelled after a timed-out wait counts too."""
 
         def done(_future) -> None:
-            if time.time() > deadline:
+            if swarmclock.now() > deadline:
                 with self.lock:
                     self.rounds_late += 1
                     self.late_round = round_no
@@ -144,7 +146,7 @@ class PeerStats:
                 rounds_joined=self.rounds_joined,
                 rounds_missed=self.rounds_missed,
                 last_exclusion=self.last_exclusion,
-                timestamp=time.time(),
+                timestamp=swarmclock.now(),
                 samples_total=self.samples_total,
                 codec_sent=self.codec_sent,
                 batch_size=self.batch_size,
@@ -164,6 +166,9 @@ class PeerStats:
                 group_size=self.group_size,
                 caught_reducers=[f"{peer}: {why}"[:200] for peer, why in self.caught_reducers.items()],
                 dht_records_stored=self.dht_records,
+                clock_offset_s=self.clock_offset_s,
+                clock_sources=self.clock_sources,
+                upload_limit_mbit=self.upload_limit_mbit,
             )
 
     def beacon(self, run_id: str) -> heartbeat_pb2.RunBeacon | None:
@@ -176,7 +181,7 @@ class PeerStats:
                 genesis=self.genesis,
                 round_s=self.round_s,
                 group_size=self.group_size,
-                timestamp=time.time(),
+                timestamp=swarmclock.now(),
             )
 
 

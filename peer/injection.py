@@ -13,7 +13,8 @@ every round)::
         {"kind": "attack", "mode": "signflip", "peer": "12D3KooW..."},
         {"kind": "corrupt_shards"},
         {"kind": "corrupt_state"},
-        {"kind": "tamper"}
+        {"kind": "tamper"},
+        {"kind": "clock", "offset_s": -5}
     ]}
 
 The kinds:
@@ -31,6 +32,9 @@ The kinds:
                     ``peer/attacks.py``)
     corrupt_shards  flip the first 64 bytes of every shard served to another peer
     corrupt_state   flip the first 64 bytes of every state chunk served to a syncing peer
+    clock           the machine's clock, as barnraise reads it, is ``offset_s`` seconds off (round
+                    windows, deadlines, timestamps, clock exchanges), as a drifting machine's would;
+                    set before the peer starts (``skew_clock``), so it takes no peer or round range
 
 A bad file is one ``ConfigError`` line naming the file, the fault and the problem. The product
 asks an ``Injector`` at its hook points and has no hook installed when there is no plan. The
@@ -47,17 +51,19 @@ from pathlib import Path
 
 import torch
 
+from barnraise.coordinator import swarmclock
 from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.attacks import ATTACKS, Attacker
 from barnraise.peer.averaging import codecs
 from barnraise.protos import averaging_pb2
 
-KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards", "corrupt_state")
+KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards", "corrupt_state", "clock")
+MAX_SKEW_S = 600.0  # a clock fault's offset, at most
 PART_FAULTS = ("nan", "shape", "oversize", "stall", "lie")
 REDUCER_FAULTS = ("stall", "lie")  # faults of the reducer's side: nothing broken in what it sends
 _COMMON_KEYS = ("kind", "peer", "from_round", "to_round")
-_KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",)}
+_KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",), "clock": ("offset_s",)}
 
 
 def _is_int(v) -> bool:
@@ -72,6 +78,7 @@ class Fault:
     to_round: int | None = None  # last round covered, included; None = no end
     factor: float = 1.0  # slowdown: compute takes this many times as long
     mode: str = ""  # fault: one of PART_FAULTS; attack: one of peer.attacks.ATTACKS
+    offset_s: float = 0.0  # clock: seconds the process's clock reads ahead (negative: behind)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -84,8 +91,16 @@ class Fault:
                 raise ValueError(f"{name} must be a round number (an integer >= 0), got {v!r}")
         if self.from_round is not None and self.to_round is not None and self.from_round > self.to_round:
             raise ValueError(f"from_round {self.from_round} is after to_round {self.to_round}")
-        if self.kind == "tamper" and (self.from_round, self.to_round) != (None, None):
-            raise ValueError("tamper takes no round range: it perturbs the state a peer starts from")
+        if self.kind in ("tamper", "clock") and (self.from_round, self.to_round) != (None, None):
+            raise ValueError(f"{self.kind} takes no round range: it is set before the peer starts")
+        if self.kind == "clock" and self.peer:
+            raise ValueError("clock takes no peer: it is set before the peer knows its id")
+        if self.kind == "clock" and not (
+            isinstance(self.offset_s, int | float)
+            and not isinstance(self.offset_s, bool)
+            and abs(self.offset_s) <= MAX_SKEW_S
+        ):
+            raise ValueError(f"clock offset_s must be a number of seconds within +-{MAX_SKEW_S:g}")
         if self.kind == "slowdown" and not (
             isinstance(self.factor, int | float)
             and not isinstance(self.factor, bool)
@@ -135,6 +150,18 @@ class InjectionPlan:
     @property
     def tamper(self) -> bool:
         return any(f.kind == "tamper" for f in self.faults)
+
+    @property
+    def clock_skew_s(self) -> float:
+        """Seconds the process's clock is to read off (the clock faults' sum; 0: none)."""
+        return float(sum(f.offset_s for f in self.faults if f.kind == "clock"))
+
+
+def skew_clock(offset_s: float) -> None:
+    """Make this machine's clock read ``offset_s`` seconds off, as barnraise reads it
+    (``swarmclock.reading``): the round clock, every deadline and timestamp of ours and the clock
+    exchanges see the skewed time, as on a machine whose clock drifted."""
+    swarmclock.skew(offset_s)
 
 
 def parse_plan(data, where: str = "plan") -> InjectionPlan:

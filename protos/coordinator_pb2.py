@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from barnraise.protos import manifest_pb2 as barnraise_dot_protos_dot_manifest__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"barnraise/protos/coordinator.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1f\x62\x61rnraise/protos/manifest.proto\"#\n\x12GetManifestRequest\x12\r\n\x05token\x18\x01 \x01(\x0c\"S\n\x10GetManifestReply\x12.\n\x08manifest\x18\x01 \x01(\x0b\x32\x1c.barnraise.v1.SignedManifest\x12\x0f\n\x07genesis\x18\x02 \x01(\x01\"=\n\x0cShardRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x0c\"?\n\nShardChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"d\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x02\x12\x15\n\rsamples_per_s\x18\x03 \x01(\x02\x12\r\n\x05peers\x18\x04 \x01(\r\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\"$\n\x0eHistoryRequest\x12\x12\n\nmax_rounds\x18\x01 \x01(\r\":\n\x0cHistoryReply\x12*\n\x06rounds\x18\x01 \x03(\x0b\x32\x1a.barnraise.v1.RoundSummary\"\xa6\x01\n\x11\x43oordinatorRecord\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ngrpc_addrs\x18\x02 \x03(\t\x12\x0f\n\x07genesis\x18\x03 \x01(\x01\x12\x0f\n\x07round_s\x18\x04 \x01(\x01\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\x12\x11\n\ttimestamp\x18\x06 \x01(\x01\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x16\n\x0erun_public_key\x18\x08 \x01(\x0c\x32\xec\x01\n\x0b\x43oordinator\x12O\n\x0bGetManifest\x12 .barnraise.v1.GetManifestRequest\x1a\x1e.barnraise.v1.GetManifestReply\x12\x44\n\nFetchShard\x12\x1a.barnraise.v1.ShardRequest\x1a\x18.barnraise.v1.ShardChunk0\x01\x12\x46\n\nGetHistory\x12\x1c.barnraise.v1.HistoryRequest\x1a\x1a.barnraise.v1.HistoryReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"barnraise/protos/coordinator.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1f\x62\x61rnraise/protos/manifest.proto\"#\n\x12GetManifestRequest\x12\r\n\x05token\x18\x01 \x01(\x0c\"S\n\x10GetManifestReply\x12.\n\x08manifest\x18\x01 \x01(\x0b\x32\x1c.barnraise.v1.SignedManifest\x12\x0f\n\x07genesis\x18\x02 \x01(\x01\"=\n\x0cShardRequest\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\r\n\x05token\x18\x03 \x01(\x0c\"?\n\nShardChunk\x12\x0e\n\x06offset\x18\x01 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"d\n\x0cRoundSummary\x12\r\n\x05round\x18\x01 \x01(\x04\x12\x0c\n\x04loss\x18\x02 \x01(\x02\x12\x15\n\rsamples_per_s\x18\x03 \x01(\x02\x12\r\n\x05peers\x18\x04 \x01(\r\x12\x11\n\ttimestamp\x18\x05 \x01(\x01\"$\n\x0eHistoryRequest\x12\x12\n\nmax_rounds\x18\x01 \x01(\r\":\n\x0cHistoryReply\x12*\n\x06rounds\x18\x01 \x03(\x0b\x32\x1a.barnraise.v1.RoundSummary\"\xf2\x01\n\x11\x43oordinatorRecord\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x12\n\ngrpc_addrs\x18\x02 \x03(\t\x12\x0f\n\x07genesis\x18\x03 \x01(\x01\x12\x0f\n\x07round_s\x18\x04 \x01(\x01\x12\x0f\n\x07peer_id\x18\x05 \x01(\t\x12\x11\n\ttimestamp\x18\x06 \x01(\x01\x12\x0f\n\x07version\x18\x07 \x01(\t\x12\x16\n\x0erun_public_key\x18\x08 \x01(\x0c\x12\x17\n\x0epython_version\x18\xc8\x01 \x01(\t\x12\x16\n\rtorch_version\x18\xc9\x01 \x01(\t\x12\x19\n\x10hivemind_version\x18\xca\x01 \x01(\t\"\r\n\x0bTimeRequest\"\x19\n\tTimeReply\x12\x0c\n\x04time\x18\x01 \x01(\x01\x32\xab\x02\n\x0b\x43oordinator\x12O\n\x0bGetManifest\x12 .barnraise.v1.GetManifestRequest\x1a\x1e.barnraise.v1.GetManifestReply\x12\x44\n\nFetchShard\x12\x1a.barnraise.v1.ShardRequest\x1a\x18.barnraise.v1.ShardChunk0\x01\x12\x46\n\nGetHistory\x12\x1c.barnraise.v1.HistoryRequest\x1a\x1a.barnraise.v1.HistoryReply\x12=\n\x07GetTime\x12\x19.barnraise.v1.TimeRequest\x1a\x17.barnraise.v1.TimeReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,7 +47,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HISTORYREPLY']._serialized_start=475
   _globals['_HISTORYREPLY']._serialized_end=533
   _globals['_COORDINATORRECORD']._serialized_start=536
-  _globals['_COORDINATORRECORD']._serialized_end=702
-  _globals['_COORDINATOR']._serialized_start=705
-  _globals['_COORDINATOR']._serialized_end=941
+  _globals['_COORDINATORRECORD']._serialized_end=778
+  _globals['_TIMEREQUEST']._serialized_start=780
+  _globals['_TIMEREQUEST']._serialized_end=793
+  _globals['_TIMEREPLY']._serialized_start=795
+  _globals['_TIMEREPLY']._serialized_end=820
+  _globals['_COORDINATOR']._serialized_start=823
+  _globals['_COORDINATOR']._serialized_end=1122
 # @@protoc_insertion_point(module_scope)

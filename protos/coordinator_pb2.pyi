@@ -68,7 +68,7 @@ class HistoryReply(_message.Message):
     def __init__(self, rounds: _Optional[_Iterable[_Union[RoundSummary, _Mapping]]] = ...) -> None: ...
 
 class CoordinatorRecord(_message.Message):
-    __slots__ = ("run_id", "grpc_addrs", "genesis", "round_s", "peer_id", "timestamp", "version", "run_public_key")
+    __slots__ = ("run_id", "grpc_addrs", "genesis", "round_s", "peer_id", "timestamp", "version", "run_public_key", "python_version", "torch_version", "hivemind_version")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     GRPC_ADDRS_FIELD_NUMBER: _ClassVar[int]
     GENESIS_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,9 @@ class CoordinatorRecord(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PYTHON_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HIVEMIND_VERSION_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     grpc_addrs: _containers.RepeatedScalarFieldContainer[str]
     genesis: float
@@ -85,4 +88,17 @@ class CoordinatorRecord(_message.Message):
     timestamp: float
     version: str
     run_public_key: bytes
-    def __init__(self, run_id: _Optional[str] = ..., grpc_addrs: _Optional[_Iterable[str]] = ..., genesis: _Optional[float] = ..., round_s: _Optional[float] = ..., peer_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., version: _Optional[str] = ..., run_public_key: _Optional[bytes] = ...) -> None: ...
+    python_version: str
+    torch_version: str
+    hivemind_version: str
+    def __init__(self, run_id: _Optional[str] = ..., grpc_addrs: _Optional[_Iterable[str]] = ..., genesis: _Optional[float] = ..., round_s: _Optional[float] = ..., peer_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., version: _Optional[str] = ..., run_public_key: _Optional[bytes] = ..., python_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., hivemind_version: _Optional[str] = ...) -> None: ...
+
+class TimeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class TimeReply(_message.Message):
+    __slots__ = ("time",)
+    TIME_FIELD_NUMBER: _ClassVar[int]
+    time: float
+    def __init__(self, time: _Optional[float] = ...) -> None: ...

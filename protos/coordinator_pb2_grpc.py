@@ -49,6 +49,11 @@ class CoordinatorStub:
                 request_serializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryRequest.SerializeToString,
                 response_deserializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryReply.FromString,
                 _registered_method=True)
+        self.GetTime = channel.unary_unary(
+                '/barnraise.v1.Coordinator/GetTime',
+                request_serializer=barnraise_dot_protos_dot_coordinator__pb2.TimeRequest.SerializeToString,
+                response_deserializer=barnraise_dot_protos_dot_coordinator__pb2.TimeReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -75,6 +80,13 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTime(self, request, context):
+        """The bootstrap's clock, for peers estimating their offset against the swarm (peer/clock.py).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -92,6 +104,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.GetHistory,
                     request_deserializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryRequest.FromString,
                     response_serializer=barnraise_dot_protos_dot_coordinator__pb2.HistoryReply.SerializeToString,
+            ),
+            'GetTime': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTime,
+                    request_deserializer=barnraise_dot_protos_dot_coordinator__pb2.TimeRequest.FromString,
+                    response_serializer=barnraise_dot_protos_dot_coordinator__pb2.TimeReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -175,6 +192,33 @@ class Coordinator:
             '/barnraise.v1.Coordinator/GetHistory',
             barnraise_dot_protos_dot_coordinator__pb2.HistoryRequest.SerializeToString,
             barnraise_dot_protos_dot_coordinator__pb2.HistoryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTime(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/barnraise.v1.Coordinator/GetTime',
+            barnraise_dot_protos_dot_coordinator__pb2.TimeRequest.SerializeToString,
+            barnraise_dot_protos_dot_coordinator__pb2.TimeReply.FromString,
             options,
             channel_credentials,
             insecure,

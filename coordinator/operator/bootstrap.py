@@ -25,6 +25,7 @@ from barnraise.coordinator.operator.service import CoordinatorServicer, serve
 from barnraise.coordinator.records import find_runs, publish_run, read_heartbeats
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.coordinator.signing import dht_validators, run_authority, verify_manifest
+from barnraise.coordinator.versions import local_versions
 from barnraise.protos import coordinator_pb2
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,9 @@ class BootstrapNode:
             peer_id=self.dht.peer_id.to_base58(),
             version=__version__,
         )
+        software = local_versions()
+        self.record.python_version, self.record.torch_version = software.python, software.torch
+        self.record.hivemind_version = software.hivemind
         self._publish()
         if self.cfg.metrics:
             from barnraise.coordinator.metrics import serve_metrics

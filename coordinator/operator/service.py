@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import deque
 from concurrent import futures
 from pathlib import Path
@@ -156,6 +157,10 @@ class CoordinatorServicer(coordinator_pb2_grpc.CoordinatorServicer):
         if request.max_rounds:
             rounds = rounds[-request.max_rounds :]
         return coordinator_pb2.HistoryReply(rounds=rounds)
+
+    def GetTime(self, request, context):
+        """Open to everyone, like the manifest: a newcomer sets its clock before it holds a token."""
+        return coordinator_pb2.TimeReply(time=time.time())
 
     def record_round(self, summary: coordinator_pb2.RoundSummary) -> None:
         with self._lock:

@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from barnraise.coordinator import records
+from barnraise.coordinator import records, swarmclock
 from barnraise.coordinator.codecspec import negotiate_codec
 from barnraise.coordinator.errors import BarnraiseError
 from barnraise.peer.averaging import roles
@@ -192,7 +192,7 @@ class Matchmaker:
             )
 
     async def _lead(self, round_no: int, state: _LeaderRound, plan: RoundPlan) -> averaging_pb2.JoinReply:
-        while time.time() < plan.close_at and not state.expected.issubset(state.joins):
+        while swarmclock.now() < plan.close_at and not state.expected.issubset(state.joins):
             state.any_join.clear()
             try:
                 await asyncio.wait_for(state.any_join.wait(), time_left(plan.close_at))

@@ -14,8 +14,9 @@ leader's schedule.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+
+from barnraise.coordinator import swarmclock
 
 # After the window closes, members wait this share of the round (0.5 .. 3 s) before reading who
 # takes part, so that everyone's DHT entry is there.
@@ -53,7 +54,8 @@ def _clamp(x: float, lo_hi: tuple[float, float]) -> float:
 
 @dataclass(frozen=True, kw_only=True)
 class RoundPlan:
-    """Absolute unix times of one round's phases, in the order they happen."""
+    """Absolute unix times of one round's phases in swarm time (``coordinator/swarmclock.py``), in
+    the order they happen."""
 
     round: int  # the round these times belong to
     compute_end: float  # the compute window closes and the update is taken
@@ -101,4 +103,4 @@ def decide_deadline(reduce_deadline: float) -> float:
 
 def time_left(deadline: float, grace_s: float = 0.0, floor_s: float = 0.0) -> float:
     """Seconds from now until ``deadline + grace_s``, at least ``floor_s`` (a timeout argument)."""
-    return max(floor_s, deadline + grace_s - time.time())
+    return max(floor_s, deadline + grace_s - swarmclock.now())

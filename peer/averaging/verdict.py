@@ -11,10 +11,10 @@ decide deadline, and answers every member's ``CONFIRM`` with that one verdict.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 
+from barnraise.coordinator import swarmclock
 from barnraise.peer.averaging.plan import (
     COLLECT_GRACE_S,
     CONFIRM_CALL_GRACE_S,
@@ -78,7 +78,7 @@ class Verdicts:
         loop.call_later(BOOK_TTL_S, self._confirms.pop, group.group_id, None)
 
     async def _decide(self, book: _Confirmations, deadline: float) -> None:
-        while time.time() < deadline and set(book.hashes) != book.expected:
+        while swarmclock.now() < deadline and set(book.hashes) != book.expected:
             book.changed.clear()
             try:
                 await asyncio.wait_for(book.changed.wait(), time_left(deadline))
@@ -158,4 +158,4 @@ class Verdicts:
         """A member's result hash, once ``rpc.serve`` has checked its membership: the verdict, when known."""
         if msg.sender != stream.remote:
             return averaging_pb2.Verdict(ok=False, reason="sender mismatch")
-        return await self._collect(msg.group_id, stream.remote, msg, time.time() + REMOTE_CONFIRM_WAIT_S)
+        return await self._collect(msg.group_id, stream.remote, msg, swarmclock.now() + REMOTE_CONFIRM_WAIT_S)

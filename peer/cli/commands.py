@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -75,6 +76,13 @@ def register_peer(sub) -> None:
     p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
     p.add_argument(
         "--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)"
+    )
+    p.add_argument(
+        "--max-upload-mbit",
+        type=float,
+        default=0.0,
+        metavar="N",
+        help="never send faster than N Mbit/s, all protocols together (0: no limit); also the bandwidth declared to groups",
     )
     p.add_argument(
         "--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS
@@ -171,6 +179,12 @@ def peer_config(args):
         parse_metrics_address(args.metrics_port)
     if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
         raise ConfigError("--checkpoint-every must be 0 or more rounds and --keep-checkpoints 1 or more")
+    for flag, value in (
+        ("--bandwidth-mbit", args.bandwidth_mbit),
+        ("--max-upload-mbit", args.max_upload_mbit),
+    ):
+        if not (math.isfinite(value) and value >= 0):
+            raise ConfigError(f"{flag} must be 0 (none) or a positive number of Mbit/s, got {value:g}")
     return PeerConfig(
         initial_peers=tuple(args.initial_peers),
         run_id=args.run_id,
@@ -183,7 +197,8 @@ def peer_config(args):
         max_rounds=args.max_rounds,
         shards=shard_options(args),
         codec=args.codec,
-        bandwidth_mbit=args.bandwidth_mbit,
+        bandwidth_mbit=declared_bandwidth(args.bandwidth_mbit, args.max_upload_mbit),
+        max_upload_mbit=args.max_upload_mbit,
         token=args.token,
         run_key_fingerprint=args.run_key_fingerprint,
         schedule=parse_schedule(args.schedule),
@@ -191,6 +206,13 @@ def peer_config(args):
         keep_checkpoints=args.keep_checkpoints,
         inject=injection_plan(args),
     )
+
+
+def declared_bandwidth(bandwidth_mbit: float, max_upload_mbit: float) -> float:
+    """The upload bandwidth declared to groups: the smaller of ``--bandwidth-mbit`` and
+    ``--max-upload-mbit`` where given (we never send faster than the limit), else 0 (unknown)."""
+    given = [v for v in (bandwidth_mbit, max_upload_mbit) if v > 0]
+    return min(given, default=0.0)
 
 
 def control_peer(args) -> int:
@@ -210,6 +232,11 @@ def cmd_peer(args) -> int:
     if args.print_config:
         sys.stdout.write(args.settings.render(args, origin))
         return 0
+    from barnraise.peer.injection import skew_clock
+    from barnraise.peer.net.uplink import UPLOAD
+
+    skew_clock(cfg.inject.clock_skew_s if cfg.inject else 0.0)  # tests: a machine whose clock is off
+    UPLOAD.set_limit_mbit(cfg.max_upload_mbit)  # the process's one bucket: every protocol's bytes
     from barnraise.peer.daemon import PeerDaemon
     from barnraise.peer.events import open_events
 
@@ -320,6 +347,12 @@ def register_demo(sub) -> None:
     register(sub)
 
 
+def register_doctor(sub) -> None:
+    from barnraise.peer.cli.doctor import register
+
+    register(sub)
+
+
 def registry() -> list:
     """Every subcommand's ``register(sub)``, in the order ``barnraise --help`` lists them."""
     from barnraise.coordinator.operator import commands as operator
@@ -332,6 +365,7 @@ def registry() -> list:
         register_status,
         checkpointing.register_export,
         checkpointing.register_sample,
+        register_doctor,
         register_demo,
         operator.register_token,
     ]

@@ -88,6 +88,12 @@ def status_cell(p: dict) -> str:
     return ",".join(marks) or "ok"
 
 
+def clock_cell(p: dict) -> str:
+    """The peer's clock offset against the swarm ("+5.02s"), "-" before its first estimate."""
+    offset = p.get("clock_offset_s")
+    return "-" if offset is None else f"{offset:+.2f}s"
+
+
 def finding_line(f: dict) -> str:
     who = f"{short_id(clean(f['peer_id'], 64))}: " if f["peer_id"] else ""
     return f"{f['kind']}: {who}{clean(f['detail'], 160)}"
@@ -117,17 +123,21 @@ def render_text(report: dict, max_rows: int | None = None) -> str:
     if message:
         lines.append(message)
         return "\n".join(lines) + "\n"
+    shown = report["peers"] if max_rows is None else report["peers"][:max_rows]
+    clocks = any(p.get("clock_offset_s") is not None for p in shown)  # the column once a peer has one
+    clock_head = f"{'clock':>7} " if clocks else ""
     lines.append(
         f"{'peer':12} {'reach':8} {'device':18} {'round':>6} {'phase':9} {'loss':>7} {'samples/s':>10} {'share':>6} "
-        f"{'sent':>9} {'params':22} {'j/m':>7} {'seen':>6} status"
+        f"{'sent':>9} {'params':22} {'j/m':>7} {'seen':>6} {clock_head}status"
     )
-    shown = report["peers"] if max_rows is None else report["peers"][:max_rows]
     for p in shown:
         lines.append(
             f"{short_id(clean(p['peer_id'], 64)):12} {clean(p['link'], 8):8} {clean(p['device'], 18):18} {p['round']:>6} "
             f"{p['phase']:9} {p['loss']:>7.3f} {p['samples_per_s']:>10.1f} {p['contribution']:>6.0%} "
             f"{human_bytes(p['bytes_sent']):>9} {params_cell(p):22} "
-            f"{p['rounds_joined']:>3}/{p['rounds_missed']:<3} {p['last_seen_s']:>5.1f}s {status_cell(p)}"
+            f"{p['rounds_joined']:>3}/{p['rounds_missed']:<3} {p['last_seen_s']:>5.1f}s "
+            + (f"{clock_cell(p):>7} " if clocks else "")
+            + status_cell(p)
         )
     if len(shown) < len(report["peers"]):
         lines.append(f"... and {len(report['peers']) - len(shown)} more peers")
@@ -182,10 +192,11 @@ def peers_table(peers: list[dict]):
     from rich.table import Table
 
     table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False)
-    for name, justify in RICH_COLUMNS:
+    clocks = any(p.get("clock_offset_s") is not None for p in peers)  # the column once a peer has one
+    for name, justify in RICH_COLUMNS + ((("clock", "right"),) if clocks else ()):
         table.add_column(name, justify=justify, no_wrap=True)
     for p in peers:
-        table.add_row(*peer_cells(p), style=peer_style(p))
+        table.add_row(*peer_cells(p), *([clock_cell(p)] if clocks else []), style=peer_style(p))
     return table
 
 

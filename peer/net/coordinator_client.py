@@ -77,6 +77,13 @@ class CoordinatorClient:
         info = manifest_pb2.ShardInfo(sha256=ref.sha256, size_bytes=ref.size_bytes)
         return check_file(self.fetch_shard(info, timeout_s), ref)
 
+    def time(self, timeout_s: float = CONNECT_TIMEOUT_S) -> float:
+        """The bootstrap's clock (unix seconds) when it answered."""
+        try:
+            return self.stub.GetTime(coordinator_pb2.TimeRequest(), timeout=timeout_s).time
+        except grpc.RpcError as e:
+            raise PeerUnavailable(f"coordinator {self.address} did not tell its time: {e.code().name}") from e
+
     def history(self, max_rounds: int = 0) -> list[coordinator_pb2.RoundSummary]:
         try:
             reply = self.stub.GetHistory(

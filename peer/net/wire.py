@@ -2,7 +2,7 @@
 
 hivemind's own protobuf streams read whatever length a sender announces; our averaging and state
 messages come from untrusted peers, so every read states the largest frame it will accept and
-every read and write has a deadline.
+every read and write has a deadline. Every write is paced by the peer's upload limit (``uplink.py``).
 """
 
 from __future__ import annotations
@@ -13,23 +13,40 @@ from typing import TypeVar
 from google.protobuf.message import Message
 
 from barnraise.coordinator.errors import PeerUnavailable, ProtocolError, StreamClosed
+from barnraise.peer.net.uplink import SLICE_BYTES, UPLOAD
 
 HEADER = 4  # big-endian frame length
 M = TypeVar("M", bound=Message)
 
 
 async def write_frame(writer: asyncio.StreamWriter, msg: Message | bytes, timeout_s: float) -> int:
-    """Send one frame; returns bytes written (header included)."""
+    """Send one frame within ``timeout_s``, paced by the upload limit; returns bytes written
+    (header included)."""
     data = msg if isinstance(msg, bytes) else msg.SerializeToString()
-    writer.write(len(data).to_bytes(HEADER, "big"))
-    writer.write(data)
     try:
-        await asyncio.wait_for(writer.drain(), timeout_s)
+        await asyncio.wait_for(_send(writer, len(data).to_bytes(HEADER, "big"), data), timeout_s)
     except (asyncio.TimeoutError, TimeoutError) as e:
         raise PeerUnavailable(f"send of {len(data)} bytes timed out after {timeout_s:.1f} s") from e
     except (ConnectionError, OSError) as e:
         raise PeerUnavailable(f"connection lost while sending: {e}") from e
     return HEADER + len(data)
+
+
+async def _send(writer: asyncio.StreamWriter, header: bytes, data: bytes) -> None:
+    if UPLOAD.rate_bytes_per_s <= 0:  # unlimited: one write
+        writer.write(header)
+        writer.write(data)
+        await writer.drain()
+        return
+    await UPLOAD.take(HEADER)
+    writer.write(header)
+    view = memoryview(data)
+    for i in range(0, len(data), SLICE_BYTES):
+        piece = view[i : i + SLICE_BYTES]
+        await UPLOAD.take(len(piece))
+        writer.write(piece)
+        await writer.drain()
+    await writer.drain()
 
 
 async def read_frame_bytes(reader: asyncio.StreamReader, max_bytes: int, timeout_s: float) -> bytes:

@@ -18,10 +18,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import time
 from collections.abc import Callable
 
-from barnraise.coordinator import records
+from barnraise.coordinator import records, swarmclock
 from barnraise.coordinator.errors import BarnraiseError
 from barnraise.coordinator.runclock import RoundClock
 from barnraise.peer.net.p2ploop import P2PLoop
@@ -116,7 +115,7 @@ class CatchUp:
             return None
         held = self.held()
         phash, rnd, donors = select_donors(beats, self.peer_id, self.rates)
-        min_round, wait_s = sync_target(self.clock, time.time(), held.params.numel(), self.link_mbit)
+        min_round, wait_s = sync_target(self.clock, swarmclock.now(), held.params.numel(), self.link_mbit)
         forked = rnd >= held.round and phash != held.params_hash()  # the majority moved elsewhere
         if not donors or (held.round >= min_round and not forked):
             return None

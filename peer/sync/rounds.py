@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
-import time
 from dataclasses import dataclass, field
 
 import torch
 
+from barnraise.coordinator import swarmclock
 from barnraise.peer.averaging.averager import RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan
 from barnraise.peer.sync.state import GlobalState, OuterStep, all_finite
@@ -51,7 +51,7 @@ class LaunchedRound:
         """The averaging outcome, waiting at most until the plan's apply deadline; a round still
         running then is cancelled and reported as not finished in time."""
         try:
-            return self.future.result(timeout=max(0.0, self.plan.apply_deadline - time.time()))
+            return self.future.result(timeout=max(0.0, self.plan.apply_deadline - swarmclock.now()))
         except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError) as e:
             self.future.cancel()
             return RoundOutcome(

@@ -21,6 +21,7 @@ from barnraise.peer.sync.state import GlobalState
 from barnraise.protos import (
     auth_pb2,
     averaging_pb2,
+    clock_pb2,
     coordinator_pb2,
     heartbeat_pb2,
     manifest_pb2,
@@ -130,6 +131,7 @@ MESSAGES = sorted(
         for mod in (
             auth_pb2,
             averaging_pb2,
+            clock_pb2,
             coordinator_pb2,
             heartbeat_pb2,
             manifest_pb2,
@@ -159,6 +161,7 @@ def check_proto(case) -> None:
 def _methods() -> list[rpc.Method]:
     from barnraise.peer.averaging import allreduce, matchmaking, verdict
     from barnraise.peer.data import shardserver
+    from barnraise.peer.net import probe
     from barnraise.peer.sync import chunks, statesync
 
     return [
@@ -169,6 +172,7 @@ def _methods() -> list[rpc.Method]:
         statesync.STATE,
         chunks.MANIFEST,
         chunks.CHUNKS,
+        probe.PROBE,
     ]
 
 

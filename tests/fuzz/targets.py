@@ -51,7 +51,14 @@ def run_target(target: Target, max_examples: int, seed: int | None = None) -> in
 
 
 def all_targets() -> dict[str, Target]:
-    from tests.fuzz import audit_targets, donor_targets, peer_targets, record_targets, sparse_targets
+    from tests.fuzz import (
+        audit_targets,
+        clock_targets,
+        donor_targets,
+        peer_targets,
+        record_targets,
+        sparse_targets,
+    )
 
     found = [
         *peer_targets.TARGETS,
@@ -59,5 +66,6 @@ def all_targets() -> dict[str, Target]:
         *donor_targets.TARGETS,
         *sparse_targets.TARGETS,
         *audit_targets.TARGETS,
+        *clock_targets.TARGETS,
     ]
     return {t.name: t for t in found}

@@ -154,6 +154,10 @@ def test_lies_about_time_and_round_are_dropped_and_counted():
         {"recent_losses": [float("-inf")]},
         {"recent_hashes": [heartbeat_pb2.RoundHash(round=-9, params_hash="a")]},
         {"offenders": ["a"] * 100},
+        {"clock_offset_s": float("nan")},
+        {"clock_offset_s": -1e7},
+        {"upload_limit_mbit": float("inf")},
+        {"upload_limit_mbit": -5.0},
     ],
 )
 def test_heartbeat_lies_are_rejected(lie):
@@ -341,3 +345,15 @@ def test_a_reducer_caught_lying_is_a_finding_with_its_catchers_and_dht_records_a
     row = next(p for p in r["peers"] if p["peer_id"] == "p1")
     assert row["dht_records"] == 41 and row["caught_reducers"] == ["p4: lied as a reducer: segment 3"]
     assert not schema_errors(r)
+
+
+def test_status_shows_each_peer_clock_offset():
+    beats = [beat("p1", clock_offset_s=5.012, clock_sources=3, upload_limit_mbit=5.0), beat("p2")]
+    report = build_report(RUN, beats, NOW)
+    assert schema_errors(report) == []
+    rows = {p["peer_id"]: p for p in report["peers"]}
+    assert rows["p1"]["clock_offset_s"] == 5.012 and rows["p1"]["upload_limit_mbit"] == 5.0
+    assert rows["p2"]["clock_offset_s"] is None and rows["p2"]["upload_limit_mbit"] is None
+    text = render_text(report)
+    assert "clock" in text and "+5.01s" in text
+    assert "clock" not in render_text(build_report(RUN, [beat("p2")], NOW))
