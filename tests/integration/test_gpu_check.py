@@ -46,6 +46,6 @@ def test_the_quick_cpu_flow_passes_and_writes_its_result(tmp_path):
             s["micro_batch"] == s["batch_size"] == 8 and s["samples_per_s"] > 0 and s["precision"] == "fp32"
         )
     pair = result["pair"]
-    assert pair["rounds_together"] and pair["rounds_agreeing"] == pair["rounds_together"]
+    assert len(pair["rounds_together"]) >= 2 and pair["rounds_agreeing"] == pair["rounds_together"]
     assert pair["training"] == {"codec": "int8", "round_delay": 1, "outer_lr": 1.0, "outer_momentum": 0}
-    assert pair["peer_ids"] == 2 and pair["exit_codes"] == [0, 0] and result["pair_vs_solo"] > 0
+    assert pair["peer_ids"] == 2 and pair["in_time"] and result["pair_vs_solo"] > 0
