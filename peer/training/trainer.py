@@ -48,10 +48,6 @@ class InnerTrainer:
         self.info = info
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay)
         self.micro_batch = cfg.batch_size
-        # Recent inner steps' duration, seconds (moving average; 0 before the first). A window does
-        # not start a step that would end more than half a step past its deadline: with steps of
-        # seconds (a large model) a late step would make the peer join its round's group too late.
-        self.step_s = 0.0
 
     def fit(self, sample_batch: Callable[[int], tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Probe the largest micro-batch on CUDA (no-op on CPU)."""
@@ -98,7 +94,7 @@ class InnerTrainer:
         """Inner steps until ``deadline``. ``slowdown`` > 1 sleeps (slowdown - 1) x each step's time
         after it: an injected fault (peer/injection.py) for tests and benchmarks of slow peers."""
         res = WindowResult()
-        while time.time() + 0.5 * self.step_s < deadline and not should_stop():
+        while time.time() < deadline and not should_stop():
             t0 = time.perf_counter()
             batch = next_batch(self.cfg.batch_size)
             if batch is None:
@@ -113,7 +109,5 @@ class InnerTrainer:
             dt = time.perf_counter() - t0
             if slowdown > 1.0:
                 time.sleep(min(dt * (slowdown - 1.0), max(0.0, deadline - time.time())))
-            took = time.perf_counter() - t0
-            res.compute_s += took
-            self.step_s = took if self.step_s == 0.0 else 0.7 * self.step_s + 0.3 * took
+            res.compute_s += time.perf_counter() - t0
         return res
