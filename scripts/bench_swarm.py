@@ -117,6 +117,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     )
     p.add_argument("--seeds", type=int, default=None, help="runs of every system (default: the regime's)")
     p.add_argument("--peers", type=int, default=4, help="machines per system")
+    p.add_argument("--eval-seqs", type=int, default=None, help="held-out sequences per evaluation (regime's)")
+    p.add_argument("--smooth", type=int, default=None, help="snapshots per moving-average point (regime's)")
     p.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(LABELS)}")
     p.add_argument("--model", default=None, help="default: the regime's (gpt-small, gpt-wide)")
     p.add_argument("--round-s", type=float, default=None, help="default: the regime's (10)")
@@ -145,8 +147,8 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         systems=tuple(k for k in LABELS if a.systems is None or k in a.systems.split(",")),
         mbit=r.up_mbit,
         down_mbit=r.down_mbit,
-        eval_seqs=r.eval_seqs_quick if a.quick else r.eval_seqs,
-        smooth=r.smooth,
+        eval_seqs=a.eval_seqs or (r.eval_seqs_quick if a.quick else r.eval_seqs),
+        smooth=a.smooth or r.smooth,
         seeds=a.seeds or (1 if a.quick else r.seeds),
         declare_bandwidth=r.declare_bandwidth,
         model=a.model or r.model,

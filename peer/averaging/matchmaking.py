@@ -228,7 +228,7 @@ class Matchmaker:
             codec=codec,
             base_hash=base,
             reduce_deadline=plan.reduce_deadline,
-            exchange_s=max(0.0, plan.reduce_deadline - time.time()),
+            exchange_s=max(0.0, plan.reduce_deadline - swarmclock.now()),
         )
         for p, fraction in zip(accepted, fractions, strict=True):
             j = state.joins[p]

@@ -73,10 +73,6 @@ class InnerTrainer:
         self.scaler = grad_scaler() if info.scales_gradients else None
         self.micro_batch = cfg.batch_size
         self.probe: ProbeResult | None = None  # what fit() found
-        # Recent inner steps' duration, seconds (moving average; 0 before the first). A window does
-        # not start a step that would end more than half a step past its deadline: with steps of
-        # seconds (a large model) a late step would make the peer join its round's group too late.
-        self.step_s = 0.0
 
     def fit(
         self,
@@ -194,7 +190,7 @@ class InnerTrainer:
         peak_memory(self.info, reset=True)
         loss_sum: torch.Tensor | None = None
         every = LOSS_READ_STEPS if self.info.device.type == "cuda" else 1
-        while time.time() + 0.5 * self.step_s < deadline and not should_stop():
+        while time.time() < deadline and not should_stop():
             t0 = time.perf_counter()
             batch = next_batch(self.cfg.batch_size)
             if batch is None:
@@ -207,8 +203,6 @@ class InnerTrainer:
                 synchronize(self.info)
                 dt = time.perf_counter() - t0
                 time.sleep(min(dt * (slowdown - 1.0), max(0.0, deadline - time.time())))
-            took = time.perf_counter() - t0
-            self.step_s = took if self.step_s == 0.0 else 0.7 * self.step_s + 0.3 * took
             if res.steps % every == 0 and not self._read_loss(res, loss_sum):
                 break
         if loss_sum is not None and res.steps % every:
