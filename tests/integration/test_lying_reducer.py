@@ -63,9 +63,7 @@ def test_a_lying_reducer_is_caught_named_banned_and_its_average_never_applied(sw
         applied = {e.round for e in read_events(c.events_path, RoundApplied)}
         poisoned = [e.round for e in with_liar if e.round in applied]
         assert not poisoned, f"applied rounds {poisoned} that the liar reduced"
-        assert all(liar_id in e.caught and not e.ok for e in with_liar), (
-            "a round with the liar went unchecked"
-        )
+        assert not [e.round for e in with_liar if e.ok], "a round the liar reduced passed as good"
         after = min(e.round for e in with_liar if e.caught)
         assert not [e for e in exchanges(c) if e.round > after + 1 and liar_id in e.members], (
             "liar not banned"
