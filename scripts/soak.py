@@ -222,7 +222,7 @@ def render(s: dict[str, Any]) -> str:
         "",
         f"RSS growth <= 10%: {v['rss_ok']}; fds flat: {v['fds_ok']}; threads flat: {v['threads_ok']}",
         f"DHT records stored per peer, start -> end of window: {v['dht_records']}",
-        f"rounds applied by honest peers: {v['rounds_checked']}, disagreeing: {v['rounds_disagreeing']}",
+        f"rounds applied by groups of 2+ honest peers: {v['rounds_checked']}, disagreeing: {v['rounds_disagreeing']}",
         f"lying reducer caught by: {v['liar_caught_by']}; honest peers accused: {v['honest_accused']}",
         f"final loss soak {f(s['final_loss_soak'], '.4f')}, calm {f(s['final_loss_calm'], '.4f')}, "
         f"gap {f(s['loss_gap'], '+.2%')} (target within 3%)",

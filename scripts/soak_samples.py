@@ -136,14 +136,19 @@ def _flat(start: float | None, end: float | None) -> bool:
 
 
 def agreement(run: dict[str, Any], honest: set[str]) -> tuple[int, list[int]]:
-    """(rounds checked, rounds in which honest members of one applied group hold different params)."""
+    """(group rounds checked, rounds in which honest members of one applied group hold different
+    params); a peer averaging alone agrees with itself, so groups of one are not counted."""
     from barnraise.peer.events import ExchangeDone, RoundApplied, read_events
 
     by_group: dict[tuple[int, tuple[str, ...]], set[str]] = {}
     for host, path in run["events_files"].items():
         if host not in honest or not path.exists():
             continue
-        ok = {e.round: tuple(sorted(e.members)) for e in read_events(path, ExchangeDone) if e.ok}
+        ok = {
+            e.round: tuple(sorted(e.members))
+            for e in read_events(path, ExchangeDone)
+            if e.ok and len(e.members) > 1
+        }
         for e in read_events(path, RoundApplied):
             if e.round in ok:
                 by_group.setdefault((e.round, ok[e.round]), set()).add(e.params_hash)

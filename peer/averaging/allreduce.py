@@ -284,8 +284,9 @@ class AllReduce:
         for c, (lo, hi) in enumerate(chunks):
             enc = self._encode_chunk(group.codec, update, transmitted, lo, hi)
             if self.identity is not None:
+                j, weight = part
                 enc.commitment = commitments.commit(
-                    self.identity, group.group_id, *part, c, transmitted[lo:hi]
+                    self.identity, group.group_id, j, c, weight, transmitted[lo:hi]
                 )
             payload = (
                 self.faults.corrupt_part(group.round, c, enc, group.codec, hi - lo) if self.faults else enc

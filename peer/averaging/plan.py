@@ -32,7 +32,9 @@ REDUCE_SHARE = {0: 0.5, 1: 0.7}
 MIN_REDUCE_S = 2.0
 
 JOIN_REPLY_GRACE_S = 2.0  # after the close, how long a member waits for the leader's answer
-DECIDE_GRACE_S = 3.0  # after the reduce deadline, how long a leader waits for result hashes
+# After the reduce deadline, how long a leader waits for result hashes; members check reducers
+# (verified reduction, audit.py) before they report theirs, which takes its share of this.
+DECIDE_GRACE_S = 5.0
 VERDICT_SLACK_S = 0.5  # after the decision, how long a member waits for the verdict to arrive
 APPLY_GRACE_S = 10.0  # after the confirm deadline, how long the training thread waits for the outcome
 CONFIRM_CALL_GRACE_S = 2.0  # a member's confirm call stays open this long past its confirm deadline

@@ -10,7 +10,7 @@ import pytest
 from barnraise.peer.events import ExchangeDone, Joined, RoundApplied, read_events
 from tests.conftest import init_run, inject, status_json, wait_for
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = pytest.mark.timeout(330)
 
 
 def peer_id(child) -> str | None:
@@ -40,15 +40,22 @@ def test_a_lying_reducer_is_caught_named_banned_and_its_average_never_applied(sw
         }
         return sorted(alone & {e.round for e in read_events(child.events_path, RoundApplied)})
 
-    wait_for(
-        lambda: (
-            all(liar_id in caught_by(c) for c in honest)
-            and all(len(rounds_without_liar_applied(c)) >= 2 for c in honest)
-        ),
-        180,
-        every_s=2,
-        what="every honest peer to catch the liar, then average twice without it",
-    )
+    try:
+        wait_for(
+            lambda: (
+                all(liar_id in caught_by(c) for c in honest)
+                and all(len(rounds_without_liar_applied(c)) >= 2 for c in honest)
+            ),
+            240,
+            every_s=2,
+            what="every honest peer to catch the liar, then average twice without it",
+        )
+    except AssertionError as e:  # say what each honest peer saw, round by round
+        seen = {
+            c.name: [(x.round, len(x.members), x.ok, x.reason[:80], sorted(x.caught)) for x in exchanges(c)]
+            for c in honest
+        }
+        raise AssertionError(f"{e}\nliar {liar_id}\n{seen}") from None
     for c in honest:
         assert caught_by(c) == {liar_id}, "an honest peer was accused"
         with_liar = [e for e in exchanges(c) if liar_id in e.members]
@@ -56,9 +63,7 @@ def test_a_lying_reducer_is_caught_named_banned_and_its_average_never_applied(sw
         applied = {e.round for e in read_events(c.events_path, RoundApplied)}
         poisoned = [e.round for e in with_liar if e.round in applied]
         assert not poisoned, f"applied rounds {poisoned} that the liar reduced"
-        assert all(liar_id in e.caught and not e.ok for e in with_liar), (
-            "a round with the liar went unchecked"
-        )
+        assert not [e.round for e in with_liar if e.ok], "a round the liar reduced passed as good"
         after = min(e.round for e in with_liar if e.caught)
         assert not [e for e in exchanges(c) if e.round > after + 1 and liar_id in e.members], (
             "liar not banned"

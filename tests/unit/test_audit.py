@@ -164,3 +164,32 @@ def test_picked_segments_spread_over_chunks_not_values():
     last = len(audit.part_segments(numel)) - 1
     hits = sum(last in audit.pick_segments(numel, 1, rng) for _ in range(2000))
     assert 850 < hits < 1150
+
+
+def test_a_members_chunks_carry_commitments_its_reducer_accepts():
+    """The member's side (``AllReduce._send_chunks``) against the reducer's check, no sockets."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from barnraise.peer.averaging.allreduce import AllReduce
+    from barnraise.peer.averaging.partreducer import part_bounds
+
+    people = members()
+    group = make_group(people, "int8")
+    sender, key = people[0]
+    member = AllReduce(p2p=None, peer_id=sender, topk_fraction=0.1, auth=SimpleNamespace(identity=key))
+    update = torch.randn(12_000)
+    transmitted = update.clone()
+    s, e = part_bounds(update.numel(), group)[PART]
+    sent = []
+
+    class Sink:
+        async def write(self, payload, timeout_s):
+            sent.append(payload)
+
+    weight = group.members[0].weight
+    asyncio.run(member._send_chunks(Sink(), group, (PART, weight), update, transmitted, [(s, e)]))
+    r = PartReducer(group=group, index=PART, numel=e - s, topk_fraction=0.1, check_commitments=True)
+    r.begin(sender, weight)
+    r.receive_chunk(sender, 0, sent[0])
+    assert r.commitments[(sender, 0)] == sent[0].commitment
