@@ -20,12 +20,10 @@ import time
 
 import torch
 
-from barnraise.coordinator import records, swarmclock
+from barnraise.coordinator import swarmclock
 from barnraise.coordinator.dhtnode import DHTOptions, start_dht
-from barnraise.coordinator.errors import PeerUnavailable
 from barnraise.coordinator.manifest import DEFAULT_AGGREGATOR
 from barnraise.coordinator.runclock import RoundClock
-from barnraise.coordinator.signing import verify_manifest
 from barnraise.peer import events
 from barnraise.peer.averaging.averager import Averager, RoundOutcome
 from barnraise.peer.averaging.plan import RoundPlan, reduce_budget
@@ -39,7 +37,7 @@ from barnraise.peer.data.shards import ShardSourceRef
 from barnraise.peer.heartbeat import HeartbeatPublisher, PeerStats
 from barnraise.peer.injection import InjectionPlan, Injector
 from barnraise.peer.net.auth import PeerAuth, dht_extra
-from barnraise.peer.net.coordinator_client import CoordinatorClient
+from barnraise.peer.net.coordinator_client import open_run
 from barnraise.peer.net.p2ploop import P2PLoop
 from barnraise.peer.slots import open_peer_identity
 from barnraise.peer.sync.catchup import CatchUp
@@ -115,15 +113,8 @@ class PeerDaemon:
             )
         )
         self.peer_id = self.dht.peer_id.to_base58()
-        rec = records.wait_for_run(self.dht, cfg.run_id or None, cfg.join_timeout_s, cfg.run_key_fingerprint)
-        self.client = CoordinatorClient(rec.grpc_addrs)
-        self.signed, genesis = self.client.manifest()
-        self.manifest = verify_manifest(self.signed)
-        records.check_announced_key(rec, self.manifest.run_public_key)
-        if self.manifest.run_id != rec.run_id:
-            raise PeerUnavailable(
-                f"coordinator serves run {self.manifest.run_id}, the DHT announced {rec.run_id}"
-            )
+        found = open_run(self.dht, cfg.run_id or None, cfg.join_timeout_s, cfg.run_key_fingerprint)
+        self.client, self.signed, self.manifest, genesis = found
         token, pin = cfg.token, cfg.run_key_fingerprint
         self.auth = PeerAuth.join(
             self.manifest, self.identity, cache_dir=cfg.cache_dir, token_file=token, run_key_fingerprint=pin

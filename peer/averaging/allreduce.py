@@ -170,25 +170,11 @@ class AllReduce:
         return reducer
 
     def _tally(self, reducer: PartReducer, stats: ExchangeStats) -> str:
-        """Account for the part we reduced: bytes, clipped and excluded members, its inputs kept
-        for audits; why it failed, or ""."""
+        """Account for the part we reduced (its inputs kept for audits); why it failed, or ""."""
         if self.keeper is not None and reducer.inputs is not None:
             self.keeper(reducer)
-        if reducer.result is not None:
-            stats.contributors[reducer.index] = list(reducer.result.contributors)
-        own = reducer.result
-        stats.bytes_received += reducer.bytes_in
-        remote = [p for p in reducer.contributors if p != self.peer_id]
-        reply_bytes = sum(c.ByteSize() + 8 for c in reducer.chunks) + own.ByteSize() + 4
-        stats.bytes_sent += len(remote) * reply_bytes  # the same replies to each member
-        for p, factor in reducer.clipped.items():
-            stats.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
         self.auth.note_clipped(int(reducer.group.round), reducer.clipped)
-        if own.status != averaging_pb2.PART_OK:
-            return f"own part failed: {own.reason}"
-        for p in own.excluded:
-            stats.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
-        return ""
+        return stats.tally_own_part(reducer, self.peer_id)
 
     def _encode_chunk(
         self, codec: str, update: torch.Tensor, transmitted: torch.Tensor, lo: int, hi: int

@@ -77,3 +77,21 @@ class ExchangeStats:
     result_hash: str = ""  # of the assembled average, set when the exchange succeeded
     contributors: dict[int, list[str]] = field(default_factory=dict)  # part -> senders its reducer combined
     reduced: dict[int, list] = field(default_factory=dict)  # part -> its reduced chunks, as received
+
+    def tally_own_part(self, reducer, peer_id: str) -> str:
+        """Account for the part we reduced (a ``PartReducer``): bytes, clipped and excluded
+        members; why it failed, or ""."""
+        own = reducer.result
+        if own is not None:
+            self.contributors[reducer.index] = list(own.contributors)
+        self.bytes_received += reducer.bytes_in
+        remote = [p for p in reducer.contributors if p != peer_id]
+        reply_bytes = sum(c.ByteSize() + 8 for c in reducer.chunks) + own.ByteSize() + 4
+        self.bytes_sent += len(remote) * reply_bytes  # the same replies to each member
+        for p, factor in reducer.clipped.items():
+            self.offenders.setdefault(p, f"update clipped to x{factor:.2f} by robust aggregation")
+        if own.status != averaging_pb2.PART_OK:
+            return f"own part failed: {own.reason}"
+        for p in own.excluded:
+            self.offenders.setdefault(p, reducer.excluded.get(p, "excluded"))
+        return ""

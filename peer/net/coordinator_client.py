@@ -11,8 +11,10 @@ from collections.abc import Sequence
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from barnraise.coordinator import records
 from barnraise.coordinator.errors import PeerUnavailable, ProtocolError
 from barnraise.coordinator.runfiles import MAX_RUN_FILE_BYTES, check_file
+from barnraise.coordinator.signing import verify_manifest
 from barnraise.protos import coordinator_pb2, coordinator_pb2_grpc, manifest_pb2
 
 log = logging.getLogger(__name__)
@@ -95,3 +97,20 @@ class CoordinatorClient:
 
     def close(self) -> None:
         self.channel.close()
+
+
+def open_run(
+    dht, run_id: str | None, timeout_s: float, run_key_fingerprint: str | None
+) -> tuple[CoordinatorClient, manifest_pb2.SignedManifest, manifest_pb2.RunManifest, float]:
+    """Find the run's sealed record in the DHT, connect to its coordinator, and fetch and verify the
+    manifest it serves: (client, signed manifest, manifest, genesis). A coordinator serving another
+    run than the record announced, or a manifest signed by another key, is refused."""
+    rec = records.wait_for_run(dht, run_id, timeout_s, run_key_fingerprint)
+    client = CoordinatorClient(rec.grpc_addrs)
+    signed, genesis = client.manifest()
+    manifest = verify_manifest(signed)
+    records.check_announced_key(rec, manifest.run_public_key)
+    if manifest.run_id != rec.run_id:
+        client.close()
+        raise PeerUnavailable(f"coordinator serves run {manifest.run_id}, the DHT announced {rec.run_id}")
+    return client, signed, manifest, genesis
