@@ -35,7 +35,7 @@ BOUNDARY = re.compile(
     rf"|(?<=[0-9])(?=[A-Za-z{_PUNCT}])"
     rf"|(?<=[{_PUNCT_NO_APOSTROPHE}])(?=[A-Za-z0-9])"
 )
-MAX_ENTRIES = 1 << 20  # segments kept before the cache starts over (about 100-200 MB at most)
+MAX_ENTRIES = 1 << 19  # segments kept before the cache starts over (about 100 MB at most)
 
 
 def applies_to(tokenizer_json: bytes) -> bool:
