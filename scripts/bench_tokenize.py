@@ -6,8 +6,10 @@ Usage: python scripts/bench_tokenize.py [--quick] [--mb N] [--vocab N] [--thread
 Builds a corpus of N MB (default 64; --quick 8) from this machine's Python standard library
 sources, trains a byte-level BPE of ``--vocab`` tokens on it (timed apart: training reads at most
 ``BPE_TRAIN_MAX_BYTES``), then times init's shard path (``write_shards`` over ``encoded_source``)
-with the tokenizer's thread pool limited to T threads (default 2), and the byte-level path as the
-baseline. Prints a table and, as the last line, one JSON object; writes
+with T encoding processes (default 2) and the tokenizers thread pool limited to T threads, and the
+byte-level path as the baseline. Besides wall-clock MB/s it reports MB per CPU second (this process
+and its workers), which a machine busy with other work changes far less: times T, it is the rate
+T idle cores reach. Prints a table and, as the last line, one JSON object; writes
 scripts/results/bench_tokenize-DATE-HOST[-quick].{json,txt}. Record the load average with a figure:
 a busy machine lowers it.
 """
@@ -18,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import sys
 import tempfile
 import time
@@ -44,16 +47,22 @@ def build_corpus(directory: Path, total_bytes: int) -> int:
     return written
 
 
-def timed_shards(source, out: Path) -> tuple[float, int]:
-    """Seconds to write the source's shards into ``out``, and the tokens written."""
+def cpu_seconds() -> float:
+    """CPU time of this process and its finished children (the encoding workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timed_shards(source, out: Path) -> tuple[float, float, int]:
+    """Wall seconds and CPU seconds to write the source's shards into ``out``, and the tokens written."""
     from barnraise.coordinator.operator.datasets import write_shards
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     info, _ = write_shards(source, out)
-    return time.perf_counter() - t0, info.total_tokens
+    return time.perf_counter() - t0, cpu_seconds() - c0, info.total_tokens
 
 
-def measure(mb: int, vocab: int) -> dict:
+def measure(mb: int, vocab: int, workers: int) -> dict:
     from barnraise.coordinator.operator.datasets import text_dir_source
     from barnraise.coordinator.operator.tokenizing import encoded_source, train_bpe
 
@@ -61,12 +70,12 @@ def measure(mb: int, vocab: int) -> dict:
         corpus = Path(tmp) / "text"
         corpus.mkdir()
         size = build_corpus(corpus, mb * 1_000_000)
-        bytes_s, _ = timed_shards(text_dir_source(corpus), Path(tmp) / "bytes")
+        bytes_s, _, _ = timed_shards(text_dir_source(corpus), Path(tmp) / "bytes")
         t0 = time.perf_counter()
         tokenizer = train_bpe(text_dir_source(corpus), vocab)
         train_s = time.perf_counter() - t0
-        bpe_s, tokens = timed_shards(
-            encoded_source(text_dir_source(corpus), tokenizer, vocab), Path(tmp) / "bpe"
+        bpe_s, bpe_cpu_s, tokens = timed_shards(
+            encoded_source(text_dir_source(corpus), tokenizer, vocab, workers=workers), Path(tmp) / "bpe"
         )
     return {
         "text_bytes": size,
@@ -78,6 +87,8 @@ def measure(mb: int, vocab: int) -> dict:
         "bpe_path_s": bpe_s,
         "bytes_path_mb_s": size / bytes_s / 1e6,
         "bpe_path_mb_s": size / bpe_s / 1e6,
+        "bpe_path_cpu_s": bpe_cpu_s,
+        "bpe_mb_per_cpu_s": size / bpe_cpu_s / 1e6,
         "bpe_vs_bytes": bytes_s / bpe_s,
     }
 
@@ -91,7 +102,7 @@ def main() -> int:
     args = parser.parse_args()
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)  # read when the tokenizers pool starts
     mb = args.mb or (8 if args.quick else 64)
-    result = measure(mb, args.vocab)
+    result = measure(mb, args.vocab, args.threads)
     result.update(
         threads=args.threads,
         quick=args.quick,
@@ -105,6 +116,8 @@ def main() -> int:
         f"  train BPE             {result['train_bpe_s']:8.1f} s",
         f"  shards, bytes         {result['bytes_path_mb_s']:8.1f} MB/s  (baseline: no tokenizer)",
         f"  shards, BPE           {result['bpe_path_mb_s']:8.1f} MB/s  ({result['bytes_per_token']:.2f} bytes/token)",
+        f"  BPE, per CPU second   {result['bpe_mb_per_cpu_s']:8.1f} MB  (x{args.threads} cores: "
+        f"{args.threads * result['bpe_mb_per_cpu_s']:.1f} MB/s on an idle machine)",
         f"  BPE / bytes speed     {result['bpe_vs_bytes']:8.2f}",
     ]
     text = "\n".join(lines)

@@ -3,8 +3,8 @@ run's own text, and turn a text source into a token-id source the shard writer c
 
 Text is cut into pieces of about ``PIECE_CHARS`` characters, at newlines no token spans, so the
 pieces encode to the ids of the whole text. A byte-level BPE (what ``bpe:N`` trains) goes through
-a cache of ids per word (``coordinator/operator/wordcache.py``), several times the library's own
-speed; any other tokenizer.json is encoded ``BATCH_PIECES`` pieces at a time by the library, over
+a cache of ids per word (``coordinator/operator/wordcache.py``) in one process per core, several
+times the library's own speed; any other tokenizer.json is encoded ``BATCH_PIECES`` pieces at a time by the library, over
 every core. ``scripts/bench_tokenize.py`` measures the rate. Shards hold uint16 ids when the
 vocabulary fits, else uint32.
 """
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import codecs
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import numpy as np
 
 from barnraise.coordinator.errors import ConfigError
 from barnraise.coordinator.operator.tokensource import UINT16_VOCAB_LIMIT, TokenSource
-from barnraise.coordinator.operator.wordcache import WordCache, applies_to
+from barnraise.coordinator.operator.wordcache import applies_to, encode_batches
 from barnraise.coordinator.tokenizer import (
     BYTE_VOCAB,
     END_OF_TEXT,
@@ -38,7 +39,8 @@ MAX_VOCAB = 1 << 22  # the manifest's limit on a vocabulary
 MAX_TOKENIZER_BYTES = 64 << 20  # a tokenizer.json larger than this is not one
 BPE_TRAIN_MAX_BYTES = 256 << 20  # a BPE learns its merges from at most this much of the text
 PIECE_CHARS = 1 << 16  # text goes to the tokenizer in pieces of about this many characters
-BATCH_PIECES = 16  # pieces per encode_batch call when the tokenizer is not a plain byte-level BPE
+BATCH_PIECES = 16  # pieces handed to the library, or to a worker process, at a time
+MAX_WORKERS = 8  # processes that encode through a word cache
 
 Progress = Callable[[str, int], None]  # (what is being done, bytes of text read so far)
 
@@ -150,9 +152,15 @@ def token_dtype(vocab_size: int) -> str:
 
 
 def encoded_source(
-    source: TokenSource, tokenizer_json: bytes, vocab_size: int, progress: Progress = _no_progress
+    source: TokenSource,
+    tokenizer_json: bytes,
+    vocab_size: int,
+    progress: Progress = _no_progress,
+    workers: int = 0,
 ) -> TokenSource:
-    """The source's text as token ids (uint16 or uint32 bytes) under the given tokenizer."""
+    """The source's text as token ids (uint16 or uint32 bytes) under the given tokenizer;
+    ``workers`` processes encode a byte-level BPE (0: one per core, at most ``MAX_WORKERS``)."""
+    workers = workers or min(MAX_WORKERS, os.cpu_count() or 1)
     if source.token_dtype != "uint8":
         raise ConfigError(
             f"dataset {source.source} holds token ids already; a tokenizer applies to text only"
@@ -160,14 +168,8 @@ def encoded_source(
     dtype = token_dtype(vocab_size)
     np_dtype = np.dtype(dtype).newbyteorder("<")
     tok = FileTokenizer(tokenizer_json).tok
-    cache = WordCache(tok, dtype, special_tokens(tokenizer_json)) if applies_to(tokenizer_json) else None
 
-    def encode(batch: list[str]) -> bytes:
-        if cache is not None:
-            data = b"".join(map(cache.encode, batch))
-        else:
-            encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
-            data = b"".join(np.asarray(e.ids, dtype=np_dtype).tobytes() for e in encodings)
+    def checked(data: bytes) -> bytes:
         ids = np.frombuffer(data, dtype=np_dtype)
         if ids.size and int(ids.max()) >= vocab_size:
             raise ConfigError(
@@ -175,15 +177,26 @@ def encoded_source(
             )
         return data
 
-    def chunks() -> Iterator[bytes]:
+    def library(batch: list[str]) -> bytes:
+        encodings = tok.encode_batch_fast(batch, add_special_tokens=False)
+        return b"".join(np.asarray(e.ids, dtype=np_dtype).tobytes() for e in encodings)
+
+    def batches() -> Iterator[list[str]]:
         batch: list[str] = []
         for piece in text_pieces(source, progress, "tokenizing"):
             batch.append(piece)
             if len(batch) >= BATCH_PIECES:
-                yield encode(batch)
+                yield batch
                 batch = []
         if batch:
-            yield encode(batch)
+            yield batch
+
+    def chunks() -> Iterator[bytes]:
+        if applies_to(tokenizer_json):
+            added = special_tokens(tokenizer_json)
+            yield from map(checked, encode_batches(batches(), tokenizer_json, dtype, added, workers))
+        else:
+            yield from map(checked, map(library, batches()))
 
     return TokenSource(
         kind=source.kind, source=source.source, token_dtype=dtype, vocab_size=vocab_size, chunks=chunks()

@@ -2,8 +2,8 @@
 times faster than the ``tokenizers`` library alone, with identical ids.
 
 Text repeats at the level of words (and in code, of whole lines): ``return``, ``self``, `` (``.
-The library's own speed is bounded by its pre-tokenizer's regex, so we split the text ourselves,
-at positions where the byte-level pre-tokenizer (GPT-2's pattern) is certain to split too, look
+The library's own speed is bounded by its pre-tokenizer's regex, so we cut the text ourselves
+(character classes compared in numpy, ``cuts``), at positions where the byte-level pre-tokenizer (GPT-2's pattern) is certain to split too, look
 each segment up here, and hand only the unseen ones to the library, in one batch. A segment's ids
 do not depend on what surrounds it, because every cut is a boundary of that pattern:
 
@@ -22,19 +22,56 @@ the tokenizer's added tokens goes to the library whole, since those are matched 
 
 from __future__ import annotations
 
+import itertools
 import json
-import re
+import multiprocessing
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 
 import numpy as np
 
-_PUNCT = r"!-/:-@\[-`{-~"  # ASCII punctuation
-_PUNCT_NO_APOSTROPHE = r"!-&(-/:-@\[-`{-~"
-BOUNDARY = re.compile(
-    r"(?<=[!-~])(?=\n|[ ][!-~])"
-    rf"|(?<=[A-Za-z])(?=[0-9{_PUNCT}])"
-    rf"|(?<=[0-9])(?=[A-Za-z{_PUNCT}])"
-    rf"|(?<=[{_PUNCT_NO_APOSTROPHE}])(?=[A-Za-z0-9])"
-)
+# Character classes of the cut rules, by code point (ASCII; everything else is OTHER)
+LETTER, DIGIT, PUNCT, APOSTROPHE, SPACE, NEWLINE, OTHER = range(7)
+_CLASS = np.full(129, OTHER, dtype=np.uint8)  # index 128: any code point past ASCII
+for _c in range(ord("!"), ord("~") + 1):
+    _CLASS[_c] = LETTER if chr(_c).isalpha() else DIGIT if chr(_c).isdigit() else PUNCT
+_CLASS[ord("'")], _CLASS[ord(" ")], _CLASS[ord("\n")] = APOSTROPHE, SPACE, NEWLINE
+
+
+def _mask(*classes: int) -> np.ndarray:
+    """A lookup table: True for the given classes."""
+    table = np.zeros(OTHER + 1, dtype=bool)
+    table[list(classes)] = True
+    return table
+
+
+_VISIBLE = _mask(LETTER, DIGIT, PUNCT, APOSTROPHE)  # ASCII non-space: "!" to "~"
+_AFTER_LETTER = _mask(DIGIT, PUNCT, APOSTROPHE)
+_AFTER_DIGIT = _mask(LETTER, PUNCT, APOSTROPHE)
+_AFTER_PUNCT = _mask(LETTER, DIGIT)
+
+
+def cuts(text: str) -> np.ndarray:
+    """Positions ``i`` (0 < i < len) where ``text`` may be cut between ``text[i-1]`` and ``text[i]``."""
+    points = np.frombuffer(text.encode("utf-32-le", errors="surrogatepass"), dtype="<u4")
+    cls = _CLASS[np.minimum(points, 128)]
+    prev, cur = cls[:-1], cls[1:]
+    after = np.append(cls[2:], OTHER)  # the character after ``cur``
+    visible = _VISIBLE[prev]
+    cut = visible & ((cur == NEWLINE) | ((cur == SPACE) & _VISIBLE[after]))
+    cut |= (prev == LETTER) & _AFTER_LETTER[cur]
+    cut |= (prev == DIGIT) & _AFTER_DIGIT[cur]
+    cut |= (prev == PUNCT) & _AFTER_PUNCT[cur]
+    return np.flatnonzero(cut) + 1
+
+
+def segments(text: str) -> list[str]:
+    """``text`` cut at every position ``cuts`` allows."""
+    bounds = [0, *cuts(text).tolist(), len(text)]
+    return [text[a:b] for a, b in itertools.pairwise(bounds)]
+
+
 MAX_ENTRIES = 1 << 19  # segments kept before the cache starts over (about 100 MB at most)
 
 
@@ -70,16 +107,59 @@ class WordCache:
         """The token ids of ``text`` as little-endian bytes of ``dtype``."""
         if any(t in text for t in self.added):
             return self._library([text])[0]
-        segments = BOUNDARY.split(text)
+        parts = segments(text)
         cache = self.ids
-        missing = list(set(segments).difference(cache))
+        missing = list(set(parts).difference(cache))
         if missing:
             if len(cache) + len(missing) > MAX_ENTRIES:
                 cache.clear()
-                missing = list(set(segments))
+                missing = list(set(parts))
             cache.update(zip(missing, self._library(missing), strict=True))
-        return b"".join(map(cache.__getitem__, segments))
+        return b"".join(map(cache.__getitem__, parts))
 
     def _library(self, texts: list[str]) -> list[bytes]:
         encodings = self.tok.encode_batch_fast(texts, add_special_tokens=False)
         return [np.asarray(e.ids, dtype=self.dtype).tobytes() for e in encodings]
+
+
+# --- one cache per core ---------------------------------------------------------------------------
+_worker_cache: WordCache | None = None  # this worker process's cache (set by _start_worker)
+
+
+def _start_worker(tokenizer_json: bytes, dtype: str, added_tokens: list[str]) -> None:
+    global _worker_cache
+    from barnraise.coordinator.tokenizer import FileTokenizer
+
+    _worker_cache = WordCache(FileTokenizer(tokenizer_json).tok, dtype, added_tokens)
+
+
+def _encode_in_worker(batch: list[str]) -> bytes:
+    assert _worker_cache is not None
+    return b"".join(map(_worker_cache.encode, batch))
+
+
+def encode_batches(
+    batches: Iterator[list[str]], tokenizer_json: bytes, dtype: str, added_tokens: list[str], workers: int
+) -> Iterator[bytes]:
+    """Each batch of texts as token-id bytes, in order, encoded by ``workers`` processes (each with
+    its own cache; the cutting and lookups are Python, which one process runs on one core). At most
+    two batches per worker are in flight, so memory stays bounded whatever the dataset's size."""
+    if workers <= 1:
+        _start_worker(tokenizer_json, dtype, added_tokens)
+        yield from map(_encode_in_worker, batches)
+        return
+    context = multiprocessing.get_context("spawn")  # no fork of a process running tokenizer threads
+    with ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(tokenizer_json, dtype, added_tokens)
+    ) as pool:
+        pending: deque[Future] = deque()
+        try:
+            for batch in batches:
+                pending.append(pool.submit(_encode_in_worker, batch))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for fut in pending:
+                fut.cancel()

@@ -158,3 +158,9 @@ def test_pieces_encode_to_the_ids_of_the_whole_text(tmp_path, trained_bpe, monke
     ids = np.frombuffer(b"".join(encoded_source(text_dir_source(d), trained_bpe, 400).chunks), dtype="<u2")
     whole = FileTokenizer(trained_bpe).tok.encode(text + DOC_SEPARATOR.decode(), add_special_tokens=False).ids
     assert ids.tolist() == whole
+
+
+def test_worker_processes_give_the_ids_one_process_gives(tmp_path, corpus, trained_bpe):
+    one = b"".join(encoded_source(text_dir_source(corpus), trained_bpe, 400, workers=1).chunks)
+    two = b"".join(encoded_source(text_dir_source(corpus), trained_bpe, 400, workers=2).chunks)
+    assert one == two and len(one) > 1000
