@@ -8,7 +8,7 @@ needs the encoders (``barnraise.peer.averaging.codecs``), which implement exactl
 from __future__ import annotations
 
 # Codecs from largest to smallest payload; a group uses the smallest its members asked for.
-CODEC_RANK: dict[str, int] = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2, "int4": 3, "topk": 4}
+CODEC_RANK: dict[str, int] = {"fp32": 0, "fp16": 1, "bf16": 1, "int8": 2, "int4": 3, "topk": 4, "sparse": 5}
 CODECS: tuple[str, ...] = tuple(CODEC_RANK)
 FLOAT_CODECS: tuple[str, ...] = ("fp32", "fp16", "bf16")
 

@@ -4,6 +4,8 @@ Each finding is ``{kind, peer_id, round, detail}``; the kinds, most serious firs
 
     params_disagree    a live peer holds parameters that differ from the majority's for its round
     params_split       live peers hold different parameters for one round and none has a majority
+    lying_reducer      group members proved, with inputs signed by their senders, that this peer
+                       reduced its part of an average wrongly; they banned it for the run
     reported_offender  group members saw this peer misbehave while averaging
     version_mismatch   a peer runs another barnraise version than the swarm
     deadline_missed    a recent round's averaging had not finished by its deadline at some peers
@@ -30,6 +32,7 @@ from collections.abc import Sequence
 KINDS = (
     "params_disagree",
     "params_split",
+    "lying_reducer",
     "reported_offender",
     "version_mismatch",
     "deadline_missed",
@@ -119,6 +122,23 @@ def judge_states(alive: Sequence[dict], group_size: int) -> tuple[list[dict], di
         h, n = counts.most_common(1)[0]
         agreement = {"round": top, "params_hash": h, "peers": n, "of": len(current)}
     return found, agreement
+
+
+def lying_reducers(alive: Sequence[dict]) -> list[dict]:
+    caught: dict[str, dict[str, str]] = defaultdict(dict)  # reducer -> {peer that caught it: what it did}
+    for p in alive:
+        for entry in p.get("caught_reducers", []):
+            who, _, why = entry.partition(":")
+            if who.strip():
+                caught[who.strip()][p["peer_id"]] = why.strip()
+    return [
+        finding(
+            "lying_reducer",
+            f"caught by {len(by)} peer(s) ({names(sorted(by))}): {next(iter(by.values()))}",
+            who,
+        )
+        for who, by in sorted(caught.items())
+    ]
 
 
 def reported_offenders(alive: Sequence[dict]) -> list[dict]:
@@ -215,6 +235,7 @@ def find_problems(
     """All findings (most serious first) and the agreement at the top round; marks peer rows."""
     alive = [p for p in peers if p["alive"]]
     found, agreement = judge_states(alive, group_size)
+    found += lying_reducers(alive)
     found += reported_offenders(alive)
     found += version_mismatches(alive, run_version)
     found += deadline_misses(alive, round_no)

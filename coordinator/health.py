@@ -163,6 +163,8 @@ def peer_entry(hb: heartbeat_pb2.Heartbeat, now: float) -> dict:
         "last_exclusion": sanitize(hb.last_exclusion, 200),
         "exclusion_round": hb.exclusion_round if hb.last_exclusion else None,
         "offenders": [sanitize(o, 200) for o in hb.offenders],
+        "caught_reducers": [sanitize(o, 200) for o in hb.caught_reducers],
+        "dht_records": hb.dht_records_stored,
         "samples_total": hb.samples_total,
         "contribution": 0.0,
         "codec": sanitize(hb.codec_sent, 32),

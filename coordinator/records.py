@@ -281,15 +281,24 @@ def heartbeat_problem(hb: heartbeat_pb2.Heartbeat) -> str | None:
         return "absurd numbers"
     if not -1 <= hb.hash_round <= MAX_ROUND or hb.exclusion_round > MAX_ROUND or hb.late_round > MAX_ROUND:
         return "absurd round"
-    for name in ("samples_total", "bytes_sent", "bytes_received", "device_memory_bytes"):
+    for name in (
+        "samples_total",
+        "bytes_sent",
+        "bytes_received",
+        "device_memory_bytes",
+        "dht_records_stored",
+    ):
         if getattr(hb, name) > MAX_COUNT:
             return f"absurd {name}"
     for name, limit in MAX_TEXT.items():
         if len(getattr(hb, name)) > limit:
             return f"oversized {name}"
-    if max(len(hb.offenders), len(hb.recent_hashes), len(hb.recent_losses)) > MAX_LISTED:
+    if (
+        max(len(hb.offenders), len(hb.recent_hashes), len(hb.recent_losses), len(hb.caught_reducers))
+        > MAX_LISTED
+    ):
         return "too many list entries"
-    if any(len(o) > 400 for o in hb.offenders):
+    if any(len(o) > 400 for o in (*hb.offenders, *hb.caught_reducers)):
         return "oversized offenders"
     if any(not -1 <= h.round <= MAX_ROUND or len(h.params_hash) > 128 for h in hb.recent_hashes):
         return "bad recent_hashes"

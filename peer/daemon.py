@@ -98,7 +98,7 @@ class PeerDaemon:
         cfg = self.cfg
         cfg.cache_dir.mkdir(parents=True, exist_ok=True)
         taken = open_peer_identity(cfg.cache_dir, cfg.identity)  # a free slot unless --identity
-        self.identity, self.identity_lock = taken.key, taken.lock
+        self.identity, self.identity_lock, self.slot = taken.key, taken.lock, taken.slot or 0
         self.control = ControlServer(socket_path(cfg.cache_dir, taken.path, taken.slot), self.switches)
         self.control.start()
         self.dht = start_dht(
@@ -155,17 +155,17 @@ class PeerDaemon:
     def _build_training(self, model: torch.nn.Module) -> None:
         """The initial global state from the run's seeded model, and the inner trainer on our device."""
         cfg, t = self.cfg, self.manifest.training
-        self.info = pick_device(cfg.device, cfg.threads)
+        self.info = pick_device(cfg.device, cfg.threads, self.slot)  # slots spread over GPUs
         self.state = GlobalState.initial(model)
         self.stats.update(init_hash=self.state.params_hash())
         if self.inject.tamper:
             self.state = self.state.perturbed(1e-3)
             load_flat(model, self.state.params)
         self.trainer = InnerTrainer(model, t, self.info)
-        self.trainer.fit(self.feed.sample)
-        info = self.info
-        self.stats.update(device=info.description, device_memory_bytes=info.memory_bytes)
-        self.stats.update(batch_size=t.batch_size, micro_batch=self.trainer.micro_batch)
+        probe = self.trainer.fit(self.feed.sample)
+        self.events.emit(events.DeviceReady.of(self.info, probe, count_params(model)), log)
+        self.stats.update(device=self.info.description, device_memory_bytes=self.info.memory_bytes)
+        self.stats.update(batch_size=t.batch_size, micro_batch=probe.micro_batch)
 
     def _start_averaging(self) -> None:
         """The averaging protocol and the state server on the P2P loop; background catch-up."""
@@ -183,8 +183,11 @@ class PeerDaemon:
             faults=self.inject if cfg.inject else None,
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
+            on_reach=lambda reach: self.stats.update(link=reach),
         )
-        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, auth=self.auth)
+        self.feed.announcer.serving = self.averager.reachability.can_be_dialled
+        serve = dict(auth=self.auth, corrupt_state=self.inject.corrupts_state if cfg.inject else None)
+        self.state_server = StateServer(self.loop.p2p, self.manifest.run_id, **serve)
         self.loop.call(self.averager.register(), 10.0)
         self.loop.call(self.state_server.register(), 10.0)
         self.catchup = CatchUp(
@@ -196,6 +199,7 @@ class PeerDaemon:
             auth=self.auth,
             link_mbit=cfg.bandwidth_mbit,
             held=lambda: self.state,
+            outer=self.outer,
         )
         self._publish_state()
 
@@ -205,9 +209,8 @@ class PeerDaemon:
 
     # --- catching up ----------------------------------------------------------------------------
     def sync_from_swarm(self) -> bool:
-        """Start from the newest state a donor has at hand, and fetch the state the next round starts
-        from in the background while training (waiting for it would idle the device for up to a
-        round); True if we adopted a state now."""
+        """Start from the newest state a donor has at hand, and fetch the next round's in the background
+        while training (waiting would idle the device for up to a round); True if we adopted one now."""
         self.stats.update(phase=heartbeat_pb2.PHASE_SYNCING)
         found = self.catchup.now()
         if found is not None:
@@ -377,8 +380,7 @@ class PeerDaemon:
         return True
 
     def close(self) -> None:
-        """Leave cleanly and quickly. When a signal to the whole process group already ended the
-        DHT process, steps that would only wait on it are cut short."""
+        """Leave cleanly and quickly; steps that would only wait on a DHT process already gone are cut short."""
         dht_alive = self.dht is not None and self.dht.is_alive()
         if self.feed is not None and not dht_alive:
             log.info("the DHT process is gone: leases expire by themselves")

@@ -11,6 +11,7 @@ stay for people to read (an event the daemon logs is its ``str``, so the two can
 scripts share. The events:
 
     joined          the peer joined a run
+    device_ready    the peer's device, precision and the micro-batch its probe found
     window_trained  a round's compute window closed
     exchange_done   an averaging attempt ended, applied or not, with the offenders it saw
     round_applied   the round's average was applied: the global state moved
@@ -71,6 +72,7 @@ class WindowTrained(Event):
     samples_per_s: float  # over compute time (the heartbeat's figure; kept from the last window with steps)
     compute_s: float  # seconds spent computing
     wall_s: float  # seconds since the previous window closed
+    peak_memory_bytes: int = 0  # device memory at the window's peak (0 on CPU, where it is not tracked)
 
     @classmethod
     def of(cls, r: int, window, samples_per_s: float, wall_s: float) -> WindowTrained:
@@ -82,6 +84,33 @@ class WindowTrained(Event):
             samples_per_s=samples_per_s,
             compute_s=window.compute_s,
             wall_s=wall_s,
+            peak_memory_bytes=window.peak_memory_bytes,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeviceReady(Event):
+    kind: ClassVar[str] = "device_ready"
+    line: ClassVar[str] = "device {device} ({precision}): micro-batch {micro_batch} of {batch_size}"
+    device: str  # as in the heartbeat, e.g. "cuda:0 NVIDIA H100" or "cpu (4 threads)"
+    precision: str  # "fp32", or the CUDA autocast dtype: "bf16", "fp16" (with a gradient scaler)
+    params: int  # the model's parameters
+    batch_size: int  # the run's sequences per inner step
+    micro_batch: int  # sequences per forward/backward that fit (batch_size on CPU)
+    tried: list[int]  # micro-batches the probe tried, largest first (none on CPU)
+    peak_memory_bytes: int  # device memory at the peak of the try that fit (0 on CPU)
+
+    @classmethod
+    def of(cls, info, probe, params: int) -> DeviceReady:
+        """From the trainer's ``DeviceInfo`` and ``ProbeResult``."""
+        return cls(
+            device=info.description,
+            precision=info.precision,
+            params=params,
+            batch_size=probe.batch_size,
+            micro_batch=probe.micro_batch,
+            tried=list(probe.tried),
+            peak_memory_bytes=probe.peak_memory_bytes,
         )
 
 
@@ -96,6 +125,8 @@ class ExchangeDone(Event):
     ok: bool  # the group agreed on the average this peer assembled
     reason: str  # why not, when not ok
     offenders: dict[str, str]  # peer id -> what it did, as this peer saw it or was told
+    caught: dict[str, str] = field(default_factory=dict)  # reducers proven (signed evidence) to have lied
+    audit_bytes: int = 0  # of bytes_sent + bytes_received, those of checking reducers
 
     @classmethod
     def of(cls, out) -> ExchangeDone:
@@ -209,6 +240,7 @@ KINDS: dict[str, type[Event]] = {
     cls.kind: cls
     for cls in (
         Joined,
+        DeviceReady,
         WindowTrained,
         ExchangeDone,
         RoundApplied,

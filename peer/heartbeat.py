@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 HEARTBEAT_EVERY_S = 2.0
 RECENT_HASHES = 4  # states listed in a heartbeat, so status can compare peers a round apart
 RECENT_LOSSES = 8  # per-round losses listed in a heartbeat, for the swarm's loss trend
+MAX_CAUGHT = 16  # lying reducers a heartbeat names
 BEACON_EVERY = 5  # heartbeats between two run beacons (one every 10 s, they live 30 s)
 
 
@@ -31,7 +32,7 @@ class PeerStats:
 
     device: str = ""
     device_memory_bytes: int = 0
-    link: str = "direct"
+    link: str = "unknown"  # how others reach us: public, relayed, client (peer/net/reachability.py)
     samples_per_s: float = 0.0
     round: int = 0
     phase: int = heartbeat_pb2.PHASE_IDLE
@@ -60,6 +61,8 @@ class PeerStats:
     genesis: float = 0.0  # the run's clock (unix s) and round length (s), for the run beacon
     round_s: float = 0.0
     group_size: int = 0
+    caught_reducers: dict = field(default_factory=dict)  # reducer -> what it did, for the rest of the run
+    dht_records: int = 0  # records its DHT node stores (a leak shows as growth over hours)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def update(self, **changes) -> None:
@@ -98,6 +101,10 @@ class PeerStats:
             codec_received=out.codec if out.ok else "",
             offenders=[f"{peer}: {why}"[:200] for peer, why in out.offenders.items()],
         )
+        with self.lock:
+            for peer, why in getattr(out, "caught", {}).items():
+                if len(self.caught_reducers) < MAX_CAUGHT:
+                    self.caught_reducers.setdefault(peer, why)
         if out.offenders:
             log.warning(
                 "round %d: misbehaving peers: %s",
@@ -155,6 +162,8 @@ class PeerStats:
                 rounds_late=self.rounds_late,
                 late_round=self.late_round,
                 group_size=self.group_size,
+                caught_reducers=[f"{peer}: {why}"[:200] for peer, why in self.caught_reducers.items()],
+                dht_records_stored=self.dht_records,
             )
 
     def beacon(self, run_id: str) -> heartbeat_pb2.RunBeacon | None:
@@ -169,6 +178,16 @@ class PeerStats:
                 group_size=self.group_size,
                 timestamp=time.time(),
             )
+
+
+async def stored_records(dht, node) -> int:
+    """Runs in the DHT process: records its node stores, each subkey of a dictionary value counted."""
+    from hivemind.dht.storage import DictionaryDHTValue
+
+    return sum(
+        len(item.value) if isinstance(item.value, DictionaryDHTValue) else 1
+        for _key, item in node.protocol.storage.items()
+    )
 
 
 class HeartbeatPublisher:
@@ -198,6 +217,9 @@ class HeartbeatPublisher:
                 self.publish_now()
                 if beats % BEACON_EVERY == 0 and (beacon := self.stats.beacon(self.run_id)) is not None:
                     records.publish_beacon(self.dht, self.peer_id, beacon)
+                if beats % BEACON_EVERY == 1:
+                    counted = self.dht.run_coroutine(stored_records, return_future=True)
+                    self.stats.update(dht_records=counted.result(timeout=5.0))
             except Exception as e:  # DHT hiccup: the next beat retries
                 log.debug("heartbeat not published: %s", e)
             beats += 1

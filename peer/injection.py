@@ -12,6 +12,7 @@ every round)::
         {"kind": "fault", "mode": "nan", "from_round": 3, "to_round": 6},
         {"kind": "attack", "mode": "signflip", "peer": "12D3KooW..."},
         {"kind": "corrupt_shards"},
+        {"kind": "corrupt_state"},
         {"kind": "tamper"}
     ]}
 
@@ -23,10 +24,13 @@ The kinds:
                     disagreement detection); it takes no round range
     fault           the part exchange of the round: send NaN values (``nan``), a part one value
                     short (``shape``) or a frame over the cap (``oversize``) as the first chunk of
-                    each part; or, as a reducer, take parts and never answer (``stall``)
+                    each part; or, as a reducer, take parts and never answer (``stall``), or
+                    reduce its part wrongly but consistently, the same wrong bytes to every
+                    member (``lie``: the lying reducer that ``peer/averaging/audit.py`` catches)
     attack          send a Byzantine update instead of the honest one (``mode``: a name from
                     ``peer/attacks.py``)
     corrupt_shards  flip the first 64 bytes of every shard served to another peer
+    corrupt_state   flip the first 64 bytes of every state chunk served to a syncing peer
 
 A bad file is one ``ConfigError`` line naming the file, the fault and the problem. The product
 asks an ``Injector`` at its hook points and has no hook installed when there is no plan. The
@@ -49,8 +53,9 @@ from barnraise.peer.attacks import ATTACKS, Attacker
 from barnraise.peer.averaging import codecs
 from barnraise.protos import averaging_pb2
 
-KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards")
-PART_FAULTS = ("nan", "shape", "oversize", "stall")
+KINDS = ("slowdown", "tamper", "fault", "attack", "corrupt_shards", "corrupt_state")
+PART_FAULTS = ("nan", "shape", "oversize", "stall", "lie")
+REDUCER_FAULTS = ("stall", "lie")  # faults of the reducer's side: nothing broken in what it sends
 _COMMON_KEYS = ("kind", "peer", "from_round", "to_round")
 _KIND_KEYS = {"slowdown": ("factor",), "fault": ("mode",), "attack": ("mode",)}
 
@@ -124,6 +129,9 @@ class InjectionPlan:
     def corrupts_shards(self, r: int) -> bool:
         return bool(self.active("corrupt_shards", r))
 
+    def corrupts_state(self, r: int) -> bool:
+        return bool(self.active("corrupt_state", r))
+
     @property
     def tamper(self) -> bool:
         return any(f.kind == "tamper" for f in self.faults)
@@ -188,7 +196,8 @@ class Injector:
 
     The daemon asks it whether to tamper with its start state, for the round's slowdown and for
     the update to send (``forge``); ``AllReduce`` for its part faults (``corrupt_part``, ``stalls``); the shard server
-    whether to corrupt what it serves now (``corrupts_shards``).
+    whether to corrupt what it serves now (``corrupts_shards``), the state server likewise
+    (``corrupts_state``).
     """
 
     def __init__(self, plan: InjectionPlan, peer_id: str, clock: RoundClock):
@@ -218,11 +227,22 @@ class Injector:
         self, r: int, chunk: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
     ) -> averaging_pb2.EncodedTensor | bytes:
         """What to send as chunk ``chunk`` of a part in round ``r``: the first one broken if a fault says."""
-        broken = [m for m in self.plan.modes("fault", r) if m != "stall"]
+        broken = [m for m in self.plan.modes("fault", r) if m not in REDUCER_FAULTS]
         return broken_part(broken[0], enc, codec, numel) if broken and chunk == 0 else enc
 
     def stalls(self, r: int) -> bool:
         return "stall" in self.plan.modes("fault", r)
 
+    def lies(self, r: int) -> bool:
+        return "lie" in self.plan.modes("fault", r)
+
+    def lie(self, r: int):
+        """A lying reducer's hook for round ``r`` (None: reduce honestly): the same wrong values,
+        here the combined chunk scaled by -2, to every member."""
+        return (lambda c, value: -2.0 * value) if self.lies(r) else None
+
     def corrupts_shards(self) -> bool:
         return self.plan.corrupts_shards(self.clock.round_at())
+
+    def corrupts_state(self) -> bool:
+        return self.plan.corrupts_state(self.clock.round_at())

@@ -22,44 +22,45 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from barnraise.protos import audit_pb2 as barnraise_dot_protos_dot_audit__pb2
 from barnraise.protos import auth_pb2 as barnraise_dot_protos_dot_auth__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n barnraise/protos/averaging.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1b\x62\x61rnraise/protos/auth.proto\"}\n\rEncodedTensor\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\r\n\x05numel\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\x12\x0f\n\x07indices\x18\x05 \x01(\x0c\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x0b\n\x03nnz\x18\x07 \x01(\x04\"\xc3\x01\n\x0bJoinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x11\n\tbase_hash\x18\x05 \x01(\t\x12\r\n\x05\x63odec\x18\x06 \x01(\t\x12\x15\n\rbandwidth_bps\x18\x07 \x01(\x01\x12\x12\n\nbase_round\x18\x08 \x01(\x03\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"E\n\x0bGroupMember\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x15\n\rpart_fraction\x18\x03 \x01(\x01\"\x8f\x01\n\x05Group\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05\x63odec\x18\x03 \x01(\t\x12\x11\n\tbase_hash\x18\x04 \x01(\t\x12*\n\x07members\x18\x05 \x03(\x0b\x32\x19.barnraise.v1.GroupMember\x12\x17\n\x0freduce_deadline\x18\x06 \x01(\x01\"y\n\tJoinReply\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.barnraise.v1.JoinStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\t\x12\"\n\x05group\x18\x04 \x01(\x0b\x32\x13.barnraise.v1.Group\"\xa9\x01\n\x0bPartMessage\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x12\n\npart_index\x18\x03 \x01(\r\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12+\n\x06tensor\x18\x05 \x01(\x0b\x32\x1b.barnraise.v1.EncodedTensor\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"\xc6\x01\n\x0bReducedPart\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.barnraise.v1.PartStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12+\n\x06tensor\x18\x03 \x01(\x0b\x32\x1b.barnraise.v1.EncodedTensor\x12\x14\n\x0c\x63ontributors\x18\x04 \x03(\t\x12\x14\n\x0ctotal_weight\x18\x05 \x01(\x01\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\t\x12\x12\n\nexclusions\x18\x07 \x03(\t\"\x8d\x01\n\x07\x43onfirm\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x13\n\x0bresult_hash\x18\x03 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\x04 \x01(\t\x12\x11\n\toffenders\x18\x05 \x03(\t\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"]\n\x07Verdict\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0bresult_hash\x18\x02 \x01(\t\x12\x0e\n\x06\x61greed\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\toffenders\x18\x05 \x03(\t\"j\n\x0cStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tmin_round\x18\x02 \x01(\x03\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"b\n\x0bStateHeader\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x13\n\x0bparams_hash\x18\x04 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\"\x1a\n\nStateChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"S\n\nRoundEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x11\n\tbase_hash\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\x01*\x9a\x01\n\nJoinStatus\x12\x14\n\x10JOIN_UNSPECIFIED\x10\x00\x12\x11\n\rJOIN_ACCEPTED\x10\x01\x12\x13\n\x0fJOIN_NOT_LEADER\x10\x02\x12\x13\n\x0fJOIN_STALE_BASE\x10\x03\x12\x11\n\rJOIN_TOO_LATE\x10\x04\x12\x14\n\x10JOIN_WRONG_ROUND\x10\x05\x12\x10\n\x0cJOIN_REFUSED\x10\x06*S\n\nPartStatus\x12\x14\n\x10PART_UNSPECIFIED\x10\x00\x12\x0b\n\x07PART_OK\x10\x01\x12\x11\n\rPART_REJECTED\x10\x02\x12\x0f\n\x0bPART_FAILED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n barnraise/protos/averaging.proto\x12\x0c\x62\x61rnraise.v1\x1a\x1c\x62\x61rnraise/protos/audit.proto\x1a\x1b\x62\x61rnraise/protos/auth.proto\"\x92\x01\n\rEncodedTensor\x12\r\n\x05\x63odec\x18\x01 \x01(\t\x12\r\n\x05numel\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x0e\n\x06scales\x18\x04 \x01(\x0c\x12\x0f\n\x07indices\x18\x05 \x01(\x0c\x12\x12\n\nblock_size\x18\x06 \x01(\r\x12\x0b\n\x03nnz\x18\x07 \x01(\x04\x12\x13\n\ncommitment\x18\x8c\x01 \x01(\x0c\"\xd3\x01\n\x0bJoinRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\x0f\n\x07peer_id\x18\x03 \x01(\t\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12\x11\n\tbase_hash\x18\x05 \x01(\t\x12\r\n\x05\x63odec\x18\x06 \x01(\t\x12\x15\n\rbandwidth_bps\x18\x07 \x01(\x01\x12\x12\n\nbase_round\x18\x08 \x01(\x03\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\x12\x0e\n\x05reach\x18\xa0\x01 \x01(\t\"]\n\x0bGroupMember\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x15\n\rpart_fraction\x18\x03 \x01(\x01\x12\x16\n\rbandwidth_bps\x18\xb4\x01 \x01(\x01\"\xa4\x01\n\x05Group\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\r\n\x05round\x18\x02 \x01(\x04\x12\r\n\x05\x63odec\x18\x03 \x01(\t\x12\x11\n\tbase_hash\x18\x04 \x01(\t\x12*\n\x07members\x18\x05 \x03(\x0b\x32\x19.barnraise.v1.GroupMember\x12\x17\n\x0freduce_deadline\x18\x06 \x01(\x01\x12\x13\n\nexchange_s\x18\xb4\x01 \x01(\x01\"y\n\tJoinReply\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.barnraise.v1.JoinStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x0e\n\x06leader\x18\x03 \x01(\t\x12\"\n\x05group\x18\x04 \x01(\x0b\x32\x13.barnraise.v1.Group\"\xa9\x01\n\x0bPartMessage\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x12\n\npart_index\x18\x03 \x01(\r\x12\x0e\n\x06weight\x18\x04 \x01(\x01\x12+\n\x06tensor\x18\x05 \x01(\x0b\x32\x1b.barnraise.v1.EncodedTensor\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"\xc6\x01\n\x0bReducedPart\x12(\n\x06status\x18\x01 \x01(\x0e\x32\x18.barnraise.v1.PartStatus\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12+\n\x06tensor\x18\x03 \x01(\x0b\x32\x1b.barnraise.v1.EncodedTensor\x12\x14\n\x0c\x63ontributors\x18\x04 \x03(\t\x12\x14\n\x0ctotal_weight\x18\x05 \x01(\x01\x12\x10\n\x08\x65xcluded\x18\x06 \x03(\t\x12\x12\n\nexclusions\x18\x07 \x03(\t\"\xbd\x01\n\x07\x43onfirm\x12\x10\n\x08group_id\x18\x01 \x01(\t\x12\x0e\n\x06sender\x18\x02 \x01(\t\x12\x13\n\x0bresult_hash\x18\x03 \x01(\t\x12\x0f\n\x07\x66\x61ilure\x18\x04 \x01(\t\x12\x11\n\toffenders\x18\x05 \x03(\t\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\x12.\n\x0b\x61\x63\x63usations\x18\x8c\x01 \x03(\x0b\x32\x18.barnraise.v1.Accusation\"\x8d\x01\n\x07Verdict\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x13\n\x0bresult_hash\x18\x02 \x01(\t\x12\x0e\n\x06\x61greed\x18\x03 \x03(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x11\n\toffenders\x18\x05 \x03(\t\x12.\n\x0b\x61\x63\x63usations\x18\x8c\x01 \x03(\x0b\x32\x18.barnraise.v1.Accusation\"j\n\x0cStateRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tmin_round\x18\x02 \x01(\x03\x12\x0e\n\x06wait_s\x18\x03 \x01(\x01\x12\'\n\x04\x61uth\x18\x0f \x01(\x0b\x32\x19.barnraise.v1.RequestAuth\"b\n\x0bStateHeader\x12\n\n\x02ok\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\x04\x12\x13\n\x0bparams_hash\x18\x04 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x05 \x01(\x04\"\x1a\n\nStateChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"c\n\nRoundEntry\x12\x0f\n\x07peer_id\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\x01\x12\x11\n\tbase_hash\x18\x03 \x01(\t\x12\x11\n\ttimestamp\x18\x04 \x01(\x01\x12\x0e\n\x05reach\x18\xa0\x01 \x01(\t*\x9a\x01\n\nJoinStatus\x12\x14\n\x10JOIN_UNSPECIFIED\x10\x00\x12\x11\n\rJOIN_ACCEPTED\x10\x01\x12\x13\n\x0fJOIN_NOT_LEADER\x10\x02\x12\x13\n\x0fJOIN_STALE_BASE\x10\x03\x12\x11\n\rJOIN_TOO_LATE\x10\x04\x12\x14\n\x10JOIN_WRONG_ROUND\x10\x05\x12\x10\n\x0cJOIN_REFUSED\x10\x06*S\n\nPartStatus\x12\x14\n\x10PART_UNSPECIFIED\x10\x00\x12\x0b\n\x07PART_OK\x10\x01\x12\x11\n\rPART_REJECTED\x10\x02\x12\x0f\n\x0bPART_FAILED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'barnraise.protos.averaging_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_JOINSTATUS']._serialized_start=1678
-  _globals['_JOINSTATUS']._serialized_end=1832
-  _globals['_PARTSTATUS']._serialized_start=1834
-  _globals['_PARTSTATUS']._serialized_end=1917
-  _globals['_ENCODEDTENSOR']._serialized_start=79
-  _globals['_ENCODEDTENSOR']._serialized_end=204
-  _globals['_JOINREQUEST']._serialized_start=207
-  _globals['_JOINREQUEST']._serialized_end=402
-  _globals['_GROUPMEMBER']._serialized_start=404
-  _globals['_GROUPMEMBER']._serialized_end=473
-  _globals['_GROUP']._serialized_start=476
-  _globals['_GROUP']._serialized_end=619
-  _globals['_JOINREPLY']._serialized_start=621
-  _globals['_JOINREPLY']._serialized_end=742
-  _globals['_PARTMESSAGE']._serialized_start=745
-  _globals['_PARTMESSAGE']._serialized_end=914
-  _globals['_REDUCEDPART']._serialized_start=917
-  _globals['_REDUCEDPART']._serialized_end=1115
-  _globals['_CONFIRM']._serialized_start=1118
-  _globals['_CONFIRM']._serialized_end=1259
-  _globals['_VERDICT']._serialized_start=1261
-  _globals['_VERDICT']._serialized_end=1354
-  _globals['_STATEREQUEST']._serialized_start=1356
-  _globals['_STATEREQUEST']._serialized_end=1462
-  _globals['_STATEHEADER']._serialized_start=1464
-  _globals['_STATEHEADER']._serialized_end=1562
-  _globals['_STATECHUNK']._serialized_start=1564
-  _globals['_STATECHUNK']._serialized_end=1590
-  _globals['_ROUNDENTRY']._serialized_start=1592
-  _globals['_ROUNDENTRY']._serialized_end=1675
+  _globals['_JOINSTATUS']._serialized_start=1904
+  _globals['_JOINSTATUS']._serialized_end=2058
+  _globals['_PARTSTATUS']._serialized_start=2060
+  _globals['_PARTSTATUS']._serialized_end=2143
+  _globals['_ENCODEDTENSOR']._serialized_start=110
+  _globals['_ENCODEDTENSOR']._serialized_end=256
+  _globals['_JOINREQUEST']._serialized_start=259
+  _globals['_JOINREQUEST']._serialized_end=470
+  _globals['_GROUPMEMBER']._serialized_start=472
+  _globals['_GROUPMEMBER']._serialized_end=565
+  _globals['_GROUP']._serialized_start=568
+  _globals['_GROUP']._serialized_end=732
+  _globals['_JOINREPLY']._serialized_start=734
+  _globals['_JOINREPLY']._serialized_end=855
+  _globals['_PARTMESSAGE']._serialized_start=858
+  _globals['_PARTMESSAGE']._serialized_end=1027
+  _globals['_REDUCEDPART']._serialized_start=1030
+  _globals['_REDUCEDPART']._serialized_end=1228
+  _globals['_CONFIRM']._serialized_start=1231
+  _globals['_CONFIRM']._serialized_end=1420
+  _globals['_VERDICT']._serialized_start=1423
+  _globals['_VERDICT']._serialized_end=1564
+  _globals['_STATEREQUEST']._serialized_start=1566
+  _globals['_STATEREQUEST']._serialized_end=1672
+  _globals['_STATEHEADER']._serialized_start=1674
+  _globals['_STATEHEADER']._serialized_end=1772
+  _globals['_STATECHUNK']._serialized_start=1774
+  _globals['_STATECHUNK']._serialized_end=1800
+  _globals['_ROUNDENTRY']._serialized_start=1802
+  _globals['_ROUNDENTRY']._serialized_end=1901
 # @@protoc_insertion_point(module_scope)

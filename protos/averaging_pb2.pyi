@@ -1,3 +1,4 @@
+from barnraise.protos import audit_pb2 as _audit_pb2
 from barnraise.protos import auth_pb2 as _auth_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -37,7 +38,7 @@ PART_REJECTED: PartStatus
 PART_FAILED: PartStatus
 
 class EncodedTensor(_message.Message):
-    __slots__ = ("codec", "numel", "data", "scales", "indices", "block_size", "nnz")
+    __slots__ = ("codec", "numel", "data", "scales", "indices", "block_size", "nnz", "commitment")
     CODEC_FIELD_NUMBER: _ClassVar[int]
     NUMEL_FIELD_NUMBER: _ClassVar[int]
     DATA_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +46,7 @@ class EncodedTensor(_message.Message):
     INDICES_FIELD_NUMBER: _ClassVar[int]
     BLOCK_SIZE_FIELD_NUMBER: _ClassVar[int]
     NNZ_FIELD_NUMBER: _ClassVar[int]
+    COMMITMENT_FIELD_NUMBER: _ClassVar[int]
     codec: str
     numel: int
     data: bytes
@@ -52,10 +54,11 @@ class EncodedTensor(_message.Message):
     indices: bytes
     block_size: int
     nnz: int
-    def __init__(self, codec: _Optional[str] = ..., numel: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., indices: _Optional[bytes] = ..., block_size: _Optional[int] = ..., nnz: _Optional[int] = ...) -> None: ...
+    commitment: bytes
+    def __init__(self, codec: _Optional[str] = ..., numel: _Optional[int] = ..., data: _Optional[bytes] = ..., scales: _Optional[bytes] = ..., indices: _Optional[bytes] = ..., block_size: _Optional[int] = ..., nnz: _Optional[int] = ..., commitment: _Optional[bytes] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
-    __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "base_round", "auth")
+    __slots__ = ("run_id", "round", "peer_id", "weight", "base_hash", "codec", "bandwidth_bps", "base_round", "auth", "reach")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
@@ -65,6 +68,7 @@ class JoinRequest(_message.Message):
     BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
     BASE_ROUND_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     run_id: str
     round: int
     peer_id: str
@@ -74,33 +78,38 @@ class JoinRequest(_message.Message):
     bandwidth_bps: float
     base_round: int
     auth: _auth_pb2.RequestAuth
-    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., base_round: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    reach: str
+    def __init__(self, run_id: _Optional[str] = ..., round: _Optional[int] = ..., peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., codec: _Optional[str] = ..., bandwidth_bps: _Optional[float] = ..., base_round: _Optional[int] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ..., reach: _Optional[str] = ...) -> None: ...
 
 class GroupMember(_message.Message):
-    __slots__ = ("peer_id", "weight", "part_fraction")
+    __slots__ = ("peer_id", "weight", "part_fraction", "bandwidth_bps")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     PART_FRACTION_FIELD_NUMBER: _ClassVar[int]
+    BANDWIDTH_BPS_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     weight: float
     part_fraction: float
-    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., part_fraction: _Optional[float] = ...) -> None: ...
+    bandwidth_bps: float
+    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., part_fraction: _Optional[float] = ..., bandwidth_bps: _Optional[float] = ...) -> None: ...
 
 class Group(_message.Message):
-    __slots__ = ("group_id", "round", "codec", "base_hash", "members", "reduce_deadline")
+    __slots__ = ("group_id", "round", "codec", "base_hash", "members", "reduce_deadline", "exchange_s")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     ROUND_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     MEMBERS_FIELD_NUMBER: _ClassVar[int]
     REDUCE_DEADLINE_FIELD_NUMBER: _ClassVar[int]
+    EXCHANGE_S_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     round: int
     codec: str
     base_hash: str
     members: _containers.RepeatedCompositeFieldContainer[GroupMember]
     reduce_deadline: float
-    def __init__(self, group_id: _Optional[str] = ..., round: _Optional[int] = ..., codec: _Optional[str] = ..., base_hash: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., reduce_deadline: _Optional[float] = ...) -> None: ...
+    exchange_s: float
+    def __init__(self, group_id: _Optional[str] = ..., round: _Optional[int] = ..., codec: _Optional[str] = ..., base_hash: _Optional[str] = ..., members: _Optional[_Iterable[_Union[GroupMember, _Mapping]]] = ..., reduce_deadline: _Optional[float] = ..., exchange_s: _Optional[float] = ...) -> None: ...
 
 class JoinReply(_message.Message):
     __slots__ = ("status", "reason", "leader", "group")
@@ -149,34 +158,38 @@ class ReducedPart(_message.Message):
     def __init__(self, status: _Optional[_Union[PartStatus, str]] = ..., reason: _Optional[str] = ..., tensor: _Optional[_Union[EncodedTensor, _Mapping]] = ..., contributors: _Optional[_Iterable[str]] = ..., total_weight: _Optional[float] = ..., excluded: _Optional[_Iterable[str]] = ..., exclusions: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Confirm(_message.Message):
-    __slots__ = ("group_id", "sender", "result_hash", "failure", "offenders", "auth")
+    __slots__ = ("group_id", "sender", "result_hash", "failure", "offenders", "auth", "accusations")
     GROUP_ID_FIELD_NUMBER: _ClassVar[int]
     SENDER_FIELD_NUMBER: _ClassVar[int]
     RESULT_HASH_FIELD_NUMBER: _ClassVar[int]
     FAILURE_FIELD_NUMBER: _ClassVar[int]
     OFFENDERS_FIELD_NUMBER: _ClassVar[int]
     AUTH_FIELD_NUMBER: _ClassVar[int]
+    ACCUSATIONS_FIELD_NUMBER: _ClassVar[int]
     group_id: str
     sender: str
     result_hash: str
     failure: str
     offenders: _containers.RepeatedScalarFieldContainer[str]
     auth: _auth_pb2.RequestAuth
-    def __init__(self, group_id: _Optional[str] = ..., sender: _Optional[str] = ..., result_hash: _Optional[str] = ..., failure: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ...) -> None: ...
+    accusations: _containers.RepeatedCompositeFieldContainer[_audit_pb2.Accusation]
+    def __init__(self, group_id: _Optional[str] = ..., sender: _Optional[str] = ..., result_hash: _Optional[str] = ..., failure: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., auth: _Optional[_Union[_auth_pb2.RequestAuth, _Mapping]] = ..., accusations: _Optional[_Iterable[_Union[_audit_pb2.Accusation, _Mapping]]] = ...) -> None: ...
 
 class Verdict(_message.Message):
-    __slots__ = ("ok", "result_hash", "agreed", "reason", "offenders")
+    __slots__ = ("ok", "result_hash", "agreed", "reason", "offenders", "accusations")
     OK_FIELD_NUMBER: _ClassVar[int]
     RESULT_HASH_FIELD_NUMBER: _ClassVar[int]
     AGREED_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OFFENDERS_FIELD_NUMBER: _ClassVar[int]
+    ACCUSATIONS_FIELD_NUMBER: _ClassVar[int]
     ok: bool
     result_hash: str
     agreed: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     offenders: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, ok: _Optional[bool] = ..., result_hash: _Optional[str] = ..., agreed: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ...) -> None: ...
+    accusations: _containers.RepeatedCompositeFieldContainer[_audit_pb2.Accusation]
+    def __init__(self, ok: _Optional[bool] = ..., result_hash: _Optional[str] = ..., agreed: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., offenders: _Optional[_Iterable[str]] = ..., accusations: _Optional[_Iterable[_Union[_audit_pb2.Accusation, _Mapping]]] = ...) -> None: ...
 
 class StateRequest(_message.Message):
     __slots__ = ("run_id", "min_round", "wait_s", "auth")
@@ -211,13 +224,15 @@ class StateChunk(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class RoundEntry(_message.Message):
-    __slots__ = ("peer_id", "weight", "base_hash", "timestamp")
+    __slots__ = ("peer_id", "weight", "base_hash", "timestamp", "reach")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     WEIGHT_FIELD_NUMBER: _ClassVar[int]
     BASE_HASH_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    REACH_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     weight: float
     base_hash: str
     timestamp: float
-    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., timestamp: _Optional[float] = ...) -> None: ...
+    reach: str
+    def __init__(self, peer_id: _Optional[str] = ..., weight: _Optional[float] = ..., base_hash: _Optional[str] = ..., timestamp: _Optional[float] = ..., reach: _Optional[str] = ...) -> None: ...

@@ -23,7 +23,7 @@ PHASE_IDLE: Phase
 PHASE_PAUSED: Phase
 
 class Heartbeat(_message.Message):
-    __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch", "compute_fraction", "offenders", "codec_received", "round_wall_s", "init_hash", "recent_hashes", "recent_losses", "exclusion_round", "rounds_late", "late_round", "group_size")
+    __slots__ = ("peer_id", "version", "run_id", "device", "device_memory_bytes", "link", "samples_per_s", "round", "phase", "loss", "params_hash", "hash_round", "bytes_sent", "bytes_received", "rounds_joined", "rounds_missed", "last_exclusion", "timestamp", "samples_total", "codec_sent", "batch_size", "micro_batch", "compute_fraction", "offenders", "codec_received", "round_wall_s", "init_hash", "recent_hashes", "recent_losses", "exclusion_round", "rounds_late", "late_round", "group_size", "caught_reducers", "dht_records_stored")
     PEER_ID_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,8 @@ class Heartbeat(_message.Message):
     ROUNDS_LATE_FIELD_NUMBER: _ClassVar[int]
     LATE_ROUND_FIELD_NUMBER: _ClassVar[int]
     GROUP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CAUGHT_REDUCERS_FIELD_NUMBER: _ClassVar[int]
+    DHT_RECORDS_STORED_FIELD_NUMBER: _ClassVar[int]
     peer_id: str
     version: str
     run_id: str
@@ -90,7 +92,9 @@ class Heartbeat(_message.Message):
     rounds_late: int
     late_round: int
     group_size: int
-    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., link: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., loss: _Optional[float] = ..., params_hash: _Optional[str] = ..., hash_round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds_joined: _Optional[int] = ..., rounds_missed: _Optional[int] = ..., last_exclusion: _Optional[str] = ..., timestamp: _Optional[float] = ..., samples_total: _Optional[int] = ..., codec_sent: _Optional[str] = ..., batch_size: _Optional[int] = ..., micro_batch: _Optional[int] = ..., compute_fraction: _Optional[float] = ..., offenders: _Optional[_Iterable[str]] = ..., codec_received: _Optional[str] = ..., round_wall_s: _Optional[float] = ..., init_hash: _Optional[str] = ..., recent_hashes: _Optional[_Iterable[_Union[RoundHash, _Mapping]]] = ..., recent_losses: _Optional[_Iterable[float]] = ..., exclusion_round: _Optional[int] = ..., rounds_late: _Optional[int] = ..., late_round: _Optional[int] = ..., group_size: _Optional[int] = ...) -> None: ...
+    caught_reducers: _containers.RepeatedScalarFieldContainer[str]
+    dht_records_stored: int
+    def __init__(self, peer_id: _Optional[str] = ..., version: _Optional[str] = ..., run_id: _Optional[str] = ..., device: _Optional[str] = ..., device_memory_bytes: _Optional[int] = ..., link: _Optional[str] = ..., samples_per_s: _Optional[float] = ..., round: _Optional[int] = ..., phase: _Optional[_Union[Phase, str]] = ..., loss: _Optional[float] = ..., params_hash: _Optional[str] = ..., hash_round: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_received: _Optional[int] = ..., rounds_joined: _Optional[int] = ..., rounds_missed: _Optional[int] = ..., last_exclusion: _Optional[str] = ..., timestamp: _Optional[float] = ..., samples_total: _Optional[int] = ..., codec_sent: _Optional[str] = ..., batch_size: _Optional[int] = ..., micro_batch: _Optional[int] = ..., compute_fraction: _Optional[float] = ..., offenders: _Optional[_Iterable[str]] = ..., codec_received: _Optional[str] = ..., round_wall_s: _Optional[float] = ..., init_hash: _Optional[str] = ..., recent_hashes: _Optional[_Iterable[_Union[RoundHash, _Mapping]]] = ..., recent_losses: _Optional[_Iterable[float]] = ..., exclusion_round: _Optional[int] = ..., rounds_late: _Optional[int] = ..., late_round: _Optional[int] = ..., group_size: _Optional[int] = ..., caught_reducers: _Optional[_Iterable[str]] = ..., dht_records_stored: _Optional[int] = ...) -> None: ...
 
 class RoundHash(_message.Message):
     __slots__ = ("round", "params_hash")

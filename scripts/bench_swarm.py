@@ -19,6 +19,10 @@ Every system writes parameter snapshots; one evaluator scores them all on the sa
 after each run. The target loss is the highest of the best losses of barnraise, the solo peer and
 the ideal (the loss all three reach) unless ``--target-loss`` is given. The table and all figures
 go to ``scripts/results/bench_swarm-DATE.{json,txt,png}``; the last line printed is one JSON object.
+
+``--regime bandwidth-bound`` runs the regime where one fp32 all-reduce at 25 Mbit/s is at least 4x
+a round's compute, with links 25 Mbit/s up and 100 down, the sparse codec, a smoothed evaluation
+and two seeds (``baselines/regimes.py``); ``compute-bound`` (the default) is the run above.
 """
 
 from __future__ import annotations
@@ -30,27 +34,19 @@ import os
 import shutil
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 SCRIPTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(SCRIPTS))
 
-from baselines import agreement, corpus, cpucap, figures, report, systems  # noqa: E402
+from baselines import agreement, corpus, cpucap, figures, regimes, report, systems  # noqa: E402
 from baselines.figures import DDP_SLOW, HIVEMIND, IDEAL, OURS, OURS_FREE, SOLO  # noqa: E402
+from baselines.swarmtable import LABELS, table  # noqa: E402
 from netsim_lib import cleanup_stale, missing_requirements  # noqa: E402
 from netsim_lib.swarm import default_barnraise_command  # noqa: E402
 
 logger = logging.getLogger("bench_swarm")
-
-LABELS = {
-    OURS: "barnraise @25 Mbit/s",
-    HIVEMIND: "hivemind.Optimizer @25 Mbit/s",
-    DDP_SLOW: "DDP @25 Mbit/s",
-    SOLO: "one peer alone",
-    IDEAL: "DDP unlimited (ideal)",
-    OURS_FREE: "barnraise unlimited",
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -86,11 +82,22 @@ class BenchConfig:
     subnet: str = "10.78.0.0/24"  # private /24 for the namespaces
     prefix: str = "brb"  # netsim name prefix
     keep: bool = False  # keep the work directory (logs, events, snapshots)
+    regime: str = "compute-bound"  # compute-bound or bandwidth-bound (baselines/regimes.py)
+    down_mbit: float | None = None  # link download rate, Mbit/s; None: as mbit
+    eval_seqs: int = 16  # held-out sequences per evaluation
+    smooth: int = 1  # snapshots per moving-average point of the loss curves (1: raw)
+    seeds: int = 1  # runs of every system, seeds seed, seed + 1, ...
+    declare_bandwidth: bool = False  # barnraise peers declare their uplink (--bandwidth-mbit)
+    systems: tuple[str, ...] = tuple(LABELS)  # which systems run
 
     def __post_init__(self) -> None:
         budgets = (self.budget_s, self.unlimited_budget_s, self.hivemind_budget_s or self.budget_s)
         if self.peers < 2 or self.mbit <= 0 or min(budgets) <= 0:
             raise ValueError("need >= 2 peers, a positive link rate and positive budgets")
+        if self.regime not in regimes.REGIMES or self.seeds < 1 or self.eval_seqs < 1:
+            raise ValueError(f"regime must be one of {', '.join(regimes.REGIMES)}, seeds and eval_seqs >= 1")
+        if not set(self.systems) <= set(LABELS) or not self.systems:
+            raise ValueError(f"systems must be among {', '.join(LABELS)}")
         if self.hivemind_mode not in ("local", "dpu"):
             raise ValueError(f"hivemind mode must be local or dpu, got {self.hivemind_mode!r}")
 
@@ -105,10 +112,16 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         default=None,
         help="seconds of training for hivemind.Optimizer (default: twice --budget-s; quick: the same)",
     )
-    p.add_argument("--model", default="gpt-small")
-    p.add_argument("--round-s", type=float, default=10.0)
+    p.add_argument(
+        "--regime", choices=regimes.REGIMES, default="compute-bound", help="see baselines/regimes.py"
+    )
+    p.add_argument("--seeds", type=int, default=None, help="runs of every system (default: the regime's)")
+    p.add_argument("--peers", type=int, default=4, help="machines per system")
+    p.add_argument("--systems", default=None, help=f"comma-separated subset of {','.join(LABELS)}")
+    p.add_argument("--model", default=None, help="default: the regime's (gpt-small, gpt-wide)")
+    p.add_argument("--round-s", type=float, default=None, help="default: the regime's (10)")
     p.add_argument("--round-delay", type=int, choices=(0, 1), default=1)
-    p.add_argument("--codec", default="int8")
+    p.add_argument("--codec", default=None, help="default: the regime's (int8, sparse)")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--outer-lr", type=float, default=1.0, help="barnraise outer learning rate (default 1)")
     p.add_argument(
@@ -118,15 +131,28 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
     p.add_argument("--hivemind-mode", choices=("local", "dpu"), default="local")
     p.add_argument("--target-loss", type=float, default=None)
     p.add_argument("--subnet", default="10.78.0.0/24")
+    p.add_argument(
+        "--prefix", default="brb", help="netsim name prefix (1-4 letters) of this run's namespaces"
+    )
     p.add_argument("--keep", action="store_true", help="keep logs, events and snapshots")
     a = p.parse_args(argv)
     budget = a.budget_s or (50.0 if a.quick else 300.0)
+    r = regimes.PRESETS[a.regime]
     return BenchConfig(
         quick=a.quick,
-        model=a.model,
-        round_s=a.round_s,
+        regime=a.regime,
+        peers=a.peers,
+        systems=tuple(k for k in LABELS if a.systems is None or k in a.systems.split(",")),
+        mbit=r.up_mbit,
+        down_mbit=r.down_mbit,
+        eval_seqs=r.eval_seqs_quick if a.quick else r.eval_seqs,
+        smooth=r.smooth,
+        seeds=a.seeds or (1 if a.quick else r.seeds),
+        declare_bandwidth=r.declare_bandwidth,
+        model=a.model or r.model,
+        round_s=a.round_s or r.round_s,
         round_delay=a.round_delay,
-        codec=a.codec,
+        codec=a.codec or r.codec,
         batch_size=a.batch_size,
         outer_lr=a.outer_lr,
         outer_momentum=a.outer_momentum,
@@ -137,6 +163,7 @@ def parse_args(argv: list[str] | None) -> BenchConfig:
         hivemind_mode=a.hivemind_mode,
         target_loss=a.target_loss,
         subnet=a.subnet,
+        prefix=a.prefix,
         keep=a.keep,
     )
 
@@ -153,7 +180,6 @@ def run_all(cfg: BenchConfig, work_dir: Path) -> dict:
     from baselines.evaluator import Evaluator
 
     machine = report.describe_machine()
-    barnraise_cmd = default_barnraise_command()
     spec = corpus.RunSpec(
         model=cfg.model,
         round_s=cfg.round_s,
@@ -164,7 +190,7 @@ def run_all(cfg: BenchConfig, work_dir: Path) -> dict:
         outer_lr=cfg.outer_lr,
         outer_momentum=cfg.outer_momentum,
     )
-    run_dir = corpus.prepare_run(work_dir, spec, barnraise_cmd)
+    run_dir = corpus.prepare_run(work_dir, spec, default_barnraise_command())
     env = systems.BenchEnv(
         run_dir=run_dir,
         work_dir=work_dir,
@@ -174,16 +200,19 @@ def run_all(cfg: BenchConfig, work_dir: Path) -> dict:
         cpus_per_peer=cfg.cpus_per_peer,
         threads=cfg.threads,
         snapshot_every_s=10.0 if cfg.quick else 15.0,
+        down_mbit=cfg.down_mbit,
+        peer_args=("--bandwidth-mbit", f"{cfg.mbit:g}") if cfg.declare_bandwidth else (),
     )
     # Fewer evaluation sequences in quick mode: scoring is serial and the whole run has 10 minutes.
-    evaluator = Evaluator(run_dir, work_dir / corpus.HELDOUT_FILE, n_seqs=8 if cfg.quick else 16, threads=2)
+    evaluator = Evaluator(run_dir, work_dir / corpus.HELDOUT_FILE, n_seqs=cfg.eval_seqs, threads=2)
     runs: dict[str, systems.SystemRun] = {}
     curves = {}
 
     def finish(key: str, run: systems.SystemRun) -> None:
         runs[key] = run
         snaps = agreement.majority_snapshots(run.events)
-        curves[key] = evaluator.curve(snaps, run.t_zero) if run.t_zero is not None else []
+        raw = evaluator.curve(snaps, run.t_zero) if run.t_zero is not None else []
+        curves[key] = regimes.smoothed(raw, cfg.smooth)
         best = min((p.loss for p in curves[key]), default=float("nan"))
         logger.info(
             "%s done%s: %d snapshots, best loss %.3f",
@@ -195,42 +224,40 @@ def run_all(cfg: BenchConfig, work_dir: Path) -> dict:
         if not cfg.keep:
             shutil.rmtree(run.out_dir / "snapshots", ignore_errors=True)
 
-    b, n, mbit = cfg.budget_s, cfg.peers, cfg.mbit
-    finish(OURS, systems.run_barnraise(env, "barnraise@25", mbit=mbit, peers=n, budget_s=b))
+    b, n, mbit, want = cfg.budget_s, cfg.peers, cfg.mbit, set(cfg.systems)
+    if OURS in want:
+        finish(OURS, systems.run_barnraise(env, "barnraise@25", mbit=mbit, peers=n, budget_s=b))
     numel = evaluator.numel
     fp16_limit = 2 * (n - 1) / n * 2 * numel / (mbit * 1e6 / 8)
-    finish(
-        HIVEMIND,
-        systems.run_hivemind(
-            env,
-            "hivemind@25",
-            mbit=mbit,
-            peers=n,
-            budget_s=cfg.hivemind_budget_s or b,
-            mode=cfg.hivemind_mode,
-            target_batch_size=hivemind_target_batch(runs.get(OURS), cfg),
-            matchmaking_s=cfg.matchmaking_s,
-            averaging_timeout_s=max(30.0, 3 * fp16_limit),
-        ),
-    )
-    solo = systems.start_solo(env, "solo", budget_s=b)
-    try:
-        ddp_slow = systems.run_ddp(env, "ddp@25", mbit=mbit, peers=n, budget_s=b)
-        solo_run = systems.finish_solo(env, solo, b)  # before any scoring, which would steal its CPU
-    finally:
-        solo.abort()
-    finish(DDP_SLOW, ddp_slow)
-    finish(SOLO, solo_run)
-    finish(IDEAL, systems.run_ddp(env, "ddp@unlimited", mbit=None, peers=n, budget_s=b))
-    finish(
-        OURS_FREE,
-        systems.run_barnraise(
-            env, "barnraise@unlimited", mbit=None, peers=n, budget_s=cfg.unlimited_budget_s
-        ),
-    )
+    if HIVEMIND in want:
+        finish(
+            HIVEMIND,
+            systems.run_hivemind(
+                env,
+                "hivemind@25",
+                mbit=mbit,
+                peers=n,
+                budget_s=cfg.hivemind_budget_s or b,
+                mode=cfg.hivemind_mode,
+                target_batch_size=hivemind_target_batch(runs.get(OURS), cfg),
+                matchmaking_s=cfg.matchmaking_s,
+                averaging_timeout_s=max(30.0, 3 * fp16_limit),
+            ),
+        )
+    _run_ddp_and_solo(cfg, env, finish, want)
+    if IDEAL in want:
+        finish(IDEAL, systems.run_ddp(env, "ddp@unlimited", mbit=None, peers=n, budget_s=b))
+    if OURS_FREE in want:
+        finish(
+            OURS_FREE,
+            systems.run_barnraise(
+                env, "barnraise@unlimited", mbit=None, peers=n, budget_s=cfg.unlimited_budget_s
+            ),
+        )
     summary = figures.summarise(
         runs, curves, numel=numel, peers=n, mbit=mbit, target_override=cfg.target_loss
     )
+    regimes.add_regime_figures(summary, curves, cfg.regime)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     summary["errors"] = {k: r.error for k, r in runs.items() if r.error}
     summary["config"] = asdict(cfg)
@@ -239,70 +266,48 @@ def run_all(cfg: BenchConfig, work_dir: Path) -> dict:
     return summary
 
 
-def verdict(met: bool | None, value: float | None) -> str:
-    if value is None:
-        return "not measured"
-    return "undecided" if met is None else "met" if met else "not met"
+def _run_ddp_and_solo(cfg: BenchConfig, env, finish, want: set[str]) -> None:
+    """DDP at the link rate with the solo peer alongside (it needs no network, DDP little CPU)."""
+    b = cfg.budget_s
+    solo = systems.start_solo(env, "solo", budget_s=b) if SOLO in want else None
+    try:
+        ddp_slow = (
+            systems.run_ddp(env, "ddp@25", mbit=cfg.mbit, peers=cfg.peers, budget_s=b)
+            if DDP_SLOW in want
+            else None
+        )
+        solo_run = systems.finish_solo(env, solo, b) if solo else None  # before any scoring
+    finally:
+        if solo:
+            solo.abort()
+    if ddp_slow:
+        finish(DDP_SLOW, ddp_slow)
+    if solo_run:
+        finish(SOLO, solo_run)
 
 
-def table(s: dict) -> str:
-    f, t, basis = report.fmt, s.get("time_to_target_s", {}), s.get("time_basis", {})
-    m = s.get("machine", {})
-    lines = [
-        f"bench_swarm {'(quick) ' if s['config']['quick'] else ''}on {m.get('cores')} cores "
-        f"{m.get('cpu_model')}, {m.get('ram_gib')} GiB, kernel {m.get('kernel')}, load "
-        f"{m.get('loadavg_start')} -> {m.get('loadavg_end')}; commit {m.get('commit')}"
-        f"{' + local changes' if m.get('uncommitted_changes') else ''}",
-        f"model {s['config']['model']} ({s['numel']} params), {s['peers']} peers at {s['mbit']:g} Mbit/s, "
-        f"CPU cap {s['config']['cpus_per_peer']} cores/peer; target held-out loss {f(s.get('target_loss'), '.3f')}",
-        "quick mode: a smoke run of the first minute of training; compare systems with a full run"
-        if s["config"]["quick"]
-        else "times exclude start-up (joining, loading); each system's clock starts at its first step",
-        f"budgets: {s['config']['budget_s']:g} s per system, hivemind.Optimizer "
-        f"{s['config'].get('hivemind_budget_s') or s['config']['budget_s']:g} s, barnraise unlimited "
-        f"{s['config']['unlimited_budget_s']:g} s",
-        "",
-        f"{'system':<32} {'to target (s)':>14} {'basis':>12} {'best loss':>10}",
-    ]
-    for key, label in LABELS.items():
-        lines.append(
-            f"{label:<32} {f(t.get(key), '.1f'):>14} {basis.get(key, '-'):>12} "
-            f"{f(s.get('best_loss', {}).get(key), '.3f'):>10}"
-        )
-    lines.append("")
-    against = {"speedup_vs_hivemind": HIVEMIND, "speedup_vs_ddp": DDP_SLOW, "speedup_vs_solo": SOLO,
-               "vs_ideal": IDEAL}  # fmt: skip
-    for key, (op, thr) in figures.TARGETS.items():
-        met = s.get("targets_met", {}).get(key)
-        how = basis.get(against.get(key, ""), "measured")
-        note = {"lower_bound": " (at least: it never reached the target)", "estimated": " (estimated)"}
-        lines.append(
-            f"{key:<24} {f(s.get(key), '.3f'):>8}  target {op} {thr:g}: "
-            f"{verdict(met, s.get(key))}{note.get(how, '')}"
-        )
-    notes = {
-        "bytes_per_param_round": "bytes a peer sent per training round / params (interface counter)",
-        "bytes_per_param_exchange": "same, per exchange with >= 2 members",
-        "bytes_per_param_exchange_ideal": "2(N-1)/N x encoded payload / params",
-        "comm_compute_ratio": "fp32 all-reduce limit at the link rate / median window compute",
-        "fp32_allreduce_limit_s": "2(N-1)/N x 4 bytes x params / link rate",
-        "window_compute_s": "median compute seconds of a round (window)",
-        "compute_speed_vs_solo": "samples/s while computing, swarm peer vs solo peer (same CPU cap)",
-        "ideal_speedup_vs_solo": "solo's time / the ideal's: what data parallelism gains at all here",
-        "allreduce_s": "median exchange seconds at the link rate",
-        "allreduce_limit_s": "its physical limit",
-        "allreduce_s_unlimited": "median exchange seconds on unlimited links (CPU and protocol)",
-        "allreduce_floor_vs_limit": "unlimited-link exchange time / the 25 Mbit/s limit",
-        "utilisation_unlimited": "compute share of wall time on unlimited links",
-        "bytes_per_param_round_unlimited": "bytes per param per round on unlimited links",
-        "group_size": "most common averaging group size",
-    }
-    lines.append("")
-    for key, note in notes.items():
-        lines.append(f"{key:<32} {f(s.get(key), 'd' if key == 'group_size' else '.3f'):>8}  {note}")
-    if s.get("errors"):
-        lines += ["", "errors: " + json.dumps(s["errors"])]
-    return "\n".join(lines)
+SEED_KEYS = (
+    "speedup_vs_hivemind", "speedup_vs_ddp", "speedup_vs_solo", "vs_ideal", "utilisation",
+    "bytes_per_param_round", "allreduce_vs_limit", "comm_compute_ratio", "ideal_speedup_vs_solo",
+    "hivemind_vs_ideal",
+)  # fmt: skip
+
+
+def run_seeds(cfg: BenchConfig, work_dir: Path) -> dict:
+    """Every system once per seed; with several seeds each figure is their mean (each seed's beside it)."""
+    summaries = []
+    for i in range(cfg.seeds):
+        one = replace(cfg, seed=cfg.seed + i)
+        (work_dir / f"seed{i}").mkdir()
+        summaries.append(run_all(one, work_dir / f"seed{i}"))
+    if len(summaries) == 1:
+        return summaries[0]
+    summary = dict(summaries[0])
+    summary.update(regimes.combine_seeds(summaries, SEED_KEYS))
+    summary["seed_summaries"] = summaries
+    if cfg.regime == "bandwidth-bound":
+        summary["targets_met"] = regimes.targets_met(summary, regimes.BANDWIDTH_TARGETS)
+    return summary
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -318,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     cpucap.remove_stale()
     work_dir = Path(tempfile.mkdtemp(prefix="barnraise-bench-"))
     try:
-        summary = run_all(cfg, work_dir)
+        summary = run_seeds(cfg, work_dir)
     except KeyboardInterrupt:
         print("bench_swarm: interrupted", file=sys.stderr)
         return 130
@@ -329,15 +334,19 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work_dir, ignore_errors=True)
     stem = f"bench_swarm-{report.stamp()}{'-quick' if cfg.quick else ''}"
     text = table(summary)
+    per_seed = summary.get("seed_summaries") or [summary]
     curves = {
-        LABELS[k]: [figures.CurvePoint(t_s=t, loss=loss, file="") for t, loss in c]
-        for k, c in summary["curves"].items()
+        f"{LABELS[k]}{'' if len(per_seed) == 1 else f' (seed {i + 1})'}": [
+            figures.CurvePoint(t_s=t, loss=loss, file="") for t, loss in c
+        ]
+        for i, one in enumerate(per_seed)
+        for k, c in one["curves"].items()
     }
     png = report.plot_curves(
         report.RESULTS_DIR / f"{stem}.png",
         curves,
         target=summary.get("target_loss"),
-        title=f"{summary['config']['model']}, {cfg.peers} peers, held-out loss vs wall time",
+        title=f"{cfg.regime}: {summary['config']['model']}, {cfg.peers} peers, held-out loss vs wall time",
     )
     paths = report.write_results(stem, summary, text)
     print(text)
@@ -355,6 +364,9 @@ def main(argv: list[str] | None = None) -> int:
     final.update(
         {k: summary.get(k) for k in ("target_loss", "time_to_target_s", "time_basis", "targets_met")}
     )
+    for k in ("regime", "ideal_speedup_vs_solo", "hivemind_vs_ideal", "loss_at_equal_time"):
+        final[k] = summary.get(k)
+    final["seeds"] = cfg.seeds
     final["result_file"] = str(paths["json"])
     final["plot"] = str(png) if png else None
     print(json.dumps(final))

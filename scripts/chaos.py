@@ -188,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         "--outer-lr", type=float, default=1.0, help="outer learning rate (default 1: plain averaging)"
     )
     p.add_argument("--outer-momentum", type=float, default=0.0, help="outer Nesterov momentum (default 0)")
+    p.add_argument("--codec", default="int8", help="update codec (sparse: the all-gather of sparse payloads)")
+    p.add_argument("--subnet", default="10.78.0.0/24")
+    p.add_argument(
+        "--prefix", default="brc", help="netsim name prefix (1-4 letters) of this run's namespaces"
+    )
     p.add_argument("--keep", action="store_true")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -200,6 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         cpus_per_peer=a.cpus_per_peer,
         outer_lr=a.outer_lr,
         outer_momentum=a.outer_momentum,
+        codec=a.codec,
+        subnet=a.subnet,
+        prefix=a.prefix,
         keep=a.keep,
     )
     if reason := missing_requirements():

@@ -116,8 +116,13 @@ def run_diloco(
     codec: str = "fp32",
     error_feedback: bool = True,
     topk_fraction: float = 0.01,
+    ef_decay: float = 1.0,
+    per_chunk: int | None = None,
 ) -> RunResult:
-    """DiLoCo with ``work.workers`` peers, H = ``work.inner_steps``, equal weights (same batch sizes)."""
+    """DiLoCo with ``work.workers`` peers, H = ``work.inner_steps``, equal weights (same batch sizes).
+
+    ``ef_decay`` < 1 lets error feedback's residue fade (SparseLoCo's accumulator, used in place of
+    outer momentum); ``per_chunk`` is the sparse codec's values kept per chunk (default: its own)."""
     torch.manual_seed(work.seed)
     cfg = model_config(work.model, 256)
     train_cfg = TrainingDefaults(inner_lr=work.inner_lr, batch_size=work.batch_size)
@@ -132,9 +137,11 @@ def run_diloco(
     models = [build_model(cfg, work.seed) for _ in range(work.workers)]
     trainers = [InnerTrainer(m, tcfg, CPU) for m in models]
     streams = [Stream(corpus, w, work.workers) for w in range(work.workers)]
-    feedback = [codecs.ErrorFeedback() for _ in range(work.workers)]
+    feedback = [codecs.ErrorFeedback(decay=ef_decay) for _ in range(work.workers)]
     state = GlobalState.initial(models[0])
     kwargs = {"topk_fraction": topk_fraction} if codec == "topk" else {}
+    if codec == "sparse" and per_chunk is not None:
+        kwargs["per_chunk"] = per_chunk
     rounds = math.ceil(work.total_steps / work.inner_steps)
     curve, sent_bytes, t0 = [], 0, time.perf_counter()
     for r in range(rounds):

@@ -4,7 +4,9 @@ Usage: python scripts/fuzz.py [--count N] [--seed S] [--target NAME ...] [--quic
 
 Feeds N generated inputs in all (split evenly across the chosen targets) to the parsers of frames,
 protobuf messages, request frames, codec payloads, part-reducer headers and chunks, state blobs and
-transfers, shard transfers, DHT records (sealed or not), tokens, signed requests and manifests.
+transfers, shard transfers, DHT records (sealed or not), the DHT nodes' record validator, the
+run's revocation record, tokens, signed requests, manifests, and verified reduction's audit
+requests, evidence and accusations.
 Each must return a valid result or raise one of our protocol errors, within its deadline. A target
 stops at its first failure (hypothesis then shrinks it to a small input, printed with the failure).
 ``--quick`` runs 20 inputs per target. Prints per-target counts and failures, writes

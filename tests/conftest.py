@@ -42,8 +42,14 @@ def inject(path: Path, *faults: dict) -> list[str]:
     return ["--inject", str(path)]
 
 
+# The settings these swarm tests were written for: exact fp32 updates, each average applied before
+# the next round, DiLoCo's outer step. init's defaults (int8, a round late, a plain average: the
+# benchmarks' best on slow links) run in test_gpu_check's swarms and the demo; ``extra`` overrides.
+TEST_TRAINING = ("--codec", "fp32", "--round-delay", "0", "--outer-lr", "0.7", "--outer-momentum", "0.9")
+
+
 def init_run(run_dir: Path, *extra: str) -> None:
-    res = run_cli("init", str(run_dir), *extra)
+    res = run_cli("init", str(run_dir), *TEST_TRAINING, *extra)
     assert res.returncode == 0, res.stderr
 
 

@@ -45,8 +45,8 @@ def register_init(sub) -> None:
     p.add_argument(
         "--model",
         default="gpt-nano",
-        help="gpt-nano, gpt-micro, gpt-small, gpt-medium; hf:CONFIG.json (a transformers causal LM, "
-        "needs barnraise[hf]); or py:package.module:factory[?key=value&...]",
+        help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide, gpt-large; hf:CONFIG.json (a "
+        "transformers causal LM, needs barnraise[hf]); or py:package.module:factory[?key=value&...]",
     )
     p.add_argument(
         "--tokenizer",

@@ -13,6 +13,8 @@ One stream per (member, reducer): a header frame (``PartMessage`` without a tens
 out, or a single ``ReducedPart`` with status REJECTED/FAILED that ends the stream. Every frame has a
 hard cap read before its body. Each member hashes the chunks it decodes, part by part; the leader
 compares these hashes (``peer/averager.py``), so a partially averaged round is never applied.
+With an identity (``PeerAuth``) every chunk carries its sender's signed commitment and reducers
+keep their inputs for audits (``commitments.py``, ``auditor.py``): a reducer's work can be checked.
 """
 
 from __future__ import annotations
@@ -20,78 +22,41 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from dataclasses import dataclass, field
-from typing import Protocol
 
 import torch
 
 from barnraise.coordinator.errors import BarnraiseError, ProtocolError, StreamClosed
-from barnraise.peer.averaging import codecs, plan
+from barnraise.peer.averaging import codecs, commitments, plan
+from barnraise.peer.averaging.exchange import (
+    MAX_SUMMARY_BYTES,
+    REDUCE,
+    REDUCE_HANDLER,
+    ExchangeStats,
+    PartFaults,
+    absorb,
+    chunk_cap,
+    rejected,
+    result_hash,
+)
+from barnraise.peer.averaging.gather import SparseGather
 from barnraise.peer.averaging.partreducer import PartReducer, chunk_bounds, part_bounds
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
 
-__all__ = ["AllReduce", "ExchangeStats", "PartFaults", "PartReducer", "part_bounds", "result_hash"]
+__all__ = [
+    "REDUCE",
+    "REDUCE_HANDLER",
+    "AllReduce",
+    "ExchangeStats",
+    "PartFaults",
+    "PartReducer",
+    "part_bounds",
+    "result_hash",
+]
 
 log = logging.getLogger(__name__)
-
-REDUCE_HANDLER = "barnraise.reduce"
-MAX_HEADER_BYTES = 4096
-MAX_SUMMARY_BYTES = 1 << 16  # the closing ReducedPart: member ids and exclusion reasons
-FRAME_SLACK = 4096  # protobuf fields around a chunk's encoded values
-
-
-def rejected(reason: str) -> averaging_pb2.ReducedPart:
-    """A reducer's refusal of a member's part; it ends the stream."""
-    return averaging_pb2.ReducedPart(status=averaging_pb2.PART_REJECTED, reason=reason)
-
-
-REDUCE = rpc.Method(
-    name=REDUCE_HANDLER,
-    request=averaging_pb2.PartMessage,  # the header; the chunks follow as EncodedTensor frames
-    max_request_bytes=MAX_HEADER_BYTES,
-    refusal=rejected,
-    request_timeout_s=30.0,
-)
-
-
-def result_hash(part_digests: list[bytes]) -> str:
-    """The round's result hash: over each part's digest of its reduced chunks, in part order."""
-    return hashlib.sha256(b"".join(part_digests)).hexdigest()[:16]
-
-
-def absorb(digest, enc: averaging_pb2.EncodedTensor) -> None:
-    """Add a reduced chunk to a part's digest: its encoded fields, which every member receives
-    byte for byte and decodes deterministically (cheaper than hashing the decoded fp32 values)."""
-    digest.update(b"%d/%d/%d/" % (enc.numel, enc.block_size, enc.nnz))
-    for blob in (enc.data, enc.scales, enc.indices):
-        digest.update(len(blob).to_bytes(8, "big"))
-        digest.update(blob)
-
-
-def _chunk_cap(codec: str, numel: int) -> int:
-    """The largest frame a chunk of ``numel`` values may take in ``codec``: read before the body."""
-    return codecs.max_encoded_bytes(codec, numel) + FRAME_SLACK
-
-
-class PartFaults(Protocol):
-    """Faults a test injects into the part exchange, by round (``peer.injection.Injector``)."""
-
-    def corrupt_part(
-        self, r: int, chunk: int, enc: averaging_pb2.EncodedTensor, codec: str, numel: int
-    ) -> averaging_pb2.EncodedTensor | bytes: ...
-
-    def stalls(self, r: int) -> bool: ...
-
-
-@dataclass
-class ExchangeStats:
-    bytes_sent: int = 0
-    bytes_received: int = 0
-    offenders: dict[str, str] = field(default_factory=dict)
-    result_hash: str = ""  # of the assembled average, set when the exchange succeeded
 
 
 class AllReduce:
@@ -114,9 +79,13 @@ class AllReduce:
         self.topk_fraction = topk_fraction
         self.faults = faults  # tests only: broken parts or a stalled reducer, by round (None: none)
         self._reducers: dict[str, asyncio.Future[PartReducer]] = {}
+        self.gather = SparseGather(p2p=p2p, peer_id=peer_id, auth=auth, robust=self.robust)  # sparse groups
+        self.identity = getattr(auth, "identity", None)  # signs our chunks' commitments (None: no audits)
+        self.keeper = None  # takes each part we reduced, with its inputs, for audits (``Auditor.keep``)
 
     async def register(self) -> None:
         await rpc.serve(self.p2p, REDUCE, self._take_part, access=self.auth, on_refused=self._refused)
+        await self.gather.register()
 
     def _reducer_future(self, group_id: str) -> asyncio.Future[PartReducer]:
         if group_id not in self._reducers:
@@ -136,29 +105,21 @@ class AllReduce:
 
         On success ``stats.result_hash`` holds the hash of the average, for the group's result check.
         """
+        update = update.detach().float().cpu().reshape(-1).contiguous()
+        if group.codec == "sparse":  # payloads whose positions differ: an all-gather (gather.py)
+            return await self.gather.run(group, update, weight, stats)
         ids = [m.peer_id for m in group.members]
         me = ids.index(self.peer_id)
-        update = update.detach().float().cpu().reshape(-1).contiguous()
         bounds = part_bounds(update.numel(), group)
-        # What the others will read of our update: the update itself for fp32; for lossy codecs
-        # each chunk is overwritten with its decoded encoding as it is sent (error feedback keeps
-        # the difference), so a chunk never sent counts as sent in full rather than as garbage.
+        # What the others read of our update: itself for fp32; else each chunk becomes its decoded encoding
+        # as it is sent (error feedback keeps the rest), so an unsent chunk counts as sent, not garbage.
         transmitted = update if group.codec == "fp32" else update.clone()
         average = torch.empty_like(update)
         s, e = bounds[me]
-        if group.codec != "fp32":  # our own part goes through the codec like everyone's
-            for lo, hi in chunk_bounds(e - s):
-                self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
-        reducer = PartReducer(
-            group=group, index=me, numel=e - s, topk_fraction=self.topk_fraction, robust=self.robust
-        )
-        fut = self._reducer_future(group.group_id)
-        if not fut.done():
-            fut.set_result(reducer)
-        reducer.add(self.peer_id, weight, transmitted[s:e])
+        reducer = self._own_reducer(group, me, (s, e), weight, update, transmitted)
         closer = asyncio.create_task(_finish_at_deadline(reducer))
         jobs = [
-            self._own_part(reducer, average, s)
+            self._own_part(reducer, average, s, stats.reduced.setdefault(j, []))
             if j == me
             else self._exchange_part(group, j, ids[j], weight, update, transmitted, average, bounds[j], stats)
             for j in range(len(ids))
@@ -176,8 +137,45 @@ class AllReduce:
         stats.result_hash = result_hash(outcomes)
         return average, transmitted, ""
 
+    def _own_reducer(
+        self,
+        group,
+        me: int,
+        part: tuple[int, int],
+        weight: float,
+        update: torch.Tensor,
+        transmitted: torch.Tensor,
+    ) -> PartReducer:
+        """The reducer of our part, known to the members' streams, with our own (encoded) contribution."""
+        s, e = part
+        mine = []
+        if group.codec != "fp32":
+            mine = [
+                self._encode_chunk(group.codec, update, transmitted, s + lo, s + hi)
+                for lo, hi in chunk_bounds(e - s)
+            ]
+        reducer = PartReducer(
+            group=group,
+            index=me,
+            numel=e - s,
+            topk_fraction=self.topk_fraction,
+            robust=self.robust,
+            check_commitments=self.identity is not None,
+            lie=self.faults.lie(group.round) if self.faults else None,
+        )
+        fut = self._reducer_future(group.group_id)
+        if not fut.done():
+            fut.set_result(reducer)
+        reducer.add_own(self.peer_id, weight, transmitted[s:e], self.identity, mine)
+        return reducer
+
     def _tally(self, reducer: PartReducer, stats: ExchangeStats) -> str:
-        """Account for the part we reduced: bytes, clipped and excluded members; why it failed, or ""."""
+        """Account for the part we reduced: bytes, clipped and excluded members, its inputs kept
+        for audits; why it failed, or ""."""
+        if self.keeper is not None and reducer.inputs is not None:
+            self.keeper(reducer)
+        if reducer.result is not None:
+            stats.contributors[reducer.index] = list(reducer.result.contributors)
         own = reducer.result
         stats.bytes_received += reducer.bytes_in
         remote = [p for p in reducer.contributors if p != self.peer_id]
@@ -200,8 +198,10 @@ class AllReduce:
             codecs.decode(enc, hi - lo, codec, out=transmitted[lo:hi])
         return enc
 
-    async def _own_part(self, reducer: PartReducer, average: torch.Tensor, start: int) -> bytes | str:
-        """Our own part, as the other members will decode it; returns its digest or why it failed."""
+    async def _own_part(
+        self, reducer: PartReducer, average: torch.Tensor, start: int, kept: list
+    ) -> bytes | str:
+        """Our own part, as the others decode it (into ``kept`` too); returns its digest or why it failed."""
         digest = hashlib.sha256()
         for c, (lo, hi) in enumerate(reducer.bounds):
             enc = await reducer.wait_chunk(c)
@@ -209,6 +209,7 @@ class AllReduce:
                 break
             codecs.decode(enc, hi - lo, reducer.group.codec, out=average[start + lo : start + hi])
             absorb(digest, enc)
+            kept.append(enc)
         await reducer.done.wait()
         if reducer.result.status != averaging_pb2.PART_OK:
             return f"own part failed: {reducer.result.reason}"
@@ -228,6 +229,8 @@ class AllReduce:
     ) -> bytes | str:
         """Stream our part j to its reducer and read the reduced part back; returns its digest or why not."""
         start, end = bounds
+        if end <= start:  # its reducer has no part (nobody can dial it): nothing to exchange
+            return hashlib.sha256().digest()
         chunks = [(start + lo, start + hi) for lo, hi in chunk_bounds(end - start)]
         header = averaging_pb2.PartMessage(
             group_id=group.group_id, sender=self.peer_id, part_index=j, weight=weight
@@ -242,9 +245,11 @@ class AllReduce:
                 access=self.auth,
                 connect_timeout_s=plan.time_left(group.reduce_deadline, plan.SEND_GRACE_S, 0.5),
             ) as stream:
-                sender = asyncio.create_task(self._send_chunks(stream, group, update, transmitted, chunks))
+                sender = asyncio.create_task(
+                    self._send_chunks(stream, group, (j, weight), update, transmitted, chunks)
+                )
                 try:
-                    return await self._read_reduced(stream, group, average, chunks, stats)
+                    return await self._read_reduced(stream, group, j, average, chunks, stats)
                 finally:
                     if not sender.done():
                         sender.cancel()
@@ -271,12 +276,17 @@ class AllReduce:
         self,
         stream: rpc.Stream,
         group,
+        part: tuple[int, float],
         update: torch.Tensor,
         transmitted: torch.Tensor,
         chunks: list[tuple[int, int]],
     ) -> None:
         for c, (lo, hi) in enumerate(chunks):
             enc = self._encode_chunk(group.codec, update, transmitted, lo, hi)
+            if self.identity is not None:
+                enc.commitment = commitments.commit(
+                    self.identity, group.group_id, *part, c, transmitted[lo:hi]
+                )
             payload = (
                 self.faults.corrupt_part(group.round, c, enc, group.codec, hi - lo) if self.faults else enc
             )
@@ -286,14 +296,15 @@ class AllReduce:
         self,
         stream: rpc.Stream,
         group,
+        j: int,
         average: torch.Tensor,
         chunks: list[tuple[int, int]],
         stats: ExchangeStats,
     ) -> bytes | str:
-        """The reducer's chunks of our part, decoded into ``average``, and its closing summary."""
+        """The reducer's chunks of part ``j``, decoded into ``average``, and its closing summary."""
         digest = hashlib.sha256()
         for lo, hi in chunks:
-            cap = _chunk_cap(group.codec, hi - lo)
+            cap = chunk_cap(group.codec, hi - lo)
             reply = await stream.read(
                 averaging_pb2.ReducedPart,
                 cap,
@@ -303,6 +314,7 @@ class AllReduce:
                 return f"reducer {stream.remote[:12]}: {reply.reason or 'failed'}"
             codecs.decode(reply.tensor, hi - lo, group.codec, out=average[lo:hi])
             absorb(digest, reply.tensor)
+            stats.reduced.setdefault(j, []).append(reply.tensor)
         summary = await stream.read(
             averaging_pb2.ReducedPart,
             MAX_SUMMARY_BYTES,
@@ -312,6 +324,7 @@ class AllReduce:
             return f"reducer {stream.remote[:12]}: {summary.reason or 'failed'}"
         for p, why in zip(summary.excluded, summary.exclusions, strict=False):
             stats.offenders.setdefault(p, why)
+        stats.contributors[j] = list(summary.contributors)
         return digest.digest()
 
     def _refused(self, msg: averaging_pb2.PartMessage, remote: str, reason: str) -> None:
@@ -358,7 +371,7 @@ class AllReduce:
     async def _receive(self, reducer: PartReducer, remote: str, stream: rpc.Stream) -> None:
         """Read ``remote``'s chunks into the reducer; a bad or missing chunk excludes it at once."""
         for c, (lo, hi) in enumerate(reducer.bounds):
-            cap = _chunk_cap(reducer.group.codec, hi - lo)
+            cap = chunk_cap(reducer.group.codec, hi - lo)
             timeout = plan.time_left(reducer.group.reduce_deadline, plan.SEND_GRACE_S, 1.0)
             try:
                 enc = await stream.read(averaging_pb2.EncodedTensor, cap, timeout)

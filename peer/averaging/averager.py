@@ -14,24 +14,29 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from barnraise.coordinator.errors import BarnraiseError
 from barnraise.peer.averaging.allreduce import AllReduce, ExchangeStats, PartFaults
+from barnraise.peer.averaging.auditor import Auditor, Findings
 from barnraise.peer.averaging.codecs import ErrorFeedback
 from barnraise.peer.averaging.matchmaking import GroupRules, Matchmaker
 from barnraise.peer.averaging.plan import RoundPlan
 from barnraise.peer.averaging.robust import RobustConfig
 from barnraise.peer.averaging.verdict import Verdicts
 from barnraise.peer.net.auth import OpenRun, PeerAuth
+from barnraise.peer.net.reachability import ReachabilityMonitor
 from barnraise.protos import averaging_pb2
 
 log = logging.getLogger(__name__)
 
 REPORTED = "reported by the group"
 PENALTY_ROUNDS = 3  # a member seen misbehaving is left out of this many following rounds
+SPARSE_EF_DECAY = 0.95  # share of the error-feedback residual a sparse group carries into the next round
+BANNED_UNTIL = 1 << 62  # a reducer proven to have lied is left out for the rest of the run
 
 
 @dataclass
@@ -50,6 +55,11 @@ class RoundOutcome:
     offenders: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
     codec: str = ""
+    result_hash: str = ""  # the group's agreed hash of the average (set with ``ok``)
+    reduced: list[list[averaging_pb2.EncodedTensor]] = field(default_factory=list)  # the average as
+    # received: each part's reduced chunks, in part order (set with ``ok``; ``barnraise.peer.sync.updatelog``)
+    caught: dict[str, str] = field(default_factory=dict)  # reducers proven to have lied -> what they did
+    audit_bytes: int = 0  # of the bytes above, those of checking reducers (requests and evidence)
 
 
 class Averager:
@@ -70,6 +80,7 @@ class Averager:
         faults: PartFaults | None = None,  # tests only: see peer/injection.py
         auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
+        on_reach: Callable[[str], None] | None = None,  # told when how others reach us changes
     ):
         self.peer_id = peer_id
         self.auth = auth  # signs our requests, checks others' (OPEN_RUN: anyone)
@@ -81,15 +92,23 @@ class Averager:
         self.verdicts = Verdicts(p2p=p2p, peer_id=peer_id, auth=auth)
         rules = GroupRules(run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec)
         self.matchmaker = Matchmaker(p2p, dht, rules, auth=auth, verdicts=self.verdicts)
+        self.reachability = ReachabilityMonitor(
+            p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, access=auth, on_change=on_reach
+        )
+        self.matchmaker.reach = self.reachability.reach
         self.allreduce = AllReduce(
             p2p=p2p, peer_id=peer_id, topk_fraction=topk_fraction, faults=faults, auth=auth, robust=robust
         )
         self.feedback = ErrorFeedback()
+        self.auditor = Auditor(p2p=p2p, peer_id=peer_id, auth=auth, robust=self.allreduce.robust)
+        self.allreduce.keeper = self.auditor.keep
 
     async def register(self) -> None:
+        await self.reachability.register()
         await self.matchmaker.register()
         await self.allreduce.register()
         await self.verdicts.register()
+        await self.auditor.register()
 
     async def average(
         self,
@@ -117,6 +136,7 @@ class Averager:
                 base_round=base_round,
                 codec=self.ask_codec or self.codec,
                 bandwidth_bps=self.bandwidth_bps,
+                reach=self.matchmaker.reach(),
             )
             reply = await self.matchmaker.form_group(round_no, request, plan)
             if reply.status == averaging_pb2.JOIN_ACCEPTED:
@@ -134,6 +154,9 @@ class Averager:
             for offender, why in out.offenders.items():
                 if why != REPORTED:  # only what this peer saw itself: a liar cannot get others excluded
                     self.matchmaker.penalise(offender, round_no + PENALTY_ROUNDS)
+            for reducer, why in out.caught.items():  # proven by signed evidence: banned for the run
+                self.matchmaker.penalise(reducer, BANNED_UNTIL)
+                self.auth.ban(reducer, why)
             self.matchmaker.forget_before(round_no - 2)
         return out
 
@@ -151,23 +174,39 @@ class Averager:
         out.members = [m.peer_id for m in group.members]
         out.codec = group.codec
         leader = reply.leader or out.members[0]
+        # SparseLoCo's accumulator: in a sparse group old residue fades, so error feedback does what
+        # outer momentum does (scripts/bench_codecs.py measures both); dense codecs keep it all
+        self.feedback.decay = SPARSE_EF_DECAY if group.codec == "sparse" else 1.0
         compensated = self.feedback.compensate(update)
         stats = ExchangeStats()
         average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)
         self.feedback.remember(compensated, transmitted)
-        out.bytes_sent, out.bytes_received, out.offenders = (
-            stats.bytes_sent,
-            stats.bytes_received,
-            stats.offenders,
-        )
-        own_hash = stats.result_hash if average is not None else ""
+        found = Findings()
+        if average is not None and self.allreduce.identity is not None:
+            await self.auditor.check_group(group, average, stats.contributors, found)
+            failure = "; ".join(f"reducer {p[:12]}: {why}" for p, why in found.failures.items())
+            failure = failure or "; ".join(f"reducer {a.reducer[:12]} lied" for a in found.accusations)
+        out.bytes_sent = stats.bytes_sent + found.bytes_sent
+        out.bytes_received = stats.bytes_received + found.bytes_received
+        out.offenders, out.audit_bytes = stats.offenders, found.bytes_sent + found.bytes_received
+        for p, why in found.failures.items():  # refused or bad evidence (not a slow answer): a few rounds out
+            if not why.startswith("audit not answered"):
+                out.offenders.setdefault(p, f"audit failed: {why}")
+        own_hash = stats.result_hash if average is not None and not failure else ""
         verdict = await self.verdicts.confirm(
-            leader, group, own_hash, failure, list(stats.offenders), plan.confirm_deadline
+            leader, group, own_hash, failure, list(stats.offenders), plan.confirm_deadline, found.accusations
         )
         for p in verdict.offenders:
             out.offenders.setdefault(p, REPORTED)
-        if verdict.ok and own_hash and verdict.result_hash == own_hash:
+        if average is not None:
+            out.caught, false = self.auditor.judge(group, average, [*found.accusations, *verdict.accusations])
+            for p in false:
+                out.offenders.setdefault(p, REPORTED)
+        if out.caught:
+            out.reason = "; ".join(f"reducer {p[:12]} {why}" for p, why in out.caught.items())
+        elif verdict.ok and own_hash and verdict.result_hash == own_hash:
             out.ok, out.average = True, average
+            out.result_hash, out.reduced = own_hash, [stats.reduced[j] for j in sorted(stats.reduced)]
             out.total_weight = sum(m.weight for m in group.members)
         else:
             out.reason = failure or verdict.reason or "result hash disagrees with the group's"

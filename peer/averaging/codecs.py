@@ -5,7 +5,8 @@ so barnraise carries its own: each codec turns a flat fp32 tensor into an ``Enco
 back, and ``decode`` validates everything an untrusted sender controls (sizes, counts, indices,
 finite values) before a single value is used.
 
-Codec names are a wire contract: fp32, fp16, bf16, int8, int4, topk (more are added, never renamed).
+Codec names are a wire contract: fp32, fp16, bf16, int8, int4, topk, sparse (more are added, never
+renamed).
 
 Layouts (``block_size`` is chosen by the sender and travels in the message):
 
@@ -17,6 +18,8 @@ Layouts (``block_size`` is chosen by the sender and travels in the message):
 * ``topk``: the largest-magnitude entries. ``nnz`` values, int8 with one fp16 scale per block of
   ``block_size`` kept values; ``indices`` holds their positions, ascending, as unsigned LEB128
   varints of the gaps (the first position itself, then each difference to the previous one).
+* ``sparse``: top-k per chunk of ``block_size`` values, 2-bit values, packed in-chunk indices
+  (``peer/averaging/sparse.py``); ``nnz`` is the number kept per chunk.
 
 Scales are rounded up to the next fp16, and values are quantised with that rounded scale, so the
 error of every value is at most half its block's scale. Encoding is deterministic (round half to
@@ -45,6 +48,14 @@ from barnraise.peer.averaging.blockquant import (
     read_scales,
     scale_into,
     to_bytes,
+)
+from barnraise.peer.averaging.sparse import (
+    DEFAULT_CHUNK,
+    DEFAULT_PER_CHUNK,
+    decode_sparse,
+    encode_sparse,
+    max_sparse_bytes,
+    payload_sizes,
 )
 from barnraise.peer.averaging.topk import (
     DEFAULT_TOPK_FRACTION,
@@ -108,11 +119,13 @@ def encode(
     *,
     topk_fraction: float = DEFAULT_TOPK_FRACTION,
     block_size: int | None = None,
+    per_chunk: int = DEFAULT_PER_CHUNK,
 ) -> averaging_pb2.EncodedTensor:
     """Encode a flat fp32 tensor (any device) for the wire.
 
     The work runs on ``t``'s device; only the finished bytes move to the CPU. ``block_size``
-    (values per fp16 scale) defaults per codec; ``topk_fraction`` is the share of entries topk keeps.
+    (values per fp16 scale; sparse: values per chunk) defaults per codec; ``topk_fraction`` is the
+    share of entries topk keeps, ``per_chunk`` the values sparse keeps per chunk.
     Raises ``ValueError`` for an unknown codec, bad options, or non-finite input to int8/int4/topk.
     """
     t = t.detach().reshape(-1)
@@ -121,6 +134,8 @@ def encode(
     if codec in _FLOAT_CODECS:
         payload = t.to(_FLOAT_CODECS[codec])
         return averaging_pb2.EncodedTensor(codec=codec, numel=t.numel(), data=to_bytes(payload))
+    if codec == "sparse":
+        return encode_sparse(t, DEFAULT_CHUNK if block_size is None else block_size, per_chunk)
     if codec not in _QUANT_LEVELS:
         raise ValueError(f"unknown codec {codec!r}")
     block_size = _check_block_size(DEFAULT_BLOCK_SIZE[codec] if block_size is None else block_size)
@@ -236,6 +251,8 @@ def _decode(
         out = _decode_float(msg.data, numel, codec, out)
     elif codec == "topk":
         return decode_topk(msg, numel)
+    elif codec == "sparse":
+        return decode_sparse(msg, numel, out)
     else:
         _fail_if_set(msg, codec, "indices", "nnz")
         bs = read_block_size(msg)
@@ -266,6 +283,8 @@ def max_encoded_bytes(
         itemsize = torch.tensor([], dtype=_FLOAT_CODECS[codec]).element_size()
         return numel * itemsize + _PROTO_OVERHEAD
     check_codec(codec)
+    if codec == "sparse":
+        return max_sparse_bytes(numel) + _PROTO_OVERHEAD
     bs = MIN_BLOCK_SIZE if block_size is None else _check_block_size(block_size)
     if codec == "int8":
         return numel + 2 * -(-numel // bs) + _PROTO_OVERHEAD
@@ -286,6 +305,8 @@ def ideal_bytes(
     if codec in _FLOAT_CODECS:
         return numel * torch.tensor([], dtype=_FLOAT_CODECS[codec]).element_size()
     check_codec(codec)
+    if codec == "sparse":
+        return sum(payload_sizes(numel, block_size or DEFAULT_CHUNK, DEFAULT_PER_CHUNK))
     bs = DEFAULT_BLOCK_SIZE[codec] if block_size is None else _check_block_size(block_size)
     if codec == "int8":
         return numel + 2 * -(-numel // bs)
@@ -302,17 +323,23 @@ class ErrorFeedback:
     """What compression dropped, kept locally and added to the next update (EF-SGD).
 
     Per step: ``c = ef.compensate(update)``, send ``encode(c, codec)``, and
-    ``ef.remember(c, decode(...))`` with what the receivers will actually read.
+    ``ef.remember(c, decode(...))`` with what the receivers will actually read. ``decay`` < 1
+    (SparseLoCo's beta) lets old residue fade: the accumulator then also does what outer momentum
+    does, carrying a decaying sum of past pseudo-gradients into each round.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, decay: float = 1.0) -> None:
+        if not 0.0 < decay <= 1.0:
+            raise ValueError(f"error feedback decay must be in (0, 1], not {decay!r}")
+        self.decay = decay  # share of the residual carried into the next round
         self.residual: torch.Tensor | None = None
 
     def compensate(self, update: torch.Tensor) -> torch.Tensor:
         """``update`` plus what was dropped before (``update`` itself, not a copy, when nothing was)."""
         if self.residual is None or self.residual.shape != update.shape:
             return update
-        return update + self.residual.to(device=update.device, dtype=update.dtype)
+        residual = self.residual.to(device=update.device, dtype=update.dtype)
+        return update + (residual if self.decay == 1.0 else self.decay * residual)
 
     def remember(self, compensated: torch.Tensor, transmitted: torch.Tensor) -> None:
         if transmitted.data_ptr() == compensated.data_ptr() and transmitted.numel() == compensated.numel():

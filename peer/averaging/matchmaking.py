@@ -17,11 +17,13 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from barnraise.coordinator import records
 from barnraise.coordinator.codecspec import negotiate_codec
 from barnraise.coordinator.errors import BarnraiseError
+from barnraise.peer.averaging import roles
 from barnraise.peer.averaging.plan import JOIN_REPLY_GRACE_S, RoundPlan, time_left
 from barnraise.peer.averaging.verdict import Verdicts
 from barnraise.peer.net import rpc
@@ -96,6 +98,7 @@ class Matchmaker:
         self.current_round = 0  # requests for rounds far from this are refused
         self.verdicts = verdicts  # a group this peer closes as leader gets its verdict book there
         self.penalties: dict[str, int] = {}  # peer -> last round it is left out of (misbehaved recently)
+        self.reach: Callable[[], str] = lambda: ""  # how others reach us (peer/net/reachability.py)
 
     async def register(self) -> None:
         await rpc.serve(self.p2p, JOIN, self._answer_join, access=self.auth)
@@ -103,7 +106,11 @@ class Matchmaker:
     async def announce(self, round_no: int, weight: float, base_hash: str, ttl_s: float) -> None:
         self.current_round = max(self.current_round, round_no)
         entry = averaging_pb2.RoundEntry(
-            peer_id=self.peer_id, weight=weight, base_hash=base_hash, timestamp=time.time()
+            peer_id=self.peer_id,
+            weight=weight,
+            base_hash=base_hash,
+            timestamp=time.time(),
+            reach=self.reach(),
         )
         key = records.round_key(self.run_id, round_no)
         loop = asyncio.get_running_loop()
@@ -147,8 +154,16 @@ class Matchmaker:
             return averaging_pb2.JoinReply(status=averaging_pb2.JOIN_REFUSED, reason="incomplete DHT lookup")
         penalised = self.penalised(round_no)
         ids = sorted({e.peer_id for e in entries if e.peer_id not in penalised} | {self.peer_id})
-        group = next(g for g in split_groups(ids, round_no, self.group_size) if self.peer_id in g)
-        leader = group[0]
+        reach_of = {e.peer_id: e.reach for e in entries} | {self.peer_id: request.reach}
+        group = next(
+            g for g in roles.split_groups(ids, reach_of, round_no, self.group_size) if self.peer_id in g
+        )
+        leader = roles.pick_leader(group, reach_of)
+        if leader is None:
+            log.warning("round %d: nobody in our group can be dialled; not averaging this round", round_no)
+            return averaging_pb2.JoinReply(
+                status=averaging_pb2.JOIN_REFUSED, reason="no member can be dialled"
+            )
         self.current_round = round_no
         state = self._rounds[round_no]
         state.leader = leader
@@ -201,7 +216,10 @@ class Matchmaker:
         base = max(votes, key=lambda b: (votes[b], base_round[b], b))
         accepted = sorted(p for p, r in state.joins.items() if r.base_hash == base)[: 2 * self.group_size]
         codec = negotiate_codec(self.codec, [state.joins[p].codec for p in accepted])
-        fractions = part_fractions([state.joins[p].bandwidth_bps for p in accepted])
+        fractions = roles.reducer_fractions(
+            part_fractions([state.joins[p].bandwidth_bps for p in accepted]),
+            [state.joins[p].reach for p in accepted],
+        )
         group = averaging_pb2.Group(
             group_id=hashlib.sha256(f"{self.run_id}/{round_no}/{','.join(accepted)}".encode()).hexdigest()[
                 :16
@@ -210,9 +228,13 @@ class Matchmaker:
             codec=codec,
             base_hash=base,
             reduce_deadline=plan.reduce_deadline,
+            exchange_s=max(0.0, plan.reduce_deadline - time.time()),
         )
         for p, fraction in zip(accepted, fractions, strict=True):
-            group.members.add(peer_id=p, weight=state.joins[p].weight, part_fraction=fraction)
+            j = state.joins[p]
+            group.members.add(
+                peer_id=p, weight=j.weight, part_fraction=fraction, bandwidth_bps=j.bandwidth_bps
+            )
         for p, req in state.joins.items():
             if p in accepted:
                 state.replies[p] = averaging_pb2.JoinReply(

@@ -10,8 +10,11 @@ Every contribution is validated before use (sender is a member and is who the tr
 is, weight as announced at join, codec, exact size, finite values). A member whose chunk fails
 validation, or who has not delivered everything by the deadline, is excluded from every chunk not
 yet combined; chunks combined before that keep its (validated, bounded) values. Each chunk is
-combined with the run's robust aggregator (peer/robust.py) and encoded once, so every member
-decodes byte-identical values.
+combined with the run's robust aggregator segment by segment (``segmented.py``), members in group
+order, and encoded once, so every member decodes byte-identical values. With ``check_commitments``
+every input chunk must carry its sender's signed commitment (``commitments.py``), and the inputs
+are kept once the part is reduced, so a verifier can later ask for a few segments of them
+(``auditor.py``).
 """
 
 from __future__ import annotations
@@ -20,13 +23,15 @@ import asyncio
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from barnraise.coordinator.errors import ProtocolError
-from barnraise.peer.averaging import codecs
-from barnraise.peer.averaging.robust import CLIPPED_BELOW, RobustConfig, aggregate
+from barnraise.peer.averaging import codecs, commitments
+from barnraise.peer.averaging.robust import CLIPPED_BELOW, RobustConfig
+from barnraise.peer.averaging.segmented import aggregate_segments
 from barnraise.protos import averaging_pb2
 
 log = logging.getLogger(__name__)
@@ -72,6 +77,12 @@ class PartReducer:
     chunks: list[averaging_pb2.EncodedTensor] = field(default_factory=list)  # reduced chunks, in order
     bytes_in: int = 0  # contributions received over the network
     reduce_s: float = 0.0  # seconds spent combining (robust aggregation's cost)
+    check_commitments: bool = False  # refuse input chunks without their sender's valid commitment
+    commitments: dict[tuple[str, int], bytes] = field(default_factory=dict)  # (sender, chunk) -> commitment
+    used: list[list[str]] = field(default_factory=list)  # per reduced chunk: senders combined, group order
+    inputs: torch.Tensor | None = None  # once reduced: one row per member (group order), kept for audits
+    encoded: dict[tuple[str, int], averaging_pb2.EncodedTensor] = field(default_factory=dict)  # as sent
+    lie: Callable[[int, torch.Tensor], torch.Tensor] | None = None  # tests only: a lying reducer's hook
 
     def __post_init__(self) -> None:
         self.bounds = chunk_bounds(self.numel, self.chunk_values)
@@ -119,6 +130,10 @@ class PartReducer:
         s, e = self.bounds[c]
         return codecs.decode(enc, e - s, self.group.codec)
 
+    def weight_of(self, sender: str) -> float:
+        """The weight ``sender`` sent its part with (validated against its join)."""
+        return self._weights[sender]
+
     def begin(self, sender: str, weight: float) -> None:
         """``sender`` (validated) will stream its chunks."""
         if self.done.is_set() or self._closed:
@@ -127,7 +142,7 @@ class PartReducer:
             raise ProtocolError("duplicate contribution")
         self._weights[sender] = weight
         self._have[sender] = 0
-        self._slot[sender] = len(self._slot)
+        self._slot[sender] = self.members.index(sender)  # group order: the order inputs are combined in
         self._advance()
 
     def add_chunk(self, sender: str, c: int, tensor: torch.Tensor) -> None:
@@ -156,14 +171,50 @@ class PartReducer:
         self._check_next(sender, c)
         s, e = self.bounds[c]
         codecs.decode(enc, e - s, self.group.codec, out=self._row(sender)[s:e])
+        if self.check_commitments:
+            self._commitment(sender, c, enc.commitment)
+            self.encoded[(sender, c)] = enc
         self._have[sender] = c + 1
         self._advance()
 
-    def add(self, sender: str, weight: float, tensor: torch.Tensor) -> None:
-        """A whole validated part at once (our own contribution, tests, simulations)."""
+    def _commitment(self, sender: str, c: int, commitment: bytes) -> None:
+        s, e = self.bounds[c]
+        leaves = commitments.leaves(self._row(sender)[s:e])
+        why = commitments.check(
+            commitment, sender, self.group.group_id, self.index, c, self._weights[sender], leaves
+        )
+        if why:
+            raise ProtocolError(f"chunk {c + 1}: {why}")
+        self.commitments[(sender, c)] = commitment
+
+    def add(
+        self,
+        sender: str,
+        weight: float,
+        tensor: torch.Tensor,
+        signed: list[bytes] | None = None,
+        encoded: list[averaging_pb2.EncodedTensor] | None = None,
+    ) -> None:
+        """A whole validated part at once (our own contribution, tests, simulations), with its
+        commitments when this reducer keeps them."""
         self.begin(sender, weight)
         for c, (s, e) in enumerate(self.bounds):
+            if signed is not None:
+                self.commitments[(sender, c)] = signed[c]
+            if encoded:
+                self.encoded[(sender, c)] = encoded[c]
             self.add_chunk(sender, c, tensor[s:e])
+
+    def add_own(self, sender: str, weight: float, tensor: torch.Tensor, identity, encoded) -> None:
+        """The reducer's own part, committed to with its ``identity`` (None: no commitments)."""
+        signed = None
+        if identity is not None:
+            gid = self.group.group_id
+            signed = [
+                commitments.commit(identity, gid, self.index, c, weight, tensor[s:e])
+                for c, (s, e) in enumerate(self.bounds)
+            ]
+        self.add(sender, weight, tensor, signed, encoded)
 
     def exclude(self, sender: str, reason: str) -> None:
         if sender in self.excluded or self.done.is_set():
@@ -204,30 +255,34 @@ class PartReducer:
 
     def _complete(self) -> bool:
         n = len(self.bounds)
+        if n == 0:  # an empty part (a member nobody can dial reduces nothing) needs nobody's chunks
+            return True
         return self._closed or all(p in self.excluded or self._have.get(p, -1) == n for p in self.members)
 
     def _combine(self, c: int) -> bool:
         s, e = self.bounds[c]
-        senders = list(self._weights)
-        slots = [i for i, p in enumerate(senders) if self._have[p] > c and p not in self.excluded]
-        weights = torch.tensor([self._weights[senders[i]] for i in slots], dtype=torch.float32)
-        if not slots or float(weights.sum()) <= 0:
+        used = [p for p in self.members if self._have.get(p, 0) > c and p not in self.excluded]
+        slots = [self._slot[p] for p in used]
+        weights = torch.tensor([self._weights[p] for p in used], dtype=torch.float32)
+        if not used or float(weights.sum()) <= 0:
             self._fail("no valid contribution")
             return False
         t0 = time.perf_counter()
         rows = self._rows[: len(slots), s:e] if slots == list(range(len(slots))) else self._rows[slots, s:e]
-        agg = aggregate(rows, weights, self.robust)
-        for i, factor in zip(slots, agg.clip.tolist(), strict=True):
+        value, clip = aggregate_segments(rows, weights, self.robust)
+        for p, factor in zip(used, clip.tolist(), strict=True):
             if factor < CLIPPED_BELOW:
-                p = senders[i]
                 self.clipped[p] = min(factor, self.clipped.get(p, 1.0))
-        self.chunks.append(codecs.encode(agg.value, self.group.codec, **self._codec_kwargs()))
+        if self.lie is not None:
+            value = self.lie(c, value)
+        self.used.append(used)
+        self.chunks.append(codecs.encode(value, self.group.codec, **self._codec_kwargs()))
         self.reduce_s += time.perf_counter() - t0
         return True
 
     def _close(self) -> None:
         contributors = self.contributors
-        self._rows = None
+        self.inputs, self._rows = (self._rows if self.check_commitments else None), None
         self.result = averaging_pb2.ReducedPart(
             status=averaging_pb2.PART_OK,
             contributors=sorted(contributors),

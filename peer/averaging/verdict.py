@@ -27,11 +27,15 @@ from barnraise.peer.net.auth import OpenRun, PeerAuth
 from barnraise.protos import averaging_pb2
 
 BOOK_TTL_S = 120.0  # a closed group's book is forgotten after this long
+MAX_ACCUSATIONS = 4  # accusations a leader relays per group (each carries one segment's inputs)
+MAX_EVIDENCE_BYTES = 1 << 20  # one accusation: a segment's inputs for a large group, with paths
+MAX_CONFIRM_BYTES = rpc.MAX_CONTROL_BYTES + MAX_EVIDENCE_BYTES
+MAX_VERDICT_BYTES = rpc.MAX_CONTROL_BYTES + MAX_ACCUSATIONS * MAX_EVIDENCE_BYTES
 CONFIRM_HANDLER = "barnraise.confirm"
 CONFIRM = rpc.Method(
     name=CONFIRM_HANDLER,
     request=averaging_pb2.Confirm,
-    max_request_bytes=rpc.MAX_CONTROL_BYTES,
+    max_request_bytes=MAX_CONFIRM_BYTES,
     refusal=lambda why: averaging_pb2.Verdict(ok=False, reason=why),
     request_timeout_s=30.0,
     reply=averaging_pb2.Verdict,
@@ -47,6 +51,7 @@ class _Confirmations:
     verdict: averaging_pb2.Verdict | None = None
     decided: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task | None = None  # the leader's decision
+    accusations: list = field(default_factory=list)  # evidence of lying reducers, relayed to every member
 
 
 class Verdicts:
@@ -88,11 +93,19 @@ class Verdicts:
             agreed=sorted(p for p, h in book.hashes.items() if h == best and best),
             reason="" if ok else f"only {n} of {len(book.expected)} members assembled the same average",
             offenders=sorted(book.offenders),
+            accusations=book.accusations,
         )
         book.decided.set()
 
     async def confirm(
-        self, leader: str, group, own_hash: str, failure: str, offenders: list[str], confirm_deadline: float
+        self,
+        leader: str,
+        group,
+        own_hash: str,
+        failure: str,
+        offenders: list[str],
+        confirm_deadline: float,
+        accusations: list | None = None,
     ) -> averaging_pb2.Verdict:
         """Report our result hash to the group's leader (ourselves, maybe) and wait for its verdict."""
         msg = averaging_pb2.Confirm(
@@ -101,13 +114,22 @@ class Verdicts:
             result_hash=own_hash,
             failure=failure,
             offenders=offenders,
+            accusations=accusations or [],
         )
         deadline = confirm_deadline
         if leader == self.peer_id:
             return await self._collect(group.group_id, self.peer_id, msg, deadline)
         timeout = time_left(deadline, CONFIRM_CALL_GRACE_S, 0.5)
         try:
-            return await rpc.ask(self.p2p, leader, CONFIRM, msg, access=self.auth, timeout_s=timeout)
+            return await rpc.ask(
+                self.p2p,
+                leader,
+                CONFIRM,
+                msg,
+                access=self.auth,
+                timeout_s=timeout,
+                max_reply_bytes=MAX_VERDICT_BYTES,
+            )
         except Exception as e:  # leader gone or frozen: no verdict means no apply
             return averaging_pb2.Verdict(ok=False, reason=f"no verdict from leader {leader[:12]}: {e}")
 
@@ -121,6 +143,10 @@ class Verdicts:
             book.hashes[sender] = msg.result_hash
             for p in msg.offenders:
                 book.offenders.setdefault(p, sender)
+            for acc in msg.accusations[:1]:  # one per member, in its own name
+                if len(book.accusations) < MAX_ACCUSATIONS and acc.ByteSize() <= MAX_EVIDENCE_BYTES:
+                    acc.accuser = sender
+                    book.accusations.append(acc)
             book.changed.set()
         try:
             await asyncio.wait_for(book.decided.wait(), time_left(deadline, COLLECT_GRACE_S, 0.5))

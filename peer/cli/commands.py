@@ -44,7 +44,12 @@ def register_peer(sub) -> None:
         default=None,
         help="private key file (default: CACHE_DIR/peer.id, or CACHE_DIR/slot-N/peer.id while that one is in use)",
     )
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (CUDA if visible, else CPU), cpu, cuda or cuda:N; with several GPUs, auto and cuda "
+        "put the peer of identity slot n on cuda:(n mod GPUs), so plain peers spread over them",
+    )
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
     p.add_argument("--max-rounds", type=int, default=0, help="leave after N completed rounds")
     # Hidden hooks for tests and benchmarks: faults by (peer, round) (peer/injection.py) and the
@@ -138,7 +143,9 @@ def peer_config(args):
     """``PeerConfig`` from the merged flags, each checked; a bad value is a one-line ConfigError."""
     from barnraise.peer.config import PeerConfig
     from barnraise.peer.schedule import parse_schedule
+    from barnraise.peer.training.device import parse_device
 
+    parse_device(args.device)
     if args.run_key_fingerprint:
         from barnraise.coordinator.keys import parse_fingerprint
 

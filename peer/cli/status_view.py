@@ -106,13 +106,13 @@ def render_text(report: dict, max_rows: int | None = None) -> str:
         lines.append(message)
         return "\n".join(lines) + "\n"
     lines.append(
-        f"{'peer':12} {'device':18} {'round':>6} {'phase':9} {'loss':>7} {'samples/s':>10} {'share':>6} "
+        f"{'peer':12} {'reach':8} {'device':18} {'round':>6} {'phase':9} {'loss':>7} {'samples/s':>10} {'share':>6} "
         f"{'sent':>9} {'params':22} {'j/m':>7} {'seen':>6} status"
     )
     shown = report["peers"] if max_rows is None else report["peers"][:max_rows]
     for p in shown:
         lines.append(
-            f"{short_id(clean(p['peer_id'], 64)):12} {clean(p['device'], 18):18} {p['round']:>6} "
+            f"{short_id(clean(p['peer_id'], 64)):12} {clean(p['link'], 8):8} {clean(p['device'], 18):18} {p['round']:>6} "
             f"{p['phase']:9} {p['loss']:>7.3f} {p['samples_per_s']:>10.1f} {p['contribution']:>6.0%} "
             f"{human_bytes(p['bytes_sent']):>9} {params_cell(p):22} "
             f"{p['rounds_joined']:>3}/{p['rounds_missed']:<3} {p['last_seen_s']:>5.1f}s {status_cell(p)}"

@@ -322,4 +322,5 @@ class ShardFeed:
             idle_wait_s=options.idle_wait_s,
         )
         feed._closers = [keeper.close, announcer.stop]
+        feed.announcer = announcer  # the daemon tells it when others cannot dial us
         return feed

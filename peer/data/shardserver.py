@@ -222,6 +222,7 @@ class CacheAnnouncer:
         self.run_id = manifest.run_id
         self.n_shards = len(manifest.shards)
         self.index = {s.sha256: s.index for s in manifest.shards}
+        self.serving: Callable[[], bool] = lambda: True  # others can dial us (peer/net/reachability.py)
         self._changed = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="cache-announcer")
@@ -233,7 +234,10 @@ class CacheAnnouncer:
         self._changed.set()
 
     def announce_now(self) -> bool:
-        held = {self.index[sha] for sha in self.cache.cached() if sha in self.index}
+        # A peer nobody can dial announces nothing: others would only waste a connect timeout on it.
+        held = (
+            {self.index[sha] for sha in self.cache.cached() if sha in self.index} if self.serving() else set()
+        )
         record = shards_pb2.CacheAnnouncement(
             peer_id=self.peer_id,
             n_shards=self.n_shards,

@@ -193,6 +193,12 @@ class PeerAuth:
                         self.bans.window,
                     )
 
+    def ban(self, peer_id: str, why: str) -> None:
+        """Refuse ``peer_id`` for the rest of the run (e.g. it was proven to have lied as a reducer)."""
+        with self._lock:
+            if peer_id != self.peer_id:
+                self.local_bans.setdefault(peer_id, why)
+
     def suspects(self, round_no: int) -> list[str]:
         """Peers clipped in at least ``suspect_after`` of the last ``window`` rounds, and those banned."""
         with self._lock:
@@ -257,6 +263,9 @@ class OpenRun:
         return True
 
     def note_clipped(self, round_no: int, clipped: dict[str, float]) -> None:
+        pass
+
+    def ban(self, peer_id: str, why: str) -> None:
         pass
 
 

@@ -85,9 +85,12 @@ class Method:
 class Stream:
     """An open stream to ``remote``: capped reads, deadlines both ways, bytes counted on the wire."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str):
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, remote: str, remote_addr: str = ""
+    ):
         self.reader, self.writer = reader, writer
         self.remote = remote  # peer id, as libp2p authenticated it
+        self.remote_addr = remote_addr  # the multiaddr its connection comes from (served streams only)
         self.sent = 0  # bytes written, frame headers included
         self.received = 0  # bytes read, frame headers included
 
@@ -195,7 +198,9 @@ async def serve(
     policy = _require_policy(access)
 
     async def on_stream(stream_info, reader, writer) -> None:
-        stream = Stream(reader, writer, stream_info.peer_id.to_base58())
+        stream = Stream(
+            reader, writer, stream_info.peer_id.to_base58(), str(getattr(stream_info, "addr", ""))
+        )
         try:
             await _answer(method, handler, policy, on_refused, stream)
         finally:

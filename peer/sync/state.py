@@ -21,6 +21,7 @@ from torch import nn
 from barnraise.coordinator.errors import IntegrityError
 
 STATE_MAGIC = b"BRST1"
+HASH_CHUNK_BYTES = 1 << 20  # bytes per hashed chunk: also the chunk of a multi-donor state download
 
 
 def flat_params(model: nn.Module) -> torch.Tensor:
@@ -41,11 +42,22 @@ def all_finite(t: torch.Tensor) -> bool:
     return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())
 
 
+def chunk_digests(t: torch.Tensor, chunk_bytes: int = HASH_CHUNK_BYTES) -> list[bytes]:
+    """sha256 of each ``chunk_bytes`` slice of the tensor's bytes (the last one shorter)."""
+    raw = memoryview(t.detach().contiguous().view(torch.uint8).numpy())
+    return [hashlib.sha256(raw[i : i + chunk_bytes]).digest() for i in range(0, len(raw), chunk_bytes)]
+
+
+def list_hash(digests: list[bytes]) -> str:
+    """The hash a list of chunk digests stands for: what ``tensor_hash`` returns for those chunks."""
+    return hashlib.sha256(b"".join(digests)).hexdigest()[:16]
+
+
 def tensor_hash(*tensors: torch.Tensor) -> str:
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
+    """A hash over the chunk digests of the tensors' bytes, so that a list of chunk hashes a donor
+    announces can be checked against an agreed params hash before any chunk arrives (state sync
+    from several donors, ``barnraise.peer.sync.chunks``)."""
+    return list_hash([d for t in tensors for d in chunk_digests(t)])
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +83,7 @@ class GlobalState:
     momentum: torch.Tensor  # flat fp32 CPU: Nesterov buffer of the outer optimizer
     round: int  # last round whose average produced these params; -1: initial
     _hash: str = field(default="", repr=False, compare=False)  # of ``params``, computed on first use
+    _digests: list[bytes] | None = field(default=None, repr=False, compare=False)  # params' chunk digests
 
     @classmethod
     def initial(cls, model: nn.Module) -> GlobalState:
@@ -80,8 +93,14 @@ class GlobalState:
     def params_hash(self) -> str:
         """Hash of the params, computed once per state (the training thread asks for it often)."""
         if not self._hash:
-            self._hash = tensor_hash(self.params)
+            self._hash = list_hash(self.param_digests())
         return self._hash
+
+    def param_digests(self) -> list[bytes]:
+        """The params' chunk digests behind ``params_hash``, kept for a donor's manifest."""
+        if self._digests is None:
+            self._digests = chunk_digests(self.params)
+        return self._digests
 
     def perturbed(self, scale: float, seed: int = 0) -> GlobalState:
         """A copy with every parameter moved by Gaussian noise of ``scale`` (disagreement tests)."""

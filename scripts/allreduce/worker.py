@@ -156,11 +156,12 @@ class Ours:
 
     def close(self) -> None:
         from barnraise.peer.averaging.allreduce import REDUCE_HANDLER
+        from barnraise.peer.averaging.gather import GATHER_HANDLER
         from barnraise.peer.averaging.matchmaking import JOIN_HANDLER
         from barnraise.peer.averaging.verdict import CONFIRM_HANDLER
 
         async def remove() -> None:
-            for name in (JOIN_HANDLER, REDUCE_HANDLER, CONFIRM_HANDLER):
+            for name in (JOIN_HANDLER, REDUCE_HANDLER, GATHER_HANDLER, CONFIRM_HANDLER):
                 await self.node.loop.p2p.remove_binary_stream_handler(name)
 
         self.node.loop.call(remove(), timeout_s=10.0)

@@ -45,6 +45,14 @@ class BenchEnv:
     snapshot_every_s: float = 8.0  # seconds between baseline snapshots
     startup_timeout_s: float = 180.0  # seconds for a system to start training
     grace_s: float = 120.0  # seconds past the budget before a system is killed
+    down_mbit: float | None = None  # download rate of shaped links in Mbit/s; None: the upload rate
+    peer_args: tuple[str, ...] = ()  # extra arguments for every `barnraise peer` (e.g. its bandwidth)
+
+    def host(self, name: str, mbit: float | None) -> HostSpec:
+        """A machine whose upload is ``mbit`` (None: unlimited) and download ``down_mbit`` when set."""
+        if mbit is None or self.down_mbit is None:
+            return HostSpec(name=name, mbit=mbit)
+        return HostSpec(name=name, mbit=None, up_mbit=mbit, down_mbit=self.down_mbit)
 
 
 @dataclass
@@ -123,14 +131,16 @@ def run_barnraise(env: BenchEnv, name: str, *, mbit: float | None, peers: int, b
     res = SystemRun(name=name, kind="barnraise", mbit=mbit, peers=peers, out_dir=out)
     run_copy = out / "run"  # the bootstrap writes genesis/identity into its run dir: keep the pristine one
     shutil.copytree(env.run_dir, run_copy, dirs_exist_ok=True)
-    scenario = Scenario(peers=peers, mbit=mbit, duration_s=budget_s)
+    down = env.down_mbit if mbit is not None and env.down_mbit is not None else mbit
+    rates = {n: (mbit, down) for n in Scenario(peers=peers, mbit=mbit).initial_peers()}
+    scenario = Scenario(peers=peers, mbit=mbit, duration_s=budget_s, mbit_per_peer=rates)
     probe = (env.python, "-m", "baselines.probe", "--snapshots", str(out / "snapshots"), "--")
     config = SwarmConfig(
         run_dir=run_copy,
         log_dir=out / "logs",
         scenario=scenario,
         barnraise=probe,
-        peer_args=("--threads", str(env.threads)),
+        peer_args=("--threads", str(env.threads), *(env.peer_args if mbit is not None else ())),
         ready_timeout_s=env.startup_timeout_s,
     )
     names = scenario.initial_peers()
@@ -207,9 +217,7 @@ def _run_workers(
     out = res.out_dir
     with (
         cpucap.CpuCaps(cpus=env.cpus_per_peer, tag=res.name.replace("@", "-")) as caps,
-        NetSim(
-            hosts=[HostSpec(name=h, mbit=res.mbit) for h in hosts], subnet=env.subnet, prefix=env.prefix
-        ) as net,
+        NetSim(hosts=[env.host(h, res.mbit) for h in hosts], subnet=env.subnet, prefix=env.prefix) as net,
     ):
         procs: dict[str, subprocess.Popen[Any]] = {}
         logs = []

@@ -80,6 +80,7 @@ class ChurnRunner:
         round_poll_s: float = 2.0,
         reap_timeout_s: float = 5.0,
         term_grace_s: float = 15.0,
+        set_inbound: Callable[[str, bool], None] | None = None,
     ) -> None:
         self._pending = list(events)
         self._start_peer = start_peer
@@ -88,6 +89,7 @@ class ChurnRunner:
         # Live handles by host name; shared with the caller so both see restarts.
         self.processes: MutableMapping[str, Proc] = processes if processes is not None else {}
         self._send_signal = send_signal
+        self._set_inbound = set_inbound  # (host, allowed): its router lets new connections in or not
         self._bootstrap_name = bootstrap_name
         self._tick_s = tick_s  # seconds between schedule checks
         self._round_poll_s = round_poll_s  # seconds between current_round() calls
@@ -217,6 +219,8 @@ class ChurnRunner:
                 ok = self._signal(event, signal.SIGSTOP if action == "stop" else signal.SIGCONT)
             elif action == "start":
                 ok = self._start(event)
+            elif action in ("block_inbound", "allow_inbound"):
+                ok = self._inbound(event, allowed=action == "allow_inbound")
             else:  # restart
                 if self._running(target) is not None:
                     self._stop_process(event, graceful=False)
@@ -228,6 +232,14 @@ class ChurnRunner:
         if ok and event.for_s is not None:
             undo = "cont" if action == "stop" else "start"
             self._pending.append(ChurnEvent(action=undo, target=target, at_s=self._now() + event.for_s))
+
+    def _inbound(self, event: ChurnEvent, *, allowed: bool) -> bool:
+        if self._set_inbound is None:
+            self._record(event.action, event.target, ok=False, detail="no network to change", event=event)
+            return False
+        self._set_inbound(event.target, allowed)
+        self._record(event.action, event.target, ok=True, detail="router changed", event=event)
+        return True
 
     def _signal(self, event: ChurnEvent, sig: int) -> bool:
         proc = self._running(event.target)

@@ -128,6 +128,7 @@ def _scenario(args: argparse.Namespace, base: Scenario | None = None) -> Scenari
         mbit_per_peer=overrides,
         duration_s=given.get("duration") or base.duration_s,
         events=base.events,
+        nat=base.nat,
     )
 
 

@@ -10,7 +10,9 @@ Example::
 
 Each event fires once, at ``at_s`` seconds after the swarm is up or as soon as the swarm reports
 round ``at_round``. ``for_s`` undoes ``stop`` (SIGCONT) and ``kill``/``term`` (start again) after
-that many seconds. Rates are Mbit/s; ``"UP/DOWN"`` sets the directions apart; null is unlimited.
+that many seconds. Rates are Mbit/s; ``"UP/DOWN"`` sets the directions apart (``mbit`` too); null is unlimited.
+``"nat": ["p3"]`` (or ``"all"``) puts those peers behind their own home router (``router.py``);
+the ``block_inbound`` action makes a router start dropping inbound connections mid-run.
 Everything is validated on load so a mistake fails before a long run, not half-way through it.
 """
 
@@ -36,6 +38,8 @@ ACTIONS = {
     "cont": "SIGCONT the process group",
     "start": "start the peer (or the bootstrap) if it is not running",
     "restart": "SIGKILL then start again at once",
+    "block_inbound": "the host's router starts dropping new inbound connections (no longer dialable)",
+    "allow_inbound": "undo block_inbound",
 }
 Rate = tuple[float | None, float | None]  # (upload, download) in Mbit/s; None = unlimited
 
@@ -78,6 +82,7 @@ class Scenario:
     mbit_per_peer: Mapping[str, Rate] = field(default_factory=dict)  # per-peer (up, down) Mbit/s
     duration_s: float = 120.0  # seconds the schedule runs after the swarm is up
     events: tuple[ChurnEvent, ...] = ()  # the churn schedule
+    nat: frozenset[str] = frozenset()  # peers behind their own home router (MASQUERADE, no inbound)
 
     def __post_init__(self) -> None:
         if self.peers < 0:
@@ -90,6 +95,9 @@ class Scenario:
         unknown = set(self.mbit_per_peer) - set(self.all_peers())
         if unknown:
             raise ScenarioError(f"mbit_per_peer names peers the scenario never starts: {sorted(unknown)}")
+        unknown = set(self.nat) - set(self.all_peers())
+        if unknown:
+            raise ScenarioError(f"nat names peers the scenario never starts: {sorted(unknown)}")
 
     def initial_peers(self) -> list[str]:
         """Names of the peers running from the start."""
@@ -143,7 +151,7 @@ def parse_rate_overrides(text: str) -> dict[str, Rate]:
 
 
 _EVENT_KEYS = {"action", "target", "at_s", "at_round", "for_s"}
-_SCENARIO_KEYS = {"peers", "mbit", "mbit_per_peer", "duration_s", "events", "description"}
+_SCENARIO_KEYS = {"peers", "mbit", "mbit_per_peer", "duration_s", "events", "description", "nat"}
 
 
 def scenario_from_dict(data: Mapping[str, Any]) -> Scenario:
@@ -161,9 +169,23 @@ def scenario_from_dict(data: Mapping[str, Any]) -> Scenario:
         except TypeError as exc:
             raise ScenarioError(f"event {i}: {exc}") from None
     per_peer = {name: parse_rate(v) for name, v in data.get("mbit_per_peer", {}).items()}
+    up, down = parse_rate(data.get("mbit", 25.0))
+    if up != down:  # an asymmetric default ("25/100"): every peer without its own rate gets it
+        peers = int(data.get("peers", 4))
+        named = {f"p{i}" for i in range(1, peers + 1)} | {
+            str(e.get("target")) for e in data.get("events", [])
+        }
+        for name in named - set(per_peer) - {BOOTSTRAP}:
+            per_peer[name] = (up, down)
+    nat = data.get("nat", [])
+    if nat == "all":
+        nat = [f"p{i}" for i in range(1, int(data.get("peers", 4)) + 1)]
+    if not isinstance(nat, list) or not all(isinstance(n, str) for n in nat):
+        raise ScenarioError(f'nat must be a list of peer names or "all", got {nat!r}')
     return Scenario(
+        nat=frozenset(nat),
         peers=int(data.get("peers", 4)),
-        mbit=_one_rate(data.get("mbit", 25.0)),
+        mbit=up,
         mbit_per_peer=per_peer,
         duration_s=float(data.get("duration_s", 120.0)),
         events=tuple(events),

@@ -110,7 +110,7 @@ def swarm_hosts(scenario: Scenario) -> list[HostSpec]:
     hosts = [HostSpec(name=BOOTSTRAP, mbit=None)]
     for name in scenario.all_peers():
         up, down = scenario.rate(name)
-        hosts.append(HostSpec(name=name, mbit=None, up_mbit=up, down_mbit=down))
+        hosts.append(HostSpec(name=name, mbit=None, up_mbit=up, down_mbit=down, nat=name in scenario.nat))
     hosts.append(HostSpec(name=STATUS_HOST, mbit=None))
     return hosts
 
@@ -241,6 +241,13 @@ class Swarm:
         ]
         return self._spawn(name, argv)
 
+    def set_inbound(self, name: str, allowed: bool) -> None:
+        """Let new connections reach ``name`` or drop them at its router (churn actions)."""
+        if allowed:
+            self.net.allow_inbound(name)
+        else:
+            self.net.block_inbound(name)
+
     def probe(self) -> RoundSample | None:
         """Ask the swarm for its round from the status namespace; None when it does not answer."""
         if self.initial_peers is None:
@@ -274,6 +281,7 @@ class Swarm:
             current_round=self.probe,
             processes=self.processes,
             round_poll_s=self.config.status_interval_s,
+            set_inbound=self.set_inbound,
         )
         events = runner.run(duration_s if duration_s is not None else scenario.duration_s)
         lines = self.round_lines(time.time() - (time.monotonic() - runner.t0))
@@ -283,7 +291,13 @@ class Swarm:
         report = {
             "initial_peers": self.initial_peers,
             "hosts": {
-                name: {"ip": h.ip, "up_mbit": h.spec.upload_mbit, "down_mbit": h.spec.download_mbit}
+                name: {
+                    "ip": h.ip,
+                    "public_ip": h.public_ip,
+                    "nat": h.spec.nat,
+                    "up_mbit": h.spec.upload_mbit,
+                    "down_mbit": h.spec.download_mbit,
+                }
                 for name, h in self.net.hosts.items()
             },
             "events": [e.as_dict() for e in events],
@@ -319,5 +333,7 @@ def hosts_summary(hosts: Sequence[HostSpec]) -> str:
         return "unlimited" if rate is None else f"{rate:g} Mbit/s"
 
     return "\n".join(
-        f"  {h.name:<6} up {fmt(h.upload_mbit):>14}  down {fmt(h.download_mbit):>14}" for h in hosts
+        f"  {h.name:<6} up {fmt(h.upload_mbit):>14}  down {fmt(h.download_mbit):>14}"
+        + ("  behind NAT" if h.nat else "")
+        for h in hosts
     )

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from types import FrameType, TracebackType
 from typing import IO, Any
 
-from . import iproute, registry
+from . import iproute, registry, router
 from .errors import NetSimError
 
 logger = logging.getLogger(__name__)
@@ -51,6 +51,7 @@ class HostSpec:
     mbit: float | None = DEFAULT_MBIT  # link rate both ways in Mbit/s; None = unlimited
     up_mbit: float | Inherit | None = Inherit.SAME  # upload override in Mbit/s; None = unlimited
     down_mbit: float | Inherit | None = Inherit.SAME  # download override in Mbit/s; None = unlimited
+    nat: bool = False  # behind its own home router: dials out, cannot be dialled (router.py)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9]*", self.name):
@@ -80,7 +81,9 @@ class Host:
 
     spec: HostSpec  # what was asked for
     netns: str  # namespace name, also the name of its root-side veth
-    ip: str  # IPv4 address of its eth0 inside the subnet
+    ip: str  # IPv4 address of its eth0: in the subnet, or on its home LAN behind a router
+    public_ip: str  # the address others see: ``ip``, or its router's WAN address
+    router_ns: str | None = None  # its home router's namespace (None: no router)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -150,6 +153,8 @@ class NetSim:
     def open(self) -> None:
         """Create bridge, namespaces, veths and shapers; on any failure undo what was made."""
         iproute.require_root()
+        if any(spec.nat for spec in self._specs):
+            router.ensure_iptables()
         self._record = registry.RunRecord.new(self._prefix)
         atexit.register(self.close)
         self._install_signal_handlers()
@@ -171,8 +176,11 @@ class NetSim:
         for index, spec in enumerate(self._specs):
             ns = f"{self.tag}-{spec.name}"
             ip = str(self._net.network_address + index + 1)
+            if spec.nat:
+                self._build_home(spec, index, ns, ip, bridge)
+                continue
             iproute.run(["ip", "netns", "add", ns])
-            self._hosts[spec.name] = Host(spec=spec, netns=ns, ip=ip)
+            self._hosts[spec.name] = Host(spec=spec, netns=ns, ip=ip, public_ip=ip)
             iproute.run(["ip", "link", "add", ns, "type", "veth", "peer", "name", "eth0", "netns", ns])
             iproute.disable_ipv6(ns)
             iproute.run(["ip", "link", "set", ns, "master", bridge])
@@ -182,6 +190,32 @@ class NetSim:
             iproute.run(["ip", "-n", ns, "link", "set", "lo", "up"])
             iproute.shape("eth0", spec.upload_mbit, netns=ns)
             iproute.shape(ns, spec.download_mbit)
+
+    def _build_home(self, spec: HostSpec, index: int, ns: str, wan_ip: str, bridge: str) -> None:
+        """A host behind its own router: the router's WAN is on the bridge, shaped like a host's."""
+        gw = f"{ns}gw"
+        home_ip = router.build_home(
+            root_veth=ns, router_ns=gw, home_ns=ns, wan_cidr=f"{wan_ip}/{self._net.prefixlen}", index=index
+        )
+        self._hosts[spec.name] = Host(spec=spec, netns=ns, ip=home_ip, public_ip=wan_ip, router_ns=gw)
+        iproute.disable_ipv6(ns)
+        iproute.run(["ip", "link", "set", ns, "master", bridge])
+        iproute.run(["ip", "link", "set", ns, "up"])
+        iproute.shape(router.WAN, spec.upload_mbit, netns=gw)
+        iproute.shape(ns, spec.download_mbit)
+
+    def block_inbound(self, name: str) -> None:
+        """From now on nobody can dial ``name`` (its router drops new inbound connections);
+        connections it already has go on. A host behind NAT is blocked already."""
+        host = self.host(name)
+        if host.router_ns is None:
+            router.block_inbound(host.netns)
+
+    def allow_inbound(self, name: str) -> None:
+        """Undo ``block_inbound``."""
+        host = self.host(name)
+        if host.router_ns is None:
+            router.allow_inbound(host.netns)
 
     def close(self) -> None:
         """Kill every process, delete everything created; safe to call any number of times."""

@@ -18,7 +18,15 @@ from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import OPEN_RUN
 from barnraise.peer.net.wire import HEADER, parse_frame, read_frame_bytes
 from barnraise.peer.sync.state import GlobalState
-from barnraise.protos import auth_pb2, averaging_pb2, coordinator_pb2, heartbeat_pb2, manifest_pb2, shards_pb2
+from barnraise.protos import (
+    auth_pb2,
+    averaging_pb2,
+    coordinator_pb2,
+    heartbeat_pb2,
+    manifest_pb2,
+    shards_pb2,
+    statechunks_pb2,
+)
 from tests.fuzz.strategies import (
     encoded,
     hostile,
@@ -119,7 +127,15 @@ def check_wire(case) -> None:
 MESSAGES = sorted(
     (
         m._concrete_class
-        for mod in (auth_pb2, averaging_pb2, coordinator_pb2, heartbeat_pb2, manifest_pb2, shards_pb2)
+        for mod in (
+            auth_pb2,
+            averaging_pb2,
+            coordinator_pb2,
+            heartbeat_pb2,
+            manifest_pb2,
+            shards_pb2,
+            statechunks_pb2,
+        )
         for m in mod.DESCRIPTOR.message_types_by_name.values()
     ),
     key=lambda c: c.DESCRIPTOR.full_name,
@@ -143,9 +159,17 @@ def check_proto(case) -> None:
 def _methods() -> list[rpc.Method]:
     from barnraise.peer.averaging import allreduce, matchmaking, verdict
     from barnraise.peer.data import shardserver
-    from barnraise.peer.sync import statesync
+    from barnraise.peer.sync import chunks, statesync
 
-    return [matchmaking.JOIN, allreduce.REDUCE, verdict.CONFIRM, shardserver.SHARD, statesync.STATE]
+    return [
+        matchmaking.JOIN,
+        allreduce.REDUCE,
+        verdict.CONFIRM,
+        shardserver.SHARD,
+        statesync.STATE,
+        chunks.MANIFEST,
+        chunks.CHUNKS,
+    ]
 
 
 class _Errors(logging.Handler):
@@ -220,7 +244,9 @@ def encoded_tensor(draw, codec: str, max_numel: int = 700) -> averaging_pb2.Enco
             if f.type == f.TYPE_BYTES:
                 setattr(msg, f.name, draw(mutated(st.just(getattr(msg, f.name)))))
             elif f.name == "codec":
-                msg.codec = draw(st.sampled_from(["fp32", "fp16", "bf16", "int8", "int4", "topk", "x"]))
+                msg.codec = draw(
+                    st.sampled_from(["fp32", "fp16", "bf16", "int8", "int4", "topk", "sparse", "x"])
+                )
             else:
                 hi = (1 << 32) - 1 if f.name == "block_size" else (1 << 64) - 1
                 setattr(msg, f.name, draw(interesting_ints(0, hi)))
@@ -400,7 +426,7 @@ TARGETS = [
     Target("rpc_request", "rpc._answer (request caps of every protocol)", REQUEST, check_request),
     *(
         Target(f"codec_{c}", f"codecs.decode ({c})", codec_case(c), codec_check(c))
-        for c in ("fp32", "fp16", "bf16", "int8", "int4", "topk")
+        for c in ("fp32", "fp16", "bf16", "int8", "int4", "topk", "sparse")
     ),
     Target("part_reducer", "PartReducer.validate_header/receive_chunk", part_case(), check_part),
     Target("state_blob", "GlobalState.from_bytes", state_blob(), check_state),

@@ -51,7 +51,13 @@ def run_target(target: Target, max_examples: int, seed: int | None = None) -> in
 
 
 def all_targets() -> dict[str, Target]:
-    from tests.fuzz import peer_targets, record_targets
+    from tests.fuzz import audit_targets, donor_targets, peer_targets, record_targets, sparse_targets
 
-    found = [*peer_targets.TARGETS, *record_targets.TARGETS]
+    found = [
+        *peer_targets.TARGETS,
+        *record_targets.TARGETS,
+        *donor_targets.TARGETS,
+        *sparse_targets.TARGETS,
+        *audit_targets.TARGETS,
+    ]
     return {t.name: t for t in found}

@@ -31,6 +31,7 @@ from barnraise.peer.data.shardserver import ServeConfig, ShardServer, fetch_from
 from barnraise.peer.net import rpc
 from barnraise.peer.net.auth import PeerAuth, dht_extra
 from barnraise.peer.net.p2ploop import P2PLoop
+from barnraise.peer.sync.donors import fetch_state
 from barnraise.peer.sync.state import GlobalState
 from barnraise.peer.sync.statesync import StateServer, download_state
 from barnraise.protos import averaging_pb2
@@ -202,6 +203,16 @@ def test_state_sync(run, outsider):
                 run.outsider.loop.p2p, run.server.peer_id, run.manifest.run_id, NUMEL, 10.0, auth=auth
             ),
             30.0,
+        )
+    # from several donors at once: manifests and chunks serve members only too
+    donors = [run.server.peer_id]
+    fetched = run.member.loop.call(
+        fetch_state(run.member.loop.p2p, donors, run.manifest.run_id, NUMEL, auth=run.member.auth), 30.0
+    )
+    assert fetched.state.params_hash() == got.params_hash()
+    with pytest.raises(PeerUnavailable, match="no donor announced"):
+        run.outsider.loop.call(
+            fetch_state(run.outsider.loop.p2p, donors, run.manifest.run_id, NUMEL, auth=auth), 30.0
         )
 
 

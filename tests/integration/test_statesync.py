@@ -124,3 +124,34 @@ def test_non_finite_average_is_never_served_and_wrong_run_is_refused(pair):
     assert _fetch(requester, donor, min_round=12, wait_s=5.0).round == 11
     with pytest.raises(PeerUnavailable, match="no state"):
         requester.call(download_state(requester.p2p, donor, "another-run", NUMEL, 5.0, auth=OPEN_RUN), 20.0)
+
+
+def test_a_peer_a_few_rounds_behind_replays_them_from_the_donors_log(pair):
+    from barnraise.peer.sync.replay import fetch_updates
+    from tests.unit.test_updatelog import OUTER as LOG_OUTER
+    from tests.unit.test_updatelog import donor_history, launched_round
+
+    server, requester, donor = pair
+    states, _ = donor_history(0)
+    held, numel = states[0], states[0].params.numel()
+    server.publish(held)
+    for r in (4, 5):  # the donor applies rounds 4 and 5 as its daemon does: launch, then publish
+        lr = launched_round(states[-1], r)
+        server.track(lr)
+        states.append(lr.next_state())
+        server.publish(states[-1])
+    running = launched_round(states[-1], 6)  # averaged, not yet applied: served all the same
+    server.track(running)
+
+    def fetch(to_round: int, max_bytes: int = 8 * numel) -> GlobalState:
+        coro = fetch_updates(
+            requester.p2p, donor, RUN, held, to_round, LOG_OUTER, auth=OPEN_RUN, max_bytes=max_bytes
+        )
+        return requester.call(coro, 40.0)
+
+    got = fetch(5)
+    assert got.round == 5 and got.params_hash() == states[2].params_hash()
+    assert torch.equal(got.momentum, states[2].momentum)
+    assert fetch(6).params_hash() == running.next_state().params_hash()
+    with pytest.raises(PeerUnavailable, match="no kept rounds"):
+        fetch(5, max_bytes=1000)  # bigger than the state would be: the donor says so

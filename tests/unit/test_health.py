@@ -326,3 +326,18 @@ def test_a_paused_peer_is_shown_paused_and_never_called_a_straggler_or_dead():
     assert not any(p["paused"] for p in r["peers"] if p["peer_id"] != "p4")
     assert "paused" in render_text(r)
     assert not schema_errors(r)
+
+
+def test_a_reducer_caught_lying_is_a_finding_with_its_catchers_and_dht_records_are_shown():
+    beats = [
+        beat("p1", caught_reducers=["p4: lied as a reducer: segment 3"], dht_records_stored=41),
+        beat("p2", caught_reducers=["p4: lied as a reducer: segment 9"]),
+        beat("p3"),
+        beat("p4"),
+    ]
+    r = build_report(RUN, beats, NOW)
+    lying = [f for f in r["findings"] if f["kind"] == "lying_reducer"]
+    assert [f["peer_id"] for f in lying] == ["p4"] and "caught by 2 peer(s)" in lying[0]["detail"]
+    row = next(p for p in r["peers"] if p["peer_id"] == "p1")
+    assert row["dht_records"] == 41 and row["caught_reducers"] == ["p4: lied as a reducer: segment 3"]
+    assert not schema_errors(r)

@@ -164,6 +164,9 @@ def test_the_injector_breaks_only_its_rounds():
     assert inj.corrupt_part(3, 1, enc, "fp32", 8) is enc  # only a part's first chunk is broken
     assert inj.corrupt_part(4, 0, enc, "fp32", 8) != enc  # nan wins over stall for what is sent
     assert [inj.stalls(r) for r in (3, 4, 99)] == [False, True, True]
+    liar = Injector(parse_plan({"faults": [{"kind": "fault", "mode": "lie", "from_round": 2}]}), "me", clock)
+    assert [liar.lies(r) for r in (1, 2)] == [False, True] and not inj.lies(4)
+    assert liar.corrupt_part(2, 0, enc, "fp32", 8) is enc  # a liar sends honest parts: it lies as a reducer
     u, base = torch.ones(4), torch.zeros(4)
     assert torch.equal(inj.forge(0, u, 2.0, base)[0], u)
     forged, weight = inj.forge(1, u, 2.0, base)

@@ -125,3 +125,21 @@ def test_manifest_with_infinite_training_value_is_refused(field):
     setattr(m.training, field, float("inf"))
     with pytest.raises(IntegrityError, match="training config out of range"):
         parse_manifest(m.SerializeToString())
+
+
+def test_init_defaults_are_the_slow_link_benchmarks_best_and_cite_their_results():
+    """init's defaults (round delay, codec, outer step) come with the result files behind them."""
+    import re
+    from pathlib import Path
+
+    from barnraise.coordinator.manifest import TrainingDefaults, init_flags
+
+    d = TrainingDefaults()
+    assert (d.round_delay, d.codec, d.outer_lr, d.outer_momentum) == (1, "int8", 1.0, 0.0)
+    results = Path(__file__).resolve().parents[2] / "scripts" / "results"
+    helps = {flag: f.metadata["help"] for flag, f in init_flags()}
+    for flag in ("--round-delay", "--codec", "--outer-lr", "--round-s"):
+        cited = re.findall(r"bench_\w+-[\w-]+", helps[flag])
+        assert cited, f"{flag}'s help gives no reason"
+        for name in cited:
+            assert list(results.glob(f"{name}.*")), f"{flag} cites {name}, which scripts/results/ lacks"
