@@ -133,7 +133,9 @@ def test_llama_from_config_with_bpe_trains_and_exports_exactly(swarm, tmp_path):
     hashes = wait_for(
         lambda: reported_hashes(peers).get(state.round), 30, what=f"the peers' hash of round {state.round}"
     )
-    assert hashes == {state.params_hash()}, (state.round, hashes, state.params_hash())
+    # the donor reported this hash for this round (another peer may hold another state for it, e.g.
+    # one it adopted while left out of that round's group)
+    assert state.params_hash() in hashes, (state.round, hashes, state.params_hash())
     tokenizer_bytes = read_run_file(run, manifest.tokenizer.file)
     assert served_tokenizer == tokenizer_bytes
 
