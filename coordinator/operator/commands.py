@@ -45,8 +45,8 @@ def register_init(sub) -> None:
     p.add_argument(
         "--model",
         default="gpt-nano",
-        help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide, gpt-large; hf:CONFIG.json (a transformers causal LM, "
-        "needs barnraise[hf]); or py:package.module:factory[?key=value&...]",
+        help="gpt-nano, gpt-micro, gpt-small, gpt-medium, gpt-wide, gpt-large; hf:CONFIG.json (a "
+        "transformers causal LM, needs barnraise[hf]); or py:package.module:factory[?key=value&...]",
     )
     p.add_argument(
         "--tokenizer",
@@ -156,24 +156,11 @@ def register_bootstrap(sub) -> None:
         metavar="FILE",
         help="the run key (PEM) that seals the coordinator record (default RUN_DIR/run.key)",
     )
-    p.add_argument(
-        "--checkpoint-every",
-        type=int,
-        default=0,
-        metavar="ROUNDS",
-        help="save the swarm's agreed state in RUN_DIR/checkpoints every N rounds (default: about 10 minutes)",
-    )
-    p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     p.set_defaults(handler=cmd_bootstrap)
 
 
-def cmd_bootstrap(args, attach=None) -> int:
-    """Run the bootstrap node until a signal. ``attach(node)``, if given, starts more work in this
-    process once the node is up (the checkpoint puller, which the CLI adds) and returns its stop."""
+def cmd_bootstrap(args) -> int:
     from barnraise.coordinator.operator.bootstrap import BootstrapConfig, BootstrapNode
-
-    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
-        raise ConfigError("--checkpoint-every must be 0 or more rounds and --keep-checkpoints 1 or more")
 
     node = BootstrapNode(
         BootstrapConfig(
@@ -194,9 +181,7 @@ def cmd_bootstrap(args, attach=None) -> int:
     done = threading.Event()
     stop_on_signals(done.set)
     node.start()
-    detach = None
     try:
-        detach = attach(node) if attach is not None else None
         print(f"run {node.manifest.run_id}: coordinator at {', '.join(node.grpc_addrs)}")
         if node.metrics is not None:
             print(f"metrics at {node.metrics.url}")
@@ -209,8 +194,6 @@ def cmd_bootstrap(args, attach=None) -> int:
         while not done.wait(1.0):
             pass
     finally:
-        if detach is not None:
-            detach()
         node.stop()
     return 0
 

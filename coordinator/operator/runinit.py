@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from barnraise.coordinator.errors import ConfigError
@@ -82,12 +83,9 @@ def init_run(
         shutil.rmtree(staging)
     try:
         staging.mkdir()
-        tok_bytes = choice.data
-        if choice.kind == "bpe":
-            tok_bytes = train_bpe(source, choice.vocab_size, progress)
-            source = open_source(dataset, **options)  # the first pass was used up by training
-        if tok_bytes is not None and source.token_dtype == "uint8":
-            source = encoded_source(source, tok_bytes, vocab_size, progress)
+        source, tok_bytes = _tokenized(
+            source, choice, vocab_size, lambda: open_source(dataset, **options), progress
+        )
         info, shards = write_shards(source, staging / SHARDS_DIR, shard_bytes=shard_bytes)
         manifest = build_manifest(
             model=mc, training=training, dataset=info, shards=shards, seed=seed, closed=closed
@@ -103,6 +101,24 @@ def init_run(
             shutil.rmtree(staging, ignore_errors=True)
     log.info("run %s initialised in %s", manifest.run_id, run_dir)
     return manifest
+
+
+def _tokenized(
+    source: TokenSource,
+    choice: TokenizerChoice,
+    vocab_size: int,
+    reopen: Callable[[], TokenSource],
+    progress: Progress,
+) -> tuple[TokenSource, bytes | None]:
+    """The source as the shards will hold it, and the tokenizer file (None for bytes): a BPE is
+    trained on a first pass over the text (``reopen`` gives a second), a text source is encoded."""
+    tok_bytes = choice.data
+    if choice.kind == "bpe":
+        tok_bytes = train_bpe(source, choice.vocab_size, progress)
+        source = reopen()
+    if tok_bytes is not None and source.token_dtype == "uint8":
+        source = encoded_source(source, tok_bytes, vocab_size, progress)
+    return source, tok_bytes
 
 
 def _open_dataset(dataset: str, choice: TokenizerChoice, options: dict) -> tuple[TokenSource, int]:

@@ -81,6 +81,7 @@ def _write_hf(
         tokenizer_object=Tokenizer.from_str(data.decode("utf-8")),
         model_max_length=manifest.model.seq_len,
         eos_token=specials[0] if specials else None,
+        model_input_names=["input_ids", "attention_mask"],  # a causal LM takes no token_type_ids
     )
     tok.save_pretrained(staging)
 

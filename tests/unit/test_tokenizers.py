@@ -6,6 +6,8 @@ import hashlib
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from barnraise.coordinator.errors import ConfigError, IntegrityError
 from barnraise.coordinator.manifest import load_signed_manifest
@@ -118,3 +120,47 @@ def test_token_files_take_a_tokenizer_file_but_not_a_bpe_to_train(tmp_path):
     m = _manifest(tmp_path / "b")
     assert (m.model.vocab_size, m.tokenizer.kind, m.dataset.token_dtype) == (256, "file", "uint16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "ids.bin", "t.json"]
+
+
+@pytest.fixture(scope="module")
+def trained_bpe(tmp_path_factory) -> bytes:
+    d = tmp_path_factory.mktemp("bpe") / "text"
+    d.mkdir()
+    (d / "a.py").write_text((TEXT + "it's 42 don't 3.14 x=y+1;\n\n\t  tabs  and   spaces\r\n") * 60)
+    return train_bpe(text_dir_source(d), 400)
+
+
+ALPHABET = "ab sT'19.(\n\t\r\u00a0é☕日\u2028_-<|>" + "endoftext"
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(alphabet=ALPHABET, max_size=200) | st.sampled_from([TEXT, "<|endoftext|>x", "a  b\n  c"]))
+def test_the_word_cache_gives_the_librarys_ids(trained_bpe, text):
+    from barnraise.coordinator.operator.wordcache import WordCache, applies_to
+    from barnraise.coordinator.tokenizer import special_tokens
+
+    assert applies_to(trained_bpe) and not applies_to(byte_tokenizer_json())  # no regex there
+    tok = FileTokenizer(trained_bpe).tok
+    cache = WordCache(tok, "uint16", special_tokens(trained_bpe))
+    expected = tok.encode(text, add_special_tokens=False).ids
+    assert np.frombuffer(cache.encode(text), dtype="<u2").tolist() == expected
+    assert np.frombuffer(cache.encode(text), dtype="<u2").tolist() == expected  # from the cache now
+
+
+def test_pieces_encode_to_the_ids_of_the_whole_text(tmp_path, trained_bpe, monkeypatch):
+    from barnraise.coordinator.operator import tokenizing
+
+    monkeypatch.setattr(tokenizing, "PIECE_CHARS", 100)  # many cuts
+    d = tmp_path / "t"
+    d.mkdir()
+    text = (TEXT + "  x\n\n   y = 'it''s'\n" + "日本 " * 30 + "\n") * 20
+    (d / "a.txt").write_text(text)
+    ids = np.frombuffer(b"".join(encoded_source(text_dir_source(d), trained_bpe, 400).chunks), dtype="<u2")
+    whole = FileTokenizer(trained_bpe).tok.encode(text + DOC_SEPARATOR.decode(), add_special_tokens=False).ids
+    assert ids.tolist() == whole
+
+
+def test_worker_processes_give_the_ids_one_process_gives(tmp_path, corpus, trained_bpe):
+    one = b"".join(encoded_source(text_dir_source(corpus), trained_bpe, 400, workers=1).chunks)
+    two = b"".join(encoded_source(text_dir_source(corpus), trained_bpe, 400, workers=2).chunks)
+    assert one == two and len(one) > 1000
