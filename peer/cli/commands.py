@@ -73,6 +73,15 @@ def register_peer(sub) -> None:
     p.add_argument("--lease-s", type=float, default=60.0, help=argparse.SUPPRESS)  # shard lease length
     p.add_argument("--ledger", type=Path, default=None, help=argparse.SUPPRESS)  # range_trained events only
     p.add_argument("--serve-corrupt-shards", action="store_true", help=argparse.SUPPRESS)  # tests
+    add_link_and_checkpoint_flags(p)
+    add_controls(p)  # the positional pause|resume|leave and --schedule
+    # Last: --config and --print-config; every visible flag above is also settable from
+    # BARNRAISE_<FLAG> and the file (settings.py).
+    p.set_defaults(handler=cmd_peer, settings=add_settings(p))
+
+
+def add_link_and_checkpoint_flags(p) -> None:
+    """``peer``'s flags for its uplink (codec, bandwidth, upload limit), metrics and own checkpoints."""
     p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
     p.add_argument(
         "--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)"
@@ -96,10 +105,6 @@ def register_peer(sub) -> None:
         help="rounds between this peer's own checkpoints in CACHE_DIR (default: about 10 minutes of rounds)",
     )
     p.add_argument("--keep-checkpoints", type=int, default=3, help="own checkpoints kept (default 3)")
-    add_controls(p)  # the positional pause|resume|leave and --schedule
-    # Last: --config and --print-config; every visible flag above is also settable from
-    # BARNRAISE_<FLAG> and the file (settings.py).
-    p.set_defaults(handler=cmd_peer, settings=add_settings(p))
 
 
 def add_controls(p) -> None:
