@@ -156,11 +156,24 @@ def register_bootstrap(sub) -> None:
         metavar="FILE",
         help="the run key (PEM) that seals the coordinator record (default RUN_DIR/run.key)",
     )
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="save the swarm's agreed state in RUN_DIR/checkpoints every N rounds (default: about 10 minutes)",
+    )
+    p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
     p.set_defaults(handler=cmd_bootstrap)
 
 
-def cmd_bootstrap(args) -> int:
+def cmd_bootstrap(args, attach=None) -> int:
+    """Run the bootstrap node until a signal. ``attach(node)``, if given, starts more work in this
+    process once the node is up (the checkpoint puller, which the CLI adds) and returns its stop."""
     from barnraise.coordinator.operator.bootstrap import BootstrapConfig, BootstrapNode
+
+    if args.checkpoint_every < 0 or args.keep_checkpoints < 1:
+        raise ConfigError("--checkpoint-every must be 0 or more rounds and --keep-checkpoints 1 or more")
 
     node = BootstrapNode(
         BootstrapConfig(
@@ -181,7 +194,9 @@ def cmd_bootstrap(args) -> int:
     done = threading.Event()
     stop_on_signals(done.set)
     node.start()
+    detach = None
     try:
+        detach = attach(node) if attach is not None else None
         print(f"run {node.manifest.run_id}: coordinator at {', '.join(node.grpc_addrs)}")
         if node.metrics is not None:
             print(f"metrics at {node.metrics.url}")
@@ -194,6 +209,8 @@ def cmd_bootstrap(args) -> int:
         while not done.wait(1.0):
             pass
     finally:
+        if detach is not None:
+            detach()
         node.stop()
     return 0
 
