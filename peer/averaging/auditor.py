@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -38,6 +39,8 @@ KEEP_GROUPS = 2  # reduced parts whose inputs a reducer keeps for audits (memory
 KEEP_AFTER_DECIDE_S = 10.0  # inputs are dropped this long after the group's leader decided
 MAX_SEGMENTS = 256  # segments one audit request may name
 MAX_AUDIT_REPLY_BYTES = 16 << 20  # 256 segments of a group of 8 members, with paths and signatures
+KEPT_WAIT_S = 10.0  # how long an audit waits for the reducer to finish its exchange and keep the inputs
+KEPT_POLL_S = 0.05  # how often it looks
 AUDIT_GRACE_S = 1.0  # audits end this long before the leader decides, so confirmations arrive in time
 
 
@@ -96,7 +99,11 @@ class Auditor:
             pass
 
     async def _answer(self, stream: rpc.Stream, req: audit_pb2.AuditRequest) -> audit_pb2.AuditReply:
-        reducer = self._kept.get(req.group_id)
+        # A member audits as soon as its part is back; we keep a part's inputs once our whole
+        # exchange is over, which can be later: wait for them a bounded while before refusing.
+        give_up = time.monotonic() + KEPT_WAIT_S
+        while (reducer := self._kept.get(req.group_id)) is None and time.monotonic() < give_up:
+            await asyncio.sleep(KEPT_POLL_S)
         if reducer is None or reducer.inputs is None:
             return _refused("no inputs kept for this group")
         if stream.remote not in reducer.members or req.part_index != reducer.index:
