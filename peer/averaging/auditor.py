@@ -84,6 +84,10 @@ class Auditor:
     async def register(self) -> None:
         await rpc.serve(self.p2p, AUDIT, self._answer, access=self.auth)
 
+    def reducing(self, group_id: str) -> bool:
+        """Whether we reduce a part in group ``group_id`` now (the averager sets this)."""
+        return False
+
     def keep(self, reducer: PartReducer) -> None:
         """The part ``reducer`` reduced, with its inputs, for audits of the next moments."""
         if reducer.inputs is None:
@@ -102,7 +106,8 @@ class Auditor:
         # A member audits as soon as its part is back; we keep a part's inputs once our whole
         # exchange is over, which can be later: wait for them a bounded while before refusing.
         give_up = time.monotonic() + KEPT_WAIT_S
-        while (reducer := self._kept.get(req.group_id)) is None and time.monotonic() < give_up:
+        waits = self.reducing(req.group_id)  # only for a group we reduce in (not any id sent to us)
+        while (reducer := self._kept.get(req.group_id)) is None and waits and time.monotonic() < give_up:
             await asyncio.sleep(KEPT_POLL_S)
         if reducer is None or reducer.inputs is None:
             return _refused("no inputs kept for this group")

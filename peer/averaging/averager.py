@@ -103,6 +103,7 @@ class Averager:
         self.feedback = ErrorFeedback()
         self.auditor = Auditor(p2p=p2p, peer_id=peer_id, auth=auth, robust=self.allreduce.robust)
         self.allreduce.keeper = self.auditor.keep
+        self.auditor.reducing = lambda gid: gid in self.allreduce._reducers  # audits wait for these
 
     async def register(self) -> None:
         await self.reachability.register()
