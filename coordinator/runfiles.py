@@ -1,5 +1,5 @@
 """Run files: small files that belong to a run besides its shards (a model's ``config.json``, the
-``tokenizer.json``), kept content-addressed in ``RUN_DIR/files/<sha256>`` and named in the manifest
+``tokenizer.json``, the held-out split), kept content-addressed in ``RUN_DIR/files/<sha256>`` and named in the manifest
 by a ``FileRef``. The coordinator serves them like shards, by hash only.
 """
 
@@ -35,6 +35,8 @@ def manifest_files(manifest: manifest_pb2.RunManifest) -> list[manifest_pb2.File
         refs.append(manifest.model.config_file)
     if manifest.tokenizer.HasField("file"):
         refs.append(manifest.tokenizer.file)
+    if manifest.dataset.HasField("held_out"):
+        refs.append(manifest.dataset.held_out)
     return refs
 
 

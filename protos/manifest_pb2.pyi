@@ -77,16 +77,18 @@ class ShardInfo(_message.Message):
     def __init__(self, sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., n_tokens: _Optional[int] = ..., index: _Optional[int] = ...) -> None: ...
 
 class DatasetInfo(_message.Message):
-    __slots__ = ("kind", "source", "token_dtype", "total_tokens")
+    __slots__ = ("kind", "source", "token_dtype", "total_tokens", "held_out")
     KIND_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     TOKEN_DTYPE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    HELD_OUT_FIELD_NUMBER: _ClassVar[int]
     kind: str
     source: str
     token_dtype: str
     total_tokens: int
-    def __init__(self, kind: _Optional[str] = ..., source: _Optional[str] = ..., token_dtype: _Optional[str] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+    held_out: FileRef
+    def __init__(self, kind: _Optional[str] = ..., source: _Optional[str] = ..., token_dtype: _Optional[str] = ..., total_tokens: _Optional[int] = ..., held_out: _Optional[_Union[FileRef, _Mapping]] = ...) -> None: ...
 
 class Membership(_message.Message):
     __slots__ = ("open",)

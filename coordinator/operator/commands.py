@@ -57,6 +57,13 @@ def register_init(sub) -> None:
     p.add_argument("--seq-len", type=int, default=0, help="context in tokens (default: the model's)")
     add_training_flags(p)
     p.add_argument("--shard-kib", type=int, default=256, help="shard size in KiB")
+    p.add_argument(
+        "--held-out-seqs",
+        type=int,
+        default=64,
+        help="sequences from the dataset's end kept out of training for export's held-out loss "
+        "(default 64, at most 5%% of the dataset; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=None)
     p.add_argument(
         "--closed", action="store_true", help="admit only peers holding a token (`barnraise token issue`)"
@@ -81,6 +88,8 @@ def cmd_init(args) -> int:
     options = {"vocab_size": args.vocab_size} if args.vocab_size else {}
     if args.seq_len < 0:
         raise ConfigError(f"--seq-len must be positive, got {args.seq_len}")
+    if not 0 <= args.held_out_seqs <= 100_000:
+        raise ConfigError(f"--held-out-seqs {args.held_out_seqs}: give 0 (none) up to 100000")
     progress = TextProgress()
     manifest = init_run(
         args.run_dir,
@@ -91,6 +100,7 @@ def cmd_init(args) -> int:
         progress=progress,
         training=training,
         shard_bytes=args.shard_kib * 1024,
+        held_out_seqs=args.held_out_seqs,
         seed=args.seed,
         source_options=options,
         closed=args.closed,

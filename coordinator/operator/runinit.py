@@ -23,6 +23,7 @@ from barnraise.coordinator.operator.datasets import (
     open_source,
     write_shards,
 )
+from barnraise.coordinator.operator.heldout import HELD_OUT_FILE, HELD_OUT_SEQS, TailSplit
 from barnraise.coordinator.operator.tokenizing import (
     Progress,
     TokenizerChoice,
@@ -51,6 +52,7 @@ def init_run(
     seq_len: int = 0,
     training: TrainingDefaults | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    held_out_seqs: int = HELD_OUT_SEQS,
     seed: int | None = None,
     source_options: dict | None = None,
     closed: bool = False,
@@ -63,7 +65,9 @@ def init_run(
     ``tokenizer``: ``bytes``, ``bpe:N`` or a tokenizer.json (coordinator/operator/tokenizing.py);
     ``seq_len``: context in tokens, 0 for the model's default. ``run_key``: an existing Ed25519 run
     key (PEM) to sign with; without it a new key is created as ``RUN_DIR/run.key`` (mode 0600).
-    ``closed``: only holders of a membership token may join. ``progress`` hears how much text has
+    ``held_out_seqs``: sequences of the dataset's end kept out of the shards for ``export``'s held-out
+    loss (coordinator/operator/heldout.py), 0 for none. ``closed``: only holders of a membership
+    token may join. ``progress`` hears how much text has
     been read while a tokenizer trains or encodes.
     """
     run_dir = Path(run_dir)
@@ -86,7 +90,10 @@ def init_run(
         source, tok_bytes = _tokenized(
             source, choice, vocab_size, lambda: open_source(dataset, **options), progress
         )
-        info, shards = write_shards(source, staging / SHARDS_DIR, shard_bytes=shard_bytes)
+        split = TailSplit(source, seqs=held_out_seqs, seq_len=mc.seq_len)
+        info, shards = write_shards(split.source(), staging / SHARDS_DIR, shard_bytes=shard_bytes)
+        if split.held:
+            info.held_out.CopyFrom(write_run_file(staging, split.held, HELD_OUT_FILE))
         manifest = build_manifest(
             model=mc, training=training, dataset=info, shards=shards, seed=seed, closed=closed
         )

@@ -59,9 +59,9 @@ class Weights:
     params: dict  # parameter name -> tensor
     round: int  # round whose average produced them
     loss: float | None  # the swarm's mean inner loss at that round
-    held_out_loss: float | None  # loss on held-out data, where the run has some
     source: str  # where they came from, for the user
     tokenizer_bytes: bytes | None = None  # the run's tokenizer file, if it has one and it was found
+    held_out_bytes: bytes | None = None  # the run's held-out split, if it has one and it was found
 
 
 def add_source_flags(p, *, checkpoint_dir: bool) -> None:
@@ -131,23 +131,37 @@ def _from_dir(root: Path, run_dir: Path, round_no: int | None) -> Weights:
         params=split_flat(state.params, layout),
         round=state.round,
         loss=info.loss,
-        held_out_loss=None,
         source=str(path),
-        tokenizer_bytes=_tokenizer_near(manifest, run_dir),
+        tokenizer_bytes=_file_near(manifest.tokenizer, "file", run_dir),
+        held_out_bytes=_file_near(manifest.dataset, "held_out", run_dir),
     )
 
 
-def _tokenizer_near(manifest, run_dir: Path) -> bytes | None:
-    """The run's tokenizer file from RUN_DIR/files, if the run has one and it is there."""
+def _file_near(message, field: str, run_dir: Path) -> bytes | None:
+    """A run file the manifest names in ``message.field`` from RUN_DIR/files, if it is there."""
     from barnraise.coordinator.errors import BarnraiseError
     from barnraise.coordinator.runfiles import read_run_file
 
-    if not manifest.tokenizer.HasField("file"):
+    if not message.HasField(field):
         return None
     try:
-        return read_run_file(run_dir, manifest.tokenizer.file)
+        return read_run_file(run_dir, getattr(message, field))
     except BarnraiseError:
         return None
+
+
+def measure_held_out(w: Weights) -> float | None:
+    """The weights' loss on the run's held-out split; None when the run has none (or it is missing)."""
+    from barnraise.peer.training.heldout import held_out_loss, split_sequences
+    from barnraise.peer.training.model import build_run_model, load_named
+
+    if w.held_out_bytes is None:
+        return None
+    m = w.manifest
+    seqs = split_sequences(w.held_out_bytes, m.dataset.token_dtype, m.model.seq_len, m.model.vocab_size)
+    model = build_run_model(m)
+    load_named(model, w.params)
+    return held_out_loss(model, seqs)
 
 
 # --- export -------------------------------------------------------------------------------------
@@ -166,10 +180,11 @@ def cmd_export(args) -> int:
     if w.manifest.tokenizer.HasField("file") and w.tokenizer_bytes is None:
         raise ConfigError("the run's tokenizer file was not found beside the checkpoint (RUN_DIR/files)")
     files = export_model(w.manifest, w.params, args.out, w.tokenizer_bytes)
+    held_out = measure_held_out(w)
     summary = {
         "round": w.round,
         "loss": w.loss,
-        "held_out_loss": w.held_out_loss,
+        "held_out_loss": held_out,
         "source": w.source,
         "files": [str(f) for f in files],
     }
@@ -179,9 +194,7 @@ def cmd_export(args) -> int:
     for f in files:
         print(f"wrote {f} ({f.stat().st_size} bytes)")
     loss = f"{w.loss:.4f}" if w.loss is not None else "unknown"
-    held = (
-        f"{w.held_out_loss:.4f}" if w.held_out_loss is not None else "unknown (the run has no held-out split)"
-    )
+    held = f"{held_out:.4f}" if held_out is not None else "unknown (the run has no held-out split)"
     print(f"round {w.round} from {w.source}; training loss {loss}; held-out loss {held}")
     return 0
 

@@ -33,7 +33,8 @@ def _sources(dht, manifest, peer_id: str) -> list[tuple[int, str, list[str], flo
 
 
 def _run_manifest(dht, timeout_s: float):
-    """(the run's verified manifest, its tokenizer file or None) from the coordinator."""
+    """(the run's verified manifest, its tokenizer file or None, its held-out split or None) from the
+    coordinator."""
     from barnraise.coordinator import records
     from barnraise.coordinator.signing import verify_manifest
     from barnraise.peer.net.coordinator_client import CoordinatorClient
@@ -42,8 +43,12 @@ def _run_manifest(dht, timeout_s: float):
     client = CoordinatorClient(rec.grpc_addrs)
     try:
         manifest = verify_manifest(client.manifest()[0])
-        tok = manifest.tokenizer
-        return manifest, client.fetch_file(tok.file) if tok.HasField("file") else None
+        tok, data = manifest.tokenizer, manifest.dataset
+        return (
+            manifest,
+            client.fetch_file(tok.file) if tok.HasField("file") else None,
+            client.fetch_file(data.held_out) if data.HasField("held_out") else None,
+        )
     finally:
         client.close()
 
@@ -67,7 +72,7 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
     dht = start_dht(opts)
     loop = None
     try:
-        manifest, tokenizer_bytes = _run_manifest(dht, timeout_s)
+        manifest, tokenizer_bytes, held_out_bytes = _run_manifest(dht, timeout_s)
         if not manifest.membership.open:
             raise ConfigError(
                 f"run {manifest.run_id} is closed: export from its RUN_DIR or a --checkpoint DIR"
@@ -94,9 +99,9 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
                     params=params,
                     round=rnd,
                     loss=loss,
-                    held_out_loss=None,
-                    source=f"peer {donor}",
+                                source=f"peer {donor}",
                     tokenizer_bytes=tokenizer_bytes,
+                    held_out_bytes=held_out_bytes,
                 )
             log.warning(
                 "state from %s refused: it is not the round-%d state the swarm agrees on", donor[:12], rnd

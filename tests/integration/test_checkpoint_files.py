@@ -102,6 +102,24 @@ def save_run_checkpoints(run_dir, rounds):
     return model, states
 
 
+def held_out_of(run_dir, state):
+    """The loss of ``state`` on the run's held-out split, computed here: what export must print."""
+    from barnraise.coordinator.runfiles import read_run_file
+    from barnraise.peer.training.heldout import held_out_loss, split_sequences
+    from barnraise.peer.training.model import named_state
+
+    m = verify_manifest(load_signed_manifest(run_dir))
+    assert m.dataset.HasField("held_out"), "init kept no held-out split"
+    data = read_run_file(run_dir, m.dataset.held_out)
+    seqs = split_sequences(data, m.dataset.token_dtype, m.model.seq_len, m.model.vocab_size)
+    assert len(seqs) == 64
+    model = build_model(m.model, m.seed)
+    with torch.no_grad():
+        for p, v in zip(model.parameters(), named_state(model, state.params).values(), strict=True):
+            p.copy_(v)
+    return held_out_loss(model, seqs)
+
+
 def test_export_without_a_checkpoint_exits_2_in_one_line(tmp_path):
     init_run(tmp_path / "run")
     res = run_cli("export", str(tmp_path / "run"), "--out", str(tmp_path / "out"))
@@ -133,7 +151,9 @@ def test_export_and_sample_a_builtin_model(tmp_path):
     (run / "checkpoints" / "round-000009" / "outer.safetensors").write_bytes(b"\0" * 64)
     res = run_cli("export", str(run), "--out", str(tmp_path / "out2"), "--json")
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout.strip().splitlines()[-1])["round"] == 4
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["round"] == 4
+    assert summary["held_out_loss"] == pytest.approx(held_out_of(run, states[4]), abs=1e-6)
     assert sum("refused" in line for line in res.stderr.splitlines()) == 1
 
     res = run_cli("export", str(run), "--out", str(tmp_path / "out3"), "--round", "7")
