@@ -99,7 +99,7 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
                     params=params,
                     round=rnd,
                     loss=loss,
-                                source=f"peer {donor}",
+                    source=f"peer {donor}",
                     tokenizer_bytes=tokenizer_bytes,
                     held_out_bytes=held_out_bytes,
                 )
