@@ -109,6 +109,7 @@ class PeerDaemon:
                 listen=cfg.listen,
                 announce=cfg.announce,
                 identity=taken.path,
+                relay="" if cfg.no_relay else "use",
                 extra=dht_extra(),
             )
         )
