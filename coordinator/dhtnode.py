@@ -27,8 +27,32 @@ class DHTOptions:
     announce: tuple[str, ...] = ()  # multiaddrs others should dial (public address behind NAT)
     identity: Path | None = None  # private key file; created if missing; same file = same peer id
     client_mode: bool = False  # True: reach out only, accept no DHT requests (status CLI)
+    relay: str = ""  # "serve": a public node others reserve relay slots on; "use": reserve one behind NAT
     start_timeout_s: float = DHT_START_TIMEOUT_S
     extra: dict = field(default_factory=dict)
+
+
+def relay_settings(relay: str) -> dict:
+    """hivemind's libp2p circuit-relay switches for a node's role.
+
+    A peer behind a home router cannot be dialled; libp2p's circuit relay v2 lets it reserve a slot
+    on a public node and be dialled through it (``/p2p/RELAY/p2p-circuit/p2p/PEER``). Its daemon's
+    AutoNAT learns it is private, and autorelay then reserves a slot on its bootstrap peers (p2pd's
+    default trusted relays). With one candidate relay, go-libp2p's autorelay first waits out its
+    boot delay, about 3 minutes, hoping for more: a NAT'd peer becomes dialable that long after it
+    starts (measured in our namespaces). The relay's side: the bootstrap declares itself publicly
+    reachable (it must be: every peer dials it) so that its relay service runs from the start
+    instead of waiting for enough peers to confirm it by AutoNAT. p2pd's relay limits apply
+    (``-relayMaxCircuits`` 16 per peer, 30 minutes and 4 GiB per relayed connection, then it is
+    reset and redialled).
+    """
+    if relay == "serve":
+        return {"use_relay": True, "force_reachability": "public"}
+    if relay == "use":
+        return {"use_relay": True, "use_auto_relay": True}
+    if relay:
+        raise ValueError(f"relay role {relay!r}: expected 'serve', 'use' or ''")
+    return {}
 
 
 def check_maddr(text: str, what: str) -> None:
@@ -69,6 +93,7 @@ def start_dht(opts: DHTOptions):
         strict=False,
         **opts.extra,
     )
+    kwargs.update(relay_settings(opts.relay))
     if opts.announce:
         kwargs["announce_maddrs"] = list(opts.announce)
     if opts.identity is not None:

@@ -16,6 +16,7 @@ class PeerConfig:
     run_id: str = ""  # which run, if the swarm hosts several
     listen: tuple[str, ...] = ("/ip4/0.0.0.0/tcp/0",)  # DHT/P2P listen multiaddrs
     announce: tuple[str, ...] = ()  # public multiaddrs, if behind NAT with port forwarding
+    no_relay: bool = False  # True: never reserve a relay slot (behind NAT: others cannot dial us at all)
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "barnraise")
     identity: Path | None = None  # default: a free slot, CACHE_DIR/peer.id first (peer/slots.py)
     device: str = "auto"  # auto, cpu, cuda, cuda:N

@@ -109,6 +109,7 @@ class PeerDaemon:
                 listen=cfg.listen,
                 announce=cfg.announce,
                 identity=taken.path,
+                relay="" if cfg.no_relay else "use",
                 extra=dht_extra(),
             )
         )
@@ -251,7 +252,10 @@ class PeerDaemon:
                     self._pause()
                     continue
                 r = self.clock.round_at()
-                self.stats.update(round=r, phase=heartbeat_pb2.PHASE_TRAINING)
+                # micro_batch: an out-of-memory step mid-run halves it (training/trainer.py)
+                self.stats.update(
+                    round=r, phase=heartbeat_pb2.PHASE_TRAINING, micro_batch=self.trainer.micro_batch
+                )
                 end = swarmclock.local(self.clock.end(r))  # the window's end, read on our clock
                 window = self.trainer.train_until(
                     end, self.feed.next_batch, self._interrupted, self.inject.slowdown(r)

@@ -5,7 +5,7 @@ Usage: python scripts/audit_sim.py [--quick] [--trials N] [--seed S]
 1. Detection. For parts of n chunks (model sizes from gpt-nano to 1B parameters in groups of 2 to
    16) a lying reducer corrupts ``ceil(n / 100)`` chunks (1%, at least one), chosen at random each
    round; the other members pick their checks with the product's rule
-   (``audit.checks_per_auditor``, ``audit.pick_segments``). Monte Carlo over ``--trials`` runs:
+   (``audit.checks_by``, ``audit.pick_segments``). Monte Carlo over ``--trials`` runs:
    the share caught within 5 rounds, against the 0.99 target and the rule's analytic bound.
 2. Cost. Bytes of one round's exchange (each member sends N-1 encoded parts and gets N-1 reduced
    parts back: sizes from the real codecs on a real chunk) against the bytes verified reduction
@@ -50,13 +50,12 @@ CODECS = ("fp32", "int8", "int4")
 
 def caught_within(n_chunks: int, members: int, rounds: int, rng: random.Random) -> bool:
     """One lying reducer, one run of ``rounds`` rounds: does any honest member's check land on a lie?"""
-    auditors = members - 1
     numel = n_chunks * CHUNK_VALUES
-    k = audit.checks_per_auditor(n_chunks, auditors)
+    shares = [audit.checks_by(n_chunks, 0, a, members) for a in range(1, members)]  # the reducer is 0
     bad_count = math.ceil(audit.TARGET_CORRUPT * n_chunks)
     for _ in range(rounds):
         bad = set(rng.sample(range(n_chunks), bad_count))
-        for _ in range(auditors):
+        for k in shares:
             if any(s // audit.SEGMENTS_PER_CHUNK in bad for s in audit.pick_segments(numel, k, rng)):
                 return True
     return False
@@ -68,7 +67,7 @@ def detection(trials: int, seed: int) -> list[dict]:
     for model, params in MODELS.items():
         for members in GROUPS:
             n = max(1, math.ceil(params / members / CHUNK_VALUES))
-            k = audit.checks_per_auditor(n, members - 1)
+            k = audit.checks_per_round(n)
             q = math.ceil(audit.TARGET_CORRUPT * n) / n
             caught = sum(caught_within(n, members, audit.TARGET_ROUNDS, rng) for _ in range(trials))
             rows.append(
@@ -76,9 +75,8 @@ def detection(trials: int, seed: int) -> list[dict]:
                     "model": model,
                     "members": members,
                     "chunks_per_part": n,
-                    "checks_per_auditor": k,
-                    "analytic_caught_5": 1
-                    - audit.miss_probability(k * (members - 1), q) ** audit.TARGET_ROUNDS,
+                    "checks_per_round": k,
+                    "analytic_caught_5": 1 - audit.miss_probability(k, q) ** audit.TARGET_ROUNDS,
                     "measured_caught_5": caught / trials,
                     "trials": trials,
                 }
@@ -120,12 +118,12 @@ def cost(quick: bool) -> list[dict]:
         for members in GROUPS:
             part = params / members
             n = max(1, math.ceil(part / CHUNK_VALUES))
-            k = audit.checks_per_auditor(n, members - 1)
+            k = audit.checks_per_round(n)
             for codec in CODECS[:1] if quick else CODECS:
                 # the whole group's traffic: N(N-1) parts out, N(N-1) reduced parts back
                 exchange = 2 * members * (members - 1) * part * per_value[codec]
                 commitment = members * (members - 1) * n * (commitments.COMMITMENT_BYTES + 3)
-                checks = members * (members - 1) * k  # every member checks every other reducer
+                checks = members * k  # k checks of every reducer, shared among its auditors
                 audits = checks * (per_check[(members, codec)] + 40)  # + the request's share
                 extra = commitment + audits
                 rows.append(
@@ -156,7 +154,7 @@ def table(det: list[dict], costs: list[dict], cpu: dict) -> str:
     lines.append(f"{'model':<11}{'N':>3}{'chunks':>8}{'checks':>8}{'analytic':>10}{'measured':>10}")
     for r in det:
         lines.append(
-            f"{r['model']:<11}{r['members']:>3}{r['chunks_per_part']:>8}{r['checks_per_auditor']:>8}"
+            f"{r['model']:<11}{r['members']:>3}{r['chunks_per_part']:>8}{r['checks_per_round']:>8}"
             f"{r['analytic_caught_5']:>10.4f}{r['measured_caught_5']:>10.4f}"
         )
     lines.append("")

@@ -44,6 +44,7 @@ class BootstrapConfig:
     initial_peers: tuple[str, ...] = ()  # join an existing swarm
     metrics: str = ""  # [HOST:]PORT to serve Prometheus /metrics on; "": none
     run_key: Path | None = None  # the run key that seals the coordinator record; default RUN_DIR/run.key
+    no_relay: bool = False  # True: NAT'd peers may not reserve a relay slot here (coordinator/dhtnode.py)
 
 
 def grpc_listen_address(cfg: BootstrapConfig) -> str:
@@ -94,6 +95,7 @@ class BootstrapNode:
                 listen=self.cfg.listen,
                 announce=self.cfg.announce,
                 identity=identity,
+                relay="" if self.cfg.no_relay else "serve",
                 # like every peer's node: refuse records whose owner did not seal them, or a
                 # forgery stored on the bootstrap would be served to every reader that asks it
                 extra={"record_validators": dht_validators()},

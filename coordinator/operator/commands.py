@@ -174,6 +174,11 @@ def register_bootstrap(sub) -> None:
         help="save the swarm's agreed state in RUN_DIR/checkpoints every N rounds (default: about 10 minutes)",
     )
     p.add_argument("--keep-checkpoints", type=int, default=3, help="checkpoints kept (default 3)")
+    p.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="do not relay for peers behind NAT (each relayed byte crosses this node's link twice)",
+    )
     p.set_defaults(handler=cmd_bootstrap)
 
 
@@ -195,6 +200,7 @@ def cmd_bootstrap(args, attach=None) -> int:
             initial_peers=tuple(args.initial_peers),
             metrics=args.metrics_port,
             run_key=args.run_key,
+            no_relay=args.no_relay,
         )
     )
     if args.metrics_port:

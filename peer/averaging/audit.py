@@ -22,20 +22,24 @@ reducer of its group on a few segments of its part:
 How many segments. A reducer whose part has ``n`` chunks and which corrupts even 1% of them
 corrupts ``m = ceil(n / 100)`` chunks. A check picks a chunk uniformly, then a segment of it, so
 it lands on a corrupt chunk with probability ``q = m / n >= max(0.01, 1/n)`` whatever the
-chunks' sizes (a reducer cannot hide in the short last chunk). Each of the ``A`` other members
-makes ``b`` checks of every reducer every round (at least one), so a round misses a lie with
-probability ``(1 - q)^(A b)`` and five rounds with ``(1 - q)^(5 A b)``. ``checks_per_auditor``
-picks the least ``b`` with ``(1 - q)^(5 A b) <= 0.005`` (half the promised 0.01, so that a
-measurement does not sit at the edge), i.e. ``A b >= ln(200) / (5 ln(1/(1-q)))``: for n >= 100
-chunks, 106 checks a round in all (0.99^530 < 0.005); for a part of 24 chunks (25M parameters in
-groups of 4) q = 1/24 and 25 checks (27: 9 by each of 3 members); for a part of one chunk (small models) every
-check lands on it, so a lie is caught in the very round it is told. A wrongly reduced chunk is
-meant as wrong throughout; a reducer that falsifies a share ``phi`` of a chunk's segments is caught
-per check with ``q * phi``.
+chunks' sizes (a reducer cannot hide in the short last chunk). ``checks_per_round`` is the least
+``K`` with ``(1 - q)^(5 K) <= 0.005`` (half the promised 0.01, so that a measurement does not sit at
+the edge): ``K`` checks of a reducer a round, by its ``A`` auditors together, miss a lie five rounds
+running with at most that chance. For n >= 100 chunks, K = 106 (0.99^530 < 0.005); for a part of
+24 chunks (25M parameters in groups of 4) q = 1/24 and K = 25; for a part of one chunk (small
+models) K = 1 and every check lands on it, so a lie is caught in the very round it is told.
+``checks_by`` shares the K among the auditors: each makes ``K // A``, and the ``K mod A`` members
+right after the reducer in group order make one more, so a round holds exactly K checks of each
+reducer (not ``A`` times the share that one auditor would need alone, which for small parts cost
+more bytes than the exchange itself). Who checks is known in advance; which segments is not.
+A wrongly reduced chunk is meant as wrong throughout; a reducer that falsifies a share ``phi`` of a
+chunk's segments is caught per check with ``q * phi``.
 Measured by ``scripts/audit_sim.py`` (detection, Monte Carlo, and bytes against the round's).
 
 What it does not cover: the reducer's own input is one contribution among the others (robust
-aggregation bounds it like any member's); a colluding auditor removes its own share of checks; a
+aggregation bounds it like any member's); a colluding auditor removes its own share of checks
+(for a one-chunk part, the one check: the lie then waits for a group with an honest neighbour),
+and so does a designated auditor that dropped out of the round; a
 leader that drops an accusation leaves the accuser alone not applying (the others keep the
 round); with ``topk`` only the kept values are compared.
 """
@@ -68,15 +72,24 @@ def miss_probability(checks: int, q: float) -> float:
     return (1.0 - q) ** checks
 
 
-def checks_per_auditor(chunks: int, auditors: int) -> int:
-    """Checks each of ``auditors`` members makes of one reducer's part of ``chunks`` chunks a round."""
-    if chunks <= 0 or auditors <= 0:
+def checks_per_round(chunks: int) -> int:
+    """Checks of one reducer's part of ``chunks`` chunks that a round needs, all auditors together."""
+    if chunks <= 0:
         return 0
     q = math.ceil(TARGET_CORRUPT * chunks) / chunks
-    b = 1
-    while b * auditors < MAX_CHECKS and miss_probability(b * auditors, q) ** TARGET_ROUNDS > TARGET_MISS:
-        b += 1
-    return b
+    k = 1
+    while k < MAX_CHECKS and miss_probability(k, q) ** TARGET_ROUNDS > TARGET_MISS:
+        k += 1
+    return k
+
+
+def checks_by(chunks: int, reducer: int, auditor: int, members: int) -> int:
+    """Checks the member at group position ``auditor`` makes of the reducer at position ``reducer``:
+    an even share of ``checks_per_round``, the remainder by the members right after the reducer."""
+    if members < 2 or auditor == reducer:
+        return 0
+    share, rest = divmod(checks_per_round(chunks), members - 1)
+    return share + (1 if (auditor - reducer) % members <= rest else 0)
 
 
 SEGMENTS_PER_CHUNK = CHUNK_VALUES // SEGMENT_VALUES

@@ -154,16 +154,18 @@ class Auditor:
         contributors: dict[int, list[str]],
         found: Findings,
     ) -> None:
-        """Check every other reducer of ``group`` on a few random segments of the part we received."""
+        """Check the other reducers of ``group`` on our share of random segments of the parts we received."""
         ids = [m.peer_id for m in group.members]
         bounds = part_bounds(average.numel(), group)
-        auditors = max(1, len(ids) - 1)
+        if self.peer_id not in ids:
+            return
+        me = ids.index(self.peer_id)
         jobs = []
         for j, reducer in enumerate(ids):
             s, e = bounds[j]
             if reducer == self.peer_id or e <= s:
                 continue
-            k = audit.checks_per_auditor(len(audit.chunk_bounds(e - s)), auditors)
+            k = audit.checks_by(len(audit.chunk_bounds(e - s)), j, me, len(ids))
             wanted = audit.pick_segments(e - s, k, self.rng)
             if wanted:
                 jobs.append(

@@ -59,9 +59,12 @@ def split_groups(
 
 
 def reducer_fractions(fractions: Sequence[float], reaches: Sequence[str]) -> list[float]:
-    """Part shares with members nobody can dial given none; unchanged if that would leave no reducer."""
-    kept = [f if can_be_dialled(r) else 0.0 for f, r in zip(fractions, reaches, strict=True)]
-    total = sum(kept)
-    if total <= 0:
-        return list(fractions)
-    return [f / total for f in kept]
+    """Part shares with members nobody can dial given none, and relayed members none either when a
+    directly dialable member can reduce (every byte to or from a relayed reducer crosses the relay's
+    link twice); unchanged if that would leave no reducer."""
+    for allowed in (lambda r: can_be_dialled(r) and r != RELAYED, can_be_dialled):
+        kept = [f if allowed(r) else 0.0 for f, r in zip(fractions, reaches, strict=True)]
+        total = sum(kept)
+        if total > 0:
+            return [f / total for f in kept]
+    return list(fractions)

@@ -38,6 +38,11 @@ def register_peer(sub) -> None:
     p.add_argument("--run-id", default="", help="which run, if the swarm hosts several")
     p.add_argument("--listen", nargs="+", default=["/ip4/0.0.0.0/tcp/0"], metavar="MADDR")
     p.add_argument("--announce", nargs="+", default=[], metavar="MADDR")
+    p.add_argument(
+        "--no-relay",
+        action="store_true",
+        help="behind NAT, do not reserve a relay slot on the bootstrap (then nobody can dial this peer)",
+    )
     p.add_argument("--cache-dir", type=Path, default=Path.home() / ".cache" / "barnraise")
     p.add_argument(
         "--identity",
@@ -195,6 +200,7 @@ def peer_config(args):
         run_id=args.run_id,
         listen=tuple(args.listen),
         announce=tuple(args.announce),
+        no_relay=args.no_relay,
         cache_dir=args.cache_dir,
         identity=args.identity,
         device=args.device,

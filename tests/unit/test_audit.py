@@ -149,12 +149,15 @@ def test_merkle_paths_lead_to_the_root_for_every_leaf():
 @pytest.mark.parametrize("chunks", [1, 2, 24, 99, 100, 1000])
 @pytest.mark.parametrize("members", [2, 4, 8, 32])
 def test_the_sampling_rule_meets_the_detection_target(chunks, members):
-    auditors = members - 1
-    b = audit.checks_per_auditor(chunks, auditors)
+    k = audit.checks_per_round(chunks)
     q = -(-chunks // 100) / chunks
-    assert audit.miss_probability(b * auditors, q) ** 5 <= audit.TARGET_MISS <= 0.01  # with a margin
-    assert b == 1 or audit.miss_probability((b - 1) * auditors, q) ** 5 > audit.TARGET_MISS  # the least
-    assert b * auditors <= 106 + auditors  # 0.99 ** (5 * 106) < 0.005
+    assert audit.miss_probability(k, q) ** 5 <= audit.TARGET_MISS <= 0.01  # with a margin
+    assert k == 1 or audit.miss_probability(k - 1, q) ** 5 > audit.TARGET_MISS  # the least
+    assert k <= 106  # 0.99 ** (5 * 106) < 0.005
+    for reducer in range(members):  # the auditors make exactly k checks of every reducer
+        shares = [audit.checks_by(chunks, reducer, a, members) for a in range(members)]
+        assert shares[reducer] == 0 and sum(shares) == k
+        assert max(shares) - min(s for i, s in enumerate(shares) if i != reducer) <= 1
 
 
 def test_picked_segments_spread_over_chunks_not_values():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 import torch
 
 from barnraise.peer.averaging import roles
@@ -40,6 +41,12 @@ def test_every_group_gets_a_dialable_member_when_there_are_enough():
 def test_clients_reduce_nothing_unless_nobody_could():
     assert roles.reducer_fractions([0.25, 0.25, 0.5], ["public", "client", ""]) == [1 / 3, 0.0, 2 / 3]
     assert roles.reducer_fractions([0.5, 0.5], ["client", "client"]) == [0.5, 0.5]
+
+
+def test_relayed_members_reduce_only_where_no_direct_member_can():
+    assert roles.reducer_fractions([0.25, 0.25, 0.5], ["public", "relayed", "client"]) == [1.0, 0.0, 0.0]
+    assert roles.reducer_fractions([0.25, 0.25, 0.5], ["relayed", "relayed", "client"]) == [0.5, 0.5, 0.0]
+    assert roles.pick_leader(["a", "b", "c"], {"a": "client", "b": "relayed", "c": "relayed"}) == "b"
 
 
 def test_leader_gives_clients_an_empty_part():
@@ -98,3 +105,13 @@ def test_dial_back_targets_only_plain_tcp_addresses():
     ):
         assert host_port(bad) is None
     assert host_port("/ip4/10.0.0.1/tcp/31337/p2p/Qm/p2p-circuit/p2p/Qm2") is None
+
+
+def test_relay_roles_map_to_hiveminds_switches():
+    from barnraise.coordinator.dhtnode import relay_settings
+
+    assert relay_settings("serve") == {"use_relay": True, "force_reachability": "public"}
+    assert relay_settings("use") == {"use_relay": True, "use_auto_relay": True}
+    assert relay_settings("") == {}
+    with pytest.raises(ValueError, match="relay role"):
+        relay_settings("both")

@@ -1,0 +1,99 @@
+"""Shared by the home-router tests (``test_home_routers.py``, ``test_relays.py``): a swarm of
+real processes in network namespaces, some peers behind their own NAT router, read back through
+the peers' events and ``barnraise status``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from barnraise.peer.events import RoundApplied, read_events
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
+sys.path.insert(0, str(SCRIPTS))
+
+from netsim_lib import iproute, registry  # noqa: E402
+from netsim_lib.errors import NeedsRoot  # noqa: E402
+from netsim_lib.router import ensure_iptables  # noqa: E402
+from netsim_lib.scenario import Scenario  # noqa: E402
+from netsim_lib.swarm import STATUS_HOST, Swarm, SwarmConfig, swarm_hosts  # noqa: E402
+from netsim_lib.topology import NetSim  # noqa: E402
+
+__all__ = [  # the harness, for the tests that import it from here (scripts/ is on the path now)
+    "PEERS",
+    "NetSim",
+    "Scenario",
+    "Swarm",
+    "SwarmConfig",
+    "agreed_rounds",
+    "applied",
+    "reach_by_host",
+    "registry",
+    "skip_reason",
+    "swarm_hosts",
+    "wait",
+]
+
+PEERS = ("p1", "p2", "p3", "p4")
+
+
+def skip_reason() -> str | None:
+    """Why these tests cannot run here (not root, no iptables), or None."""
+    reason = iproute.missing_requirements()
+    if reason is None:
+        try:
+            ensure_iptables()
+        except NeedsRoot as e:
+            reason = str(e)
+    return reason
+
+
+def applied(swarm: Swarm) -> dict[str, dict[int, str]]:
+    """peer -> {round: params_hash after it} from each peer's events."""
+    return {
+        name: {e.round: e.params_hash for e in read_events(swarm.events_path(name), RoundApplied)}
+        for name in PEERS
+    }
+
+
+def agreed_rounds(done: dict[str, dict[int, str]]) -> list[int]:
+    """Rounds that every peer applied with one and the same params hash."""
+    by_round: dict[int, set[str]] = defaultdict(set)
+    for rounds in done.values():
+        for r, h in rounds.items():
+            by_round[r].add(h)
+    return sorted(
+        r for r, hashes in by_round.items() if len(hashes) == 1 and all(r in d for d in done.values())
+    )
+
+
+def status(swarm: Swarm, net: NetSim) -> dict:
+    cfg = swarm.config
+    argv = [*cfg.barnraise, "status", "--initial-peers", swarm.initial_peers, "--json"]
+    done = net.run(STATUS_HOST, argv, timeout_s=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def reach_by_host(swarm: Swarm, net: NetSim) -> dict[str, str]:
+    ids = {}
+    for name in PEERS:
+        for e in read_events(swarm.events_path(name)):
+            if getattr(e, "peer_id", ""):
+                ids[e.peer_id] = name
+    return {
+        ids.get(p["peer_id"], p["peer_id"][:8]): p["link"] for p in status(swarm, net)["peers"] if p["alive"]
+    }
+
+
+def wait(predicate, timeout_s: float, what: str):
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(3)
+    raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}; last: {last!r}")
