@@ -26,6 +26,7 @@ class PeerConfig:
     codec: str = ""  # ask groups for a smaller update codec than the run's (slow uplink)
     bandwidth_mbit: float = 0.0  # declared upload bandwidth, Mbit/s: parts reduced follow it (0 = unknown)
     max_upload_mbit: float = 0.0  # cap on everything our protocols send, Mbit/s on the wire (0 = none)
+    max_compute_share: float = 1.0  # share (0-1] of each round's window spent training; the rest rests
     shards: ShardOptions = field(default_factory=ShardOptions)  # leases, shard cache budget, serving
     token: Path | None = None  # membership token file (closed runs)
     run_key_fingerprint: str = ""  # the run key to trust; "" = trust on first use (CACHE_DIR/known_runs.json)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,12 @@ import pytest
 from barnraise.peer.cli.launch import Swarm, barnraise_argv
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# Every peer a test starts trains a quarter of each round and rests the rest (``peer
+# --max-compute-share``, inherited as BARNRAISE_MAX_COMPUTE_SHARE): a swarm test checks protocols,
+# not learning speed, and a peer training flat out for the whole test would make the suite
+# CPU-bound on two cores. A test that watches the loss fall passes ``--max-compute-share 1``.
+os.environ.setdefault("BARNRAISE_MAX_COMPUTE_SHARE", "0.25")
 
 
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:

@@ -86,7 +86,8 @@ def register_peer(sub) -> None:
 
 
 def add_link_and_checkpoint_flags(p) -> None:
-    """``peer``'s flags for its uplink (codec, bandwidth, upload limit), metrics and own checkpoints."""
+    """``peer``'s flags for its uplink (codec, bandwidth, upload limit), its device's duty, metrics and
+    own checkpoints."""
     p.add_argument("--codec", default="", help="ask for a smaller update codec than the run's (slow uplink)")
     p.add_argument(
         "--bandwidth-mbit", type=float, default=0.0, help="your upload bandwidth, Mbit/s (optional)"
@@ -97,6 +98,14 @@ def add_link_and_checkpoint_flags(p) -> None:
         default=0.0,
         metavar="N",
         help="never send faster than N Mbit/s, all protocols together (0: no limit); also the bandwidth declared to groups",
+    )
+    p.add_argument(
+        "--max-compute-share",
+        type=float,
+        default=1.0,
+        metavar="F",
+        help="train at most this share (0-1] of each round and rest the device the remaining time "
+        "(a cooler, quieter machine; fewer samples to the swarm); default 1",
     )
     p.add_argument(
         "--fault", default="", choices=("", "nan", "shape", "oversize", "stall"), help=argparse.SUPPRESS
@@ -195,6 +204,8 @@ def peer_config(args):
     ):
         if not (math.isfinite(value) and value >= 0):
             raise ConfigError(f"{flag} must be 0 (none) or a positive number of Mbit/s, got {value:g}")
+    if not (math.isfinite(args.max_compute_share) and 0 < args.max_compute_share <= 1):
+        raise ConfigError(f"--max-compute-share must be in (0, 1], got {args.max_compute_share:g}")
     return PeerConfig(
         initial_peers=tuple(args.initial_peers),
         run_id=args.run_id,
@@ -210,6 +221,7 @@ def peer_config(args):
         codec=args.codec,
         bandwidth_mbit=declared_bandwidth(args.bandwidth_mbit, args.max_upload_mbit),
         max_upload_mbit=args.max_upload_mbit,
+        max_compute_share=args.max_compute_share,
         token=args.token,
         run_key_fingerprint=args.run_key_fingerprint,
         schedule=parse_schedule(args.schedule),

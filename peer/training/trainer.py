@@ -184,7 +184,8 @@ class InnerTrainer:
         slowdown: float = 1.0,
     ) -> WindowResult:
         """Inner steps until ``deadline``. ``slowdown`` > 1 sleeps (slowdown - 1) x each step's time
-        after it: an injected fault (peer/injection.py) for tests and benchmarks of slow peers."""
+        after it: ``peer --max-compute-share`` (a device that rests), or an injected fault
+        (peer/injection.py) for tests and benchmarks of slow peers."""
         res = WindowResult()
         start = time.perf_counter()
         peak_memory(self.info, reset=True)

@@ -18,7 +18,7 @@ from tests.conftest import init_run, run_cli, status_json, wait_for
 pytestmark = pytest.mark.timeout(300)
 
 EVERY = ["--checkpoint-every", "2"]
-PEER = ["--threads", "1", *EVERY]
+PEER = ["--threads", "1", "--max-compute-share", "1", *EVERY]  # it watches the loss fall
 
 
 def after(events, t0):

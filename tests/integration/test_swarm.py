@@ -20,7 +20,8 @@ def round_losses(child) -> list[tuple[int, float]]:
 def test_two_peers_train_together(swarm, tmp_path):
     init_run(tmp_path / "run", "--round-s", "4")
     swarm.start_bootstrap(tmp_path / "run")
-    peers = [swarm.start_peer(f"peer{i}", ["--threads", "1"]) for i in (1, 2)]
+    full = ["--threads", "1", "--max-compute-share", "1"]  # this test watches the loss fall: train all round
+    peers = [swarm.start_peer(f"peer{i}", full) for i in (1, 2)]
 
     def agreed():
         report = status_json(swarm.initial_peers)

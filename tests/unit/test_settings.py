@@ -185,3 +185,10 @@ def test_print_config_is_toml_that_config_reads_back(tmp_path, capsys, monkeypat
 def test_print_config_checks_values_like_a_run(capsys):
     assert main(["peer", "--initial-peers", PEER, "--codec", "nope", "--print-config"]) == 2
     assert "unknown codec 'nope'" in capsys.readouterr().err
+
+
+def test_max_compute_share_must_be_a_share(capsys):
+    for bad in ("0", "1.5", "nan"):
+        assert main(["peer", "--initial-peers", PEER, "--max-compute-share", bad, "--print-config"]) == 2
+        err = capsys.readouterr().err
+        assert "--max-compute-share must be in (0, 1]" in err and len(err.strip().splitlines()) == 1
