@@ -257,9 +257,8 @@ class PeerDaemon:
                     round=r, phase=heartbeat_pb2.PHASE_TRAINING, micro_batch=self.trainer.micro_batch
                 )
                 end = swarmclock.local(self.clock.end(r))  # the window's end, read on our clock
-                window = self.trainer.train_until(
-                    end, self.feed.next_batch, self._interrupted, self._slowdown(r)
-                )
+                rest = self.inject.slowdown(r) / self.cfg.max_compute_share  # --max-compute-share
+                window = self.trainer.train_until(end, self.feed.next_batch, self._interrupted, rest)
                 if self.stop_event.is_set():
                     break
                 self.carried += window.samples
@@ -286,11 +285,6 @@ class PeerDaemon:
         """Apply a launched round (``_apply``) and count it; None, for the loop's ``pending``."""
         applied, self.carried = self._apply(launched, self.carried)
         self.completed += applied
-
-    def _slowdown(self, r: int) -> float:
-        """How much longer than its compute each inner step takes: ``--max-compute-share`` rests
-        the device after each step (1/share), times any injected slowdown (tests, benchmarks)."""
-        return self.inject.slowdown(r) / self.cfg.max_compute_share
 
     def _interrupted(self) -> bool:
         """Stop the window after this inner step: leave now, or paused (unless leaving at its end)."""

@@ -61,14 +61,12 @@ def init_run(
 ) -> manifest_pb2.RunManifest:
     """Shards and a signed manifest in ``run_dir``.
 
-    ``model``: a built-in name, ``hf:CONFIG.json`` or ``py:module:factory`` (coordinator/modelspec.py);
-    ``tokenizer``: ``bytes``, ``bpe:N`` or a tokenizer.json (coordinator/operator/tokenizing.py);
-    ``seq_len``: context in tokens, 0 for the model's default. ``run_key``: an existing Ed25519 run
+    ``model``: a built-in name, ``hf:CONFIG.json`` or ``py:module:factory`` (modelspec.py); ``tokenizer``:
+    ``bytes``, ``bpe:N`` or a tokenizer.json (operator/tokenizing.py); ``seq_len``: context in tokens, 0 for the model's default. ``run_key``: an existing Ed25519 run
     key (PEM) to sign with; without it a new key is created as ``RUN_DIR/run.key`` (mode 0600).
-    ``held_out_seqs``: sequences of the dataset's end kept out of the shards for ``export``'s held-out
-    loss (coordinator/operator/heldout.py), 0 for none. ``closed``: only holders of a membership
-    token may join. ``progress`` hears how much text has
-    been read while a tokenizer trains or encodes.
+    ``held_out_seqs``: sequences of the dataset's end kept out of the shards for ``export``'s
+    held-out loss (operator/heldout.py), 0: none. ``closed``: only token holders may join.
+    ``progress`` hears how much text has been read while a tokenizer trains or encodes.
     """
     run_dir = Path(run_dir)
     if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
@@ -90,10 +88,7 @@ def init_run(
         source, tok_bytes = _tokenized(
             source, choice, vocab_size, lambda: open_source(dataset, **options), progress
         )
-        split = TailSplit(source, seqs=held_out_seqs, seq_len=mc.seq_len)
-        info, shards = write_shards(split.source(), staging / SHARDS_DIR, shard_bytes=shard_bytes)
-        if split.held:
-            info.held_out.CopyFrom(write_run_file(staging, split.held, HELD_OUT_FILE))
+        info, shards = _write_data(staging, source, shard_bytes, held_out_seqs, mc.seq_len)
         manifest = build_manifest(
             model=mc, training=training, dataset=info, shards=shards, seed=seed, closed=closed
         )
@@ -108,6 +103,17 @@ def init_run(
             shutil.rmtree(staging, ignore_errors=True)
     log.info("run %s initialised in %s", manifest.run_id, run_dir)
     return manifest
+
+
+def _write_data(
+    staging: Path, source: TokenSource, shard_bytes: int, held_out_seqs: int, seq_len: int
+) -> tuple[manifest_pb2.DatasetInfo, list[manifest_pb2.ShardInfo]]:
+    """The shards, and the held-out split (the stream's end) as a run file named in the info."""
+    split = TailSplit(source, seqs=held_out_seqs, seq_len=seq_len)
+    info, shards = write_shards(split.source(), staging / SHARDS_DIR, shard_bytes=shard_bytes)
+    if split.held:
+        info.held_out.CopyFrom(write_run_file(staging, split.held, HELD_OUT_FILE))
+    return info, shards
 
 
 def _tokenized(
