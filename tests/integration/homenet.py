@@ -8,9 +8,14 @@ import json
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from barnraise.peer.events import RoundApplied, read_events
+from tests.conftest import init_run
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
 sys.path.insert(0, str(SCRIPTS))
@@ -22,22 +27,36 @@ from netsim_lib.scenario import Scenario  # noqa: E402
 from netsim_lib.swarm import STATUS_HOST, Swarm, SwarmConfig, swarm_hosts  # noqa: E402
 from netsim_lib.topology import NetSim  # noqa: E402
 
-__all__ = [  # the harness, for the tests that import it from here (scripts/ is on the path now)
-    "PEERS",
-    "NetSim",
-    "Scenario",
-    "Swarm",
-    "SwarmConfig",
-    "agreed_rounds",
-    "applied",
-    "reach_by_host",
-    "registry",
-    "skip_reason",
-    "swarm_hosts",
-    "wait",
-]
-
 PEERS = ("p1", "p2", "p3", "p4")
+
+
+@contextmanager
+def home_swarm(
+    tmp_path: Path, *, prefix: str, subnet: str, nat: tuple[str, ...]
+) -> Iterator[tuple[Swarm, NetSim]]:
+    """A bootstrap and ``PEERS`` on 25 Mbit/s up / 100 down lines, ``nat`` each behind its own router,
+    8 s rounds; namespaces named ``prefix``-*, torn down however the test ends."""
+    registry.cleanup_stale(prefix)
+    run_dir = tmp_path / "run"
+    init_run(run_dir, "--round-s", "8")
+    scenario = Scenario(
+        peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(nat)
+    )
+    config = SwarmConfig(
+        run_dir=run_dir, log_dir=tmp_path / "logs", scenario=scenario, peer_args=("--threads", "1")
+    )
+    with NetSim(hosts=swarm_hosts(scenario), subnet=subnet, prefix=prefix) as net:
+        swarm = Swarm(config, net)
+        swarm.start_bootstrap()
+        for name in PEERS:
+            swarm.start_peer(name)
+        yield swarm, net
+
+
+def netns_marks(what: str) -> list:
+    """A test module's ``pytestmark``: netns, skipped with the reason where these tests cannot run."""
+    reason = skip_reason()
+    return [pytest.mark.netns, pytest.mark.skipif(reason is not None, reason=f"{what}: {reason}")]
 
 
 def skip_reason() -> str | None:

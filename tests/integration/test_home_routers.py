@@ -14,48 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import init_run
-from tests.integration.homenet import (
-    PEERS,
-    NetSim,
-    Scenario,
-    Swarm,
-    SwarmConfig,
-    agreed_rounds,
-    applied,
-    reach_by_host,
-    registry,
-    skip_reason,
-    swarm_hosts,
-    wait,
-)
+from tests.integration.homenet import agreed_rounds, applied, home_swarm, netns_marks, reach_by_host, wait
 
 PREFIX = "na"
 SUBNET = "10.81.0.0/24"
 NATTED = ("p3", "p4")
-_REASON = skip_reason()
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(_REASON is not None, reason=f"home-router tests: {_REASON}"),
-]
+pytestmark = netns_marks("home-router tests")
 
 
 @pytest.mark.timeout(300)
 def test_nat_peers_are_full_members_and_a_closing_router_is_noticed(tmp_path: Path) -> None:
-    registry.cleanup_stale(PREFIX)
-    run_dir = tmp_path / "run"
-    init_run(run_dir, "--round-s", "8")
-    scenario = Scenario(
-        peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(NATTED)
-    )
-    config = SwarmConfig(
-        run_dir=run_dir, log_dir=tmp_path / "logs", scenario=scenario, peer_args=("--threads", "1")
-    )
-    with NetSim(hosts=swarm_hosts(scenario), subnet=SUBNET, prefix=PREFIX) as net:
-        swarm = Swarm(config, net)
-        swarm.start_bootstrap()
-        for name in PEERS:
-            swarm.start_peer(name)
+    with home_swarm(tmp_path, prefix=PREFIX, subnet=SUBNET, nat=NATTED) as (swarm, net):
 
         def three_agreed() -> list[int] | None:
             rounds = agreed_rounds(applied(swarm))

@@ -19,47 +19,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import init_run
 from tests.integration.homenet import (
     PEERS,
-    NetSim,
-    Scenario,
-    Swarm,
-    SwarmConfig,
     agreed_rounds,
     applied,
+    home_swarm,
+    netns_marks,
     reach_by_host,
-    registry,
-    skip_reason,
-    swarm_hosts,
     wait,
 )
 
 PREFIX = "nr"
 SUBNET = "45.67.89.0/24"
-_REASON = skip_reason()
-pytestmark = [
-    pytest.mark.netns,
-    pytest.mark.skipif(_REASON is not None, reason=f"relay tests: {_REASON}"),
-]
+pytestmark = netns_marks("relay tests")
 
 
 @pytest.mark.timeout(540)
 def test_every_peer_behind_nat_trains_through_relays_and_status_says_so(tmp_path: Path) -> None:
-    registry.cleanup_stale(PREFIX)
-    run_dir = tmp_path / "run"
-    init_run(run_dir, "--round-s", "8")
-    scenario = Scenario(
-        peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(PEERS)
-    )
-    config = SwarmConfig(
-        run_dir=run_dir, log_dir=tmp_path / "logs", scenario=scenario, peer_args=("--threads", "1")
-    )
-    with NetSim(hosts=swarm_hosts(scenario), subnet=SUBNET, prefix=PREFIX) as net:
-        swarm = Swarm(config, net)
-        swarm.start_bootstrap()
-        for name in PEERS:
-            swarm.start_peer(name)
+    with home_swarm(tmp_path, prefix=PREFIX, subnet=SUBNET, nat=PEERS) as (swarm, net):
 
         def all_relayed() -> dict[str, str] | None:
             links = reach_by_host(swarm, net)
