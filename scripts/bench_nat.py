@@ -149,6 +149,9 @@ def main() -> int:
     parser.add_argument("--duration", type=float, help="seconds each run lasts (default 240, quick 100)")
     parser.add_argument("--model", help="built-in model (default gpt-small, quick gpt-micro)")
     parser.add_argument("--round-s", type=float, help="round length, seconds (default 30, quick 12)")
+    parser.add_argument(
+        "--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS), help="which runs (default all)"
+    )
     args = parser.parse_args()
     args.duration = args.duration or (100.0 if args.quick else 240.0)
     args.model = args.model or ("gpt-micro" if args.quick else "gpt-small")
@@ -161,8 +164,9 @@ def main() -> int:
     cleanup_stale(PREFIX)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     with tempfile.TemporaryDirectory(prefix="bench_nat-") as tmp:
-        runs = [run_layout(label, nat, args, Path(tmp)) for label, nat in LAYOUTS.items()]
-    base, mixed, nat = (r["round_wall_s_median"] for r in runs)
+        runs = [run_layout(label, LAYOUTS[label], args, Path(tmp)) for label in args.layouts]
+    wall = {r["layout"]: r["round_wall_s_median"] for r in runs}
+    base, mixed, nat = (wall.get(k) for k in LAYOUTS)
     ratio = mixed / base if base and mixed else None
     result = {
         "bench": "bench_nat",
