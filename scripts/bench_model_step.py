@@ -23,9 +23,12 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-RESULTS_DIR = ROOT / "scripts" / "results"
+for path in (ROOT, ROOT / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from baselines.report import stamp, write_results  # noqa: E402
+
 WARMUP_STEPS = 2
 
 
@@ -120,10 +123,7 @@ def main() -> int:
         ]
     )
     print(text)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_model_step-{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}{'-quick' if args.quick else ''}"
-    (RESULTS_DIR / f"{stem}.txt").write_text(text + "\n")
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(f"bench_model_step-{stamp()}{'-quick' if args.quick else ''}", result, text)
     print(json.dumps(result))
     return 0
 

@@ -27,9 +27,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-RESULTS_DIR = ROOT / "scripts" / "results"
+for path in (ROOT, ROOT / "scripts"):
+    if str(path) not in sys.path:
+        sys.path.insert(0, str(path))
+
+from baselines.report import stamp, write_results  # noqa: E402
 
 
 def build_corpus(directory: Path, total_bytes: int) -> int:
@@ -122,10 +124,7 @@ def main() -> int:
     ]
     text = "\n".join(lines)
     print(text)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    stem = f"bench_tokenize-{time.strftime('%Y%m%d-%H%M%S')}-{platform.node() or 'host'}{'-quick' if args.quick else ''}"
-    (RESULTS_DIR / f"{stem}.txt").write_text(text + "\n")
-    (RESULTS_DIR / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    write_results(f"bench_tokenize-{stamp()}{'-quick' if args.quick else ''}", result, text)
     print(json.dumps(result))
     return 0
 
