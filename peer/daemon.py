@@ -351,9 +351,7 @@ class PeerDaemon:
             self.stats.update(rounds_joined=self.stats.rounds_joined + 1)
             h, n = new.params_hash(), len(out.members)
             self.events.emit(
-                events.RoundApplied(
-                    round=launched.round, members=n, params_hash=h, duration_s=out.duration_s
-                ),
+                events.RoundApplied(round=launched.round, members=n, params_hash=h, **out.applied_fields()),
                 log,
             )
             return 1, max(0.0, carried - launched.weight)

@@ -145,6 +145,8 @@ class RoundApplied(Event):
     members: int  # group size, this peer included
     params_hash: str  # of the global state after the outer step
     duration_s: float  # of the averaging, seconds
+    leader: str = ""  # peer id of the member that formed the group
+    reducers: list[str] = field(default_factory=list)  # peer ids of the members that reduced a part
 
 
 @dataclass(frozen=True, kw_only=True)

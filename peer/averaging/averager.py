@@ -61,6 +61,12 @@ class RoundOutcome:
     # received: each part's reduced chunks, in part order (set with ``ok``; ``barnraise.peer.sync.updatelog``)
     caught: dict[str, str] = field(default_factory=dict)  # reducers proven to have lied -> what they did
     audit_bytes: int = 0  # of the bytes above, those of checking reducers (requests and evidence)
+    leader: str = ""  # peer id of the member that formed the group
+    reducers: list[str] = field(default_factory=list)  # members given a share of the vector to reduce
+
+    def applied_fields(self) -> dict:
+        """What the ``round_applied`` event records of this round's group, besides its result."""
+        return {"duration_s": self.duration_s, "leader": self.leader, "reducers": list(self.reducers)}
 
 
 class Averager:
@@ -175,7 +181,8 @@ class Averager:
         group = reply.group
         out.members = [m.peer_id for m in group.members]
         out.codec = group.codec
-        leader = reply.leader or out.members[0]
+        leader = out.leader = reply.leader or out.members[0]
+        out.reducers = [m.peer_id for m in group.members if m.part_fraction > 0]
         # SparseLoCo's accumulator: in a sparse group old residue fades, so error feedback does what
         # outer momentum does (scripts/bench_codecs.py measures both); dense codecs keep it all
         self.feedback.decay = SPARSE_EF_DECAY if group.codec == "sparse" else 1.0

@@ -27,8 +27,8 @@ async def write_frame(writer: asyncio.StreamWriter, msg: Message | bytes, timeou
         await asyncio.wait_for(_send(writer, len(data).to_bytes(HEADER, "big"), data), timeout_s)
     except (asyncio.TimeoutError, TimeoutError) as e:
         raise PeerUnavailable(f"send of {len(data)} bytes timed out after {timeout_s:.1f} s") from e
-    except (ConnectionError, OSError) as e:
-        raise PeerUnavailable(f"connection lost while sending: {e}") from e
+    except (ConnectionError, OSError) as e:  # a transport fault (e.g. a relay reset), not misbehaviour
+        raise StreamClosed(f"connection lost while sending: {e}") from e
     return HEADER + len(data)
 
 

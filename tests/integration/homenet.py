@@ -97,12 +97,28 @@ def status(swarm: Swarm, net: NetSim) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def reach_by_host(swarm: Swarm, net: NetSim) -> dict[str, str]:
+def peer_ids(swarm: Swarm) -> dict[str, str]:
+    """host name -> peer id, from each peer's events."""
     ids = {}
     for name in PEERS:
         for e in read_events(swarm.events_path(name)):
             if getattr(e, "peer_id", ""):
-                ids[e.peer_id] = name
+                ids[name] = e.peer_id
+    return ids
+
+
+def roles_after(swarm: Swarm, after_round: int) -> list[tuple[int, str, list[str]]]:
+    """(round, leader, reducers) of every round applied after ``after_round``, as each peer saw it."""
+    return [
+        (e.round, e.leader, e.reducers)
+        for name in PEERS
+        for e in read_events(swarm.events_path(name), RoundApplied)
+        if e.round > after_round
+    ]
+
+
+def reach_by_host(swarm: Swarm, net: NetSim) -> dict[str, str]:
+    ids = {pid: name for name, pid in peer_ids(swarm).items()}
     return {
         ids.get(p["peer_id"], p["peer_id"][:8]): p["link"] for p in status(swarm, net)["peers"] if p["alive"]
     }

@@ -4,7 +4,7 @@ Bootstrap, two public peers and two peers each behind its own NAT router (MASQUE
 every peer on a 25 Mbit/s up / 100 Mbit/s down line. The NAT'd peers can dial out but nobody can
 dial them directly; they must learn that, never lead or reduce while a public member can, and
 still apply the rounds everyone agrees on. Then a public peer's router starts dropping inbound
-connections: it must find out and rounds must go on. Skipped with the reason when not root or
+connections: it must find out, lead and reduce no more within two rounds, and rounds must go on. Skipped with the reason when not root or
 when iptables cannot be installed. Every peer behind NAT: ``test_relays.py``.
 """
 
@@ -14,7 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.homenet import agreed_rounds, applied, home_swarm, netns_marks, reach_by_host, wait
+from tests.integration.homenet import (
+    agreed_rounds,
+    applied,
+    home_swarm,
+    netns_marks,
+    peer_ids,
+    reach_by_host,
+    roles_after,
+    wait,
+)
 
 PREFIX = "na"
 SUBNET = "10.81.0.0/24"
@@ -53,8 +62,17 @@ def test_nat_peers_are_full_members_and_a_closing_router_is_noticed(tmp_path: Pa
         blocked_at = max(max(d) for d in applied(swarm).values())
         wait(lambda: reach_by_host(swarm, net).get("p1") == "client", 40, "p1 to find it is not dialable")
         wait(
-            lambda: [r for r in agreed_rounds(applied(swarm)) if r > blocked_at + 2][:2] or None,
+            lambda: [r for r in agreed_rounds(applied(swarm)) if r > blocked_at + 3][:2] or None,
             60,
             "two more rounds agreed by all four after p1's router closed",
         )
+        # Round blocked_at + 1 was under way when the router closed; p1 probes every 10 s, longer
+        # than these 8 s test rounds (real rounds last minutes), so from blocked_at + 4 on, the
+        # second round that starts after its probe, nobody may pick it.
+        p1 = peer_ids(swarm)["p1"]
+        later = roles_after(swarm, blocked_at + 3)
+        assert later, "no round applied after p1's router closed"
+        for round_no, leader, reducers in later:
+            assert leader and reducers, f"round {round_no}: the event names no leader or reducers"
+            assert p1 != leader and p1 not in reducers, f"round {round_no}: p1 still led or reduced"
     assert len(agreed) >= 3
