@@ -176,7 +176,7 @@ class PeerDaemon:
             faults=self.inject if cfg.inject else None,
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
-            on_reach=lambda reach: self.stats.update(link=reach),
+            on_reach=self._reach_changed,
         )
         self.feed.announcer.serving = self.averager.reachability.can_be_dialled
         serve = dict(auth=self.auth, corrupt_state=self.inject.corrupts_state if cfg.inject else None)
@@ -196,6 +196,10 @@ class PeerDaemon:
         )
         self._publish_state()
         self.checkpoints = PeerCheckpoints(cfg, self.manifest, self.signed, self.catchup, self.trainer.model)
+
+    def _reach_changed(self, reach: str, detail: str) -> None:
+        self.stats.update(link=reach)  # the heartbeat's link
+        self.events.emit(events.ReachChanged(reach=reach, detail=detail), log)
 
     def _publish_state(self) -> None:
         self.state_server.publish(self.state)

@@ -240,6 +240,14 @@ class EpochComplete(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ReachChanged(Event):
+    kind: ClassVar[str] = "reach_changed"
+    line: ClassVar[str] = "reachability: {reach} ({detail})"
+    reach: str  # how others reach this peer now: public, relayed, client or unknown
+    detail: str  # what the probe found (who dialled us back, at which address, or why none could)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ClockEstimated(Event):
     kind: ClassVar[str] = "clock_estimated"
     line: ClassVar[str] = "clock: {offset_s:+.3f} s against the swarm ({sources} sources agree)"
@@ -267,6 +275,7 @@ KINDS: dict[str, type[Event]] = {
         ShardSkipped,
         RangeTrained,
         EpochComplete,
+        ReachChanged,
         ClockEstimated,
     )
 }

@@ -87,7 +87,8 @@ class Averager:
         faults: PartFaults | None = None,  # tests only: see peer/injection.py
         auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
-        on_reach: Callable[[str], None] | None = None,  # told when how others reach us changes
+        on_reach: Callable[[str, str], None]
+        | None = None,  # told (reach, detail) when how others reach us changes
     ):
         self.peer_id = peer_id
         self.auth = auth  # signs our requests, checks others' (OPEN_RUN: anyone)

@@ -176,7 +176,7 @@ class DialBackServer:
 class ReachabilityMonitor:
     """Probes this peer's reachability on the P2P loop: at start, then every ``every_s``.
 
-    ``reach()`` is read by matchmaking from any thread; ``on_change(reach)`` runs on the P2P loop
+    ``reach()`` is read by matchmaking from any thread; ``on_change(reach, detail)`` runs on the P2P loop
     whenever the answer changes (the daemon copies it into its heartbeat). A probe nobody answers
     keeps the last known answer: one lost probe must not flip a peer.
     """
@@ -191,7 +191,7 @@ class ReachabilityMonitor:
         access,
         every_s: float = 10.0,
         timeout_s: float = 8.0,
-        on_change: Callable[[str], None] | None = None,
+        on_change: Callable[[str, str], None] | None = None,
     ):
         self.p2p, self.dht, self.run_id, self.peer_id = p2p, dht, run_id, peer_id
         self.access = access  # PeerAuth (signs requests, filters heartbeats) or OPEN_RUN
@@ -241,9 +241,10 @@ class ReachabilityMonitor:
         changed = found.reach != self.current.reach
         self.current = found
         if changed:
-            log.info("reachability: %s (%s)", found.reach, found.detail)
             if self.on_change is not None:
-                self.on_change(found.reach)
+                self.on_change(found.reach, found.detail)
+            else:
+                log.info("reachability: %s (%s)", found.reach, found.detail)
         return found
 
     async def _probers(self) -> list[str]:

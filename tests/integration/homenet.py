@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from barnraise.peer.events import RoundApplied, read_events
+from barnraise.peer.events import ReachChanged, RoundApplied, read_events
 from tests.conftest import init_run
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "scripts"
@@ -117,7 +117,19 @@ def roles_after(swarm: Swarm, after_round: int) -> list[tuple[int, str, list[str
     ]
 
 
+def reach_by_events(swarm: Swarm) -> dict[str, str]:
+    """host name -> what its own latest probe found (its ``reach_changed`` events). Cheap to poll:
+    a ``status`` call costs seconds of CPU, so tests wait on this and then ask ``status`` once."""
+    out = {}
+    for name in PEERS:
+        found = read_events(swarm.events_path(name), ReachChanged)
+        if found:
+            out[name] = found[-1].reach
+    return out
+
+
 def reach_by_host(swarm: Swarm, net: NetSim) -> dict[str, str]:
+    """host name -> its link as ``barnraise status`` shows it (alive peers only)."""
     ids = {pid: name for name, pid in peer_ids(swarm).items()}
     return {
         ids.get(p["peer_id"], p["peer_id"][:8]): p["link"] for p in status(swarm, net)["peers"] if p["alive"]

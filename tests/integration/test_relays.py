@@ -25,6 +25,7 @@ from tests.integration.homenet import (
     applied,
     home_swarm,
     netns_marks,
+    reach_by_events,
     reach_by_host,
     wait,
 )
@@ -37,12 +38,9 @@ pytestmark = netns_marks("relay tests")
 @pytest.mark.timeout(540)
 def test_every_peer_behind_nat_trains_through_relays_and_status_says_so(tmp_path: Path) -> None:
     with home_swarm(tmp_path, prefix=PREFIX, subnet=SUBNET, nat=PEERS) as (swarm, net):
-
-        def all_relayed() -> dict[str, str] | None:
-            links = reach_by_host(swarm, net)
-            return links if len(links) == 4 and set(links.values()) == {"relayed"} else None
-
-        wait(all_relayed, 360, "status to show all four peers as relayed")
+        every = {name: "relayed" for name in PEERS}
+        wait(lambda: reach_by_events(swarm) == every, 360, "every peer's probe to find it relayed")
+        wait(lambda: reach_by_host(swarm, net) == every, 45, "status to show all four peers as relayed")
         relayed_at = max((max(d) for d in applied(swarm).values() if d), default=-1)
 
         def agreed_after() -> list[int] | None:
