@@ -32,10 +32,11 @@ PEERS = ("p1", "p2", "p3", "p4")
 
 @contextmanager
 def home_swarm(
-    tmp_path: Path, *, prefix: str, subnet: str, nat: tuple[str, ...]
+    tmp_path: Path, *, prefix: str, subnet: str, nat: tuple[str, ...], compute_share: float = 0.25
 ) -> Iterator[tuple[Swarm, NetSim]]:
     """A bootstrap and ``PEERS`` on 25 Mbit/s up / 100 down lines, ``nat`` each behind its own router,
-    8 s rounds; namespaces named ``prefix``-*, torn down however the test ends."""
+    8 s rounds, each peer training ``compute_share`` of a round; namespaces named ``prefix``-*,
+    torn down however the test ends."""
     registry.cleanup_stale(prefix)
     run_dir = tmp_path / "run"
     init_run(run_dir, "--round-s", "8")
@@ -43,7 +44,10 @@ def home_swarm(
         peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(nat)
     )
     config = SwarmConfig(
-        run_dir=run_dir, log_dir=tmp_path / "logs", scenario=scenario, peer_args=("--threads", "1")
+        run_dir=run_dir,
+        log_dir=tmp_path / "logs",
+        scenario=scenario,
+        peer_args=("--threads", "1", "--max-compute-share", str(compute_share)),
     )
     with NetSim(hosts=swarm_hosts(scenario), subnet=subnet, prefix=prefix) as net:
         swarm = Swarm(config, net)
