@@ -8,8 +8,6 @@ errors.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,8 +42,16 @@ def relay_settings(relay: str) -> dict:
     boot delay, about 3 minutes, hoping for more: a NAT'd peer becomes dialable that long after it
     starts (measured in our namespaces). The relay's side: the bootstrap declares itself publicly
     reachable (it must be: every peer dials it) so that its relay service runs from the start
-    instead of waiting for enough peers to confirm it by AutoNAT, and it grants relayed connections
-    a real budget (``RELAY_FLAGS``, see ``relay_budget``).
+    instead of waiting for enough peers to confirm it by AutoNAT.
+
+    The relay's budget is go-libp2p's default: a relayed connection carries 128 KiB each way, then
+    the relay resets it (and every stream on it) and the next stream opens a fresh one. p2pd
+    accepts ``-relayDataLimit`` and ``-relayTimeLimit`` but the relay in hivemind 1.1.12's p2pd
+    ignores them: with ``-relayDataLimit=68719476736`` on its command line its own debug log
+    still said "relayed 131072 bytes" before every reset (measured in our namespaces), so we pass
+    nothing. Relayed members therefore reduce nothing while a direct member can
+    (``peer/averaging/roles.py``), and an all-NAT group trains only while each pair's relayed bytes
+    stay small: the sparse codec (README, "Relays").
     """
     if relay == "serve":
         return {"use_relay": True, "force_reachability": "public"}
@@ -54,42 +60,6 @@ def relay_settings(relay: str) -> dict:
     if relay:
         raise ValueError(f"relay role {relay!r}: expected 'serve', 'use' or ''")
     return {}
-
-
-# What the bootstrap's relay grants each relayed connection. Unless p2pd gets these flags
-# explicitly, its relay runs with go-libp2p's default budget, 128 KiB per direction per relayed
-# connection, then resets the connection: enough for DHT requests, not for one averaging part
-# (measured: exchanges of ~800 KB parts through the relay reset every round). -relayMaxCircuits
-# stays at 16 open relayed connections per peer.
-RELAY_FLAGS = {
-    "relayService": 1,
-    "relayDataLimit": 1 << 36,  # bytes per direction per relayed connection (64 GiB)
-    "relayTimeLimit": "24h",  # a relayed connection is reset (and redialled) after this long
-}
-
-
-@contextmanager
-def relay_budget() -> Iterator[None]:
-    """While open, every p2pd started from this process (hivemind's DHT forks its own) gets
-    ``RELAY_FLAGS``.
-
-    hivemind's ``P2P.create`` builds p2pd's argv from a fixed set of keywords and has none for the
-    relay's limits, so we add them where it turns keywords into flags (``_make_process_args``).
-    Scoped to the start of the relay's own DHT: no other node of ours serves large relayed traffic,
-    so a volunteer's uplink never carries other peers' parts.
-    """
-    from hivemind.p2p.p2p_daemon import P2P
-
-    original = P2P.__dict__["_make_process_args"]
-
-    def with_budget(*args, **kwargs) -> list[str]:
-        return original.__func__(*args, **{**kwargs, **RELAY_FLAGS})
-
-    P2P._make_process_args = staticmethod(with_budget)
-    try:
-        yield
-    finally:
-        P2P._make_process_args = original
 
 
 def check_maddr(text: str, what: str) -> None:
@@ -136,8 +106,7 @@ def start_dht(opts: DHTOptions):
     if opts.identity is not None:
         kwargs["identity_path"] = str(opts.identity)
     try:
-        with relay_budget() if opts.relay == "serve" else nullcontext():
-            dht = hivemind.DHT(**kwargs)
+        dht = hivemind.DHT(**kwargs)
     except P2PDaemonError as e:
         text = str(e)
         if "bootstrap" in text or "connect" in text:

@@ -110,7 +110,7 @@ def run_layout(label: str, nat: tuple[str, ...], args: argparse.Namespace, work:
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     init = [*default_barnraise_command(), "init", str(run_dir), "--model", args.model]
     subprocess.run(
-        [*init, "--round-s", str(args.round_s), "--codec", "fp32"], check=True, capture_output=True
+        [*init, "--round-s", str(args.round_s), "--codec", args.codec], check=True, capture_output=True
     )
     scenario = Scenario(
         peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(nat)
@@ -150,6 +150,11 @@ def main() -> int:
     parser.add_argument("--model", help="built-in model (default gpt-small, quick gpt-micro)")
     parser.add_argument("--round-s", type=float, help="round length, seconds (default 30, quick 12)")
     parser.add_argument(
+        "--codec",
+        default="fp32",
+        help="update codec (default fp32; sparse keeps relayed pairs under the relay's 128 KiB budget)",
+    )
+    parser.add_argument(
         "--layouts", nargs="+", choices=list(LAYOUTS), default=list(LAYOUTS), help="which runs (default all)"
     )
     args = parser.parse_args()
@@ -173,6 +178,7 @@ def main() -> int:
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "quick": args.quick,
         "model": args.model,
+        "codec": args.codec,
         "round_s": args.round_s,
         "duration_s": args.duration,
         "links": "25 Mbit/s up / 100 Mbit/s down per peer",
@@ -185,7 +191,11 @@ def main() -> int:
         "target_ratio": TARGET_RATIO,
         "met": ratio is not None and ratio <= TARGET_RATIO,
     }
-    lines = [f"{'layout':8} {'agreed':>6} {'wall s (median)':>16} {'boot MB/round':>13}  reach"]
+    lines = [
+        f"bench_nat {args.model}, codec {args.codec}, {args.round_s:.0f} s rounds, {args.duration:.0f} s per run; "
+        f"load {' '.join(load_before)} -> {' '.join(result['loadavg_after'])}",
+        f"{'layout':8} {'agreed':>6} {'wall s (median)':>16} {'boot MB/round':>13}  reach",
+    ]
     for r in runs:
         wall = "-" if r["round_wall_s_median"] is None else f"{r['round_wall_s_median']:.2f}"
         reach = " ".join(f"{k}={v}" for k, v in sorted(r["reach"].items()))

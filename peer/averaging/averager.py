@@ -192,7 +192,9 @@ class Averager:
         average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)
         self.feedback.remember(compensated, transmitted)
         found = Findings()
-        if average is not None and self.allreduce.identity is not None:
+        # A sparse group all-gathers signed payloads and every member sums them itself: no member
+        # reduces for another, so there is no reducer to audit (peer/averaging/gather.py).
+        if average is not None and self.allreduce.identity is not None and group.codec != "sparse":
             await self.auditor.check_group(group, average, stats.contributors, found)
             # An audit not answered in time proves nothing (a loaded or frozen machine), and failing
             # the round for it would let one slow member stall everyone's: only refusals, bad

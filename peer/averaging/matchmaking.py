@@ -199,6 +199,15 @@ class Matchmaker:
             except (asyncio.TimeoutError, TimeoutError):
                 break
         self._close(round_no, state, plan)
+        if len(state.joins) == 1 and len(state.expected) > 1:
+            # Members announced this round but none reached us (behind NAT before their relay
+            # slots, or failing): averaging alone would move our params off the base they share and
+            # cost a full state download, which a relay cannot carry (coordinator/dhtnode.py).
+            # Keep the progress for the next round, as a group with no dialable member does.
+            return averaging_pb2.JoinReply(
+                status=averaging_pb2.JOIN_REFUSED,
+                reason=f"none of the {len(state.expected) - 1} other members joined",
+            )
         return state.replies[self.peer_id]
 
     def _close(self, round_no: int, state: _LeaderRound, plan: RoundPlan) -> None:

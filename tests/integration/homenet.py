@@ -32,14 +32,20 @@ PEERS = ("p1", "p2", "p3", "p4")
 
 @contextmanager
 def home_swarm(
-    tmp_path: Path, *, prefix: str, subnet: str, nat: tuple[str, ...], compute_share: float = 0.25
+    tmp_path: Path,
+    *,
+    prefix: str,
+    subnet: str,
+    nat: tuple[str, ...],
+    compute_share: float = 0.25,
+    codec: str = "fp32",
 ) -> Iterator[tuple[Swarm, NetSim]]:
     """A bootstrap and ``PEERS`` on 25 Mbit/s up / 100 down lines, ``nat`` each behind its own router,
-    8 s rounds, each peer training ``compute_share`` of a round; namespaces named ``prefix``-*,
+    8 s rounds, ``codec`` updates, each peer training ``compute_share`` of a round; namespaces named ``prefix``-*,
     torn down however the test ends."""
     registry.cleanup_stale(prefix)
     run_dir = tmp_path / "run"
-    init_run(run_dir, "--round-s", "8")
+    init_run(run_dir, "--round-s", "8", "--codec", codec)
     scenario = Scenario(
         peers=len(PEERS), mbit=None, mbit_per_peer={p: (25.0, 100.0) for p in PEERS}, nat=frozenset(nat)
     )
