@@ -143,6 +143,29 @@ def run_layout(label: str, nat: tuple[str, ...], args: argparse.Namespace, work:
     }
 
 
+def report_text(result: dict) -> str:
+    """The result file's table: one line per layout, then the ratios."""
+    r = result
+    lines = [
+        f"bench_nat {r['model']}, codec {r['codec']}, {r['round_s']:.0f} s rounds, {r['duration_s']:.0f} s per run;"
+        f" load {' '.join(r['loadavg_before'])} -> {' '.join(r['loadavg_after'])}",
+        f"{'layout':8} {'agreed':>6} {'wall s (median)':>16} {'boot MB/round':>13}  reach",
+    ]
+    for run in r["runs"]:
+        wall = "-" if run["round_wall_s_median"] is None else f"{run['round_wall_s_median']:.2f}"
+        reach = " ".join(f"{k}={v}" for k, v in sorted(run["reach"].items()))
+        lines.append(
+            f"{run['layout']:8} {run['rounds_agreed']:>6} {wall:>16} {run['bootstrap_mb_per_round']:>13.2f}  {reach}"
+        )
+    ratio, nat = r["mixed_vs_public"], r["all_nat_vs_public"]
+    lines.append(
+        f"mixed / public round wall time: {ratio:.2f}x (target <= {TARGET_RATIO})" if ratio else "no ratio"
+    )
+    if nat:
+        lines.append(f"all-NAT / public round wall time: {nat:.2f}x")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs, smaller model")
@@ -191,21 +214,7 @@ def main() -> int:
         "target_ratio": TARGET_RATIO,
         "met": ratio is not None and ratio <= TARGET_RATIO,
     }
-    lines = [
-        f"bench_nat {args.model}, codec {args.codec}, {args.round_s:.0f} s rounds, {args.duration:.0f} s per run; "
-        f"load {' '.join(load_before)} -> {' '.join(result['loadavg_after'])}",
-        f"{'layout':8} {'agreed':>6} {'wall s (median)':>16} {'boot MB/round':>13}  reach",
-    ]
-    for r in runs:
-        wall = "-" if r["round_wall_s_median"] is None else f"{r['round_wall_s_median']:.2f}"
-        reach = " ".join(f"{k}={v}" for k, v in sorted(r["reach"].items()))
-        lines.append(
-            f"{r['layout']:8} {r['rounds_agreed']:>6} {wall:>16} {r['bootstrap_mb_per_round']:>13.2f}  {reach}"
-        )
-    lines.append(
-        f"mixed / public round wall time: {ratio:.2f}x (target <= {TARGET_RATIO})" if ratio else "no ratio"
-    )
-    text = "\n".join(lines)
+    text = report_text(result)
     stamp = time.strftime("%Y-%m-%d-%H%M%S") + ("-quick" if args.quick else "")
     results = SCRIPTS / "results"
     (results / f"bench_nat-{stamp}.txt").write_text(text + "\n", encoding="utf-8")
