@@ -87,8 +87,7 @@ class Averager:
         faults: PartFaults | None = None,  # tests only: see peer/injection.py
         auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
-        on_reach: Callable[[str, str], None]
-        | None = None,  # told (reach, detail) when how others reach us changes
+        on_reach: Callable[[str, str], None] | None = None,  # told (reach, detail) when it changes
     ):
         self.peer_id = peer_id
         self.auth = auth  # signs our requests, checks others' (OPEN_RUN: anyone)
@@ -183,18 +182,19 @@ class Averager:
         out.members = [m.peer_id for m in group.members]
         out.codec = group.codec
         leader = out.leader = reply.leader or out.members[0]
-        out.reducers = [m.peer_id for m in group.members if m.part_fraction > 0]
+        # a sparse group all-gathers: nobody reduces for anyone (peer/averaging/gather.py)
+        sparse = group.codec == "sparse"
+        out.reducers = [] if sparse else [m.peer_id for m in group.members if m.part_fraction > 0]
         # SparseLoCo's accumulator: in a sparse group old residue fades, so error feedback does what
         # outer momentum does (scripts/bench_codecs.py measures both); dense codecs keep it all
-        self.feedback.decay = SPARSE_EF_DECAY if group.codec == "sparse" else 1.0
+        self.feedback.decay = SPARSE_EF_DECAY if sparse else 1.0
         compensated = self.feedback.compensate(update)
         stats = ExchangeStats()
         average, transmitted, failure = await self.allreduce.run(group, compensated, weight, stats)
         self.feedback.remember(compensated, transmitted)
         found = Findings()
-        # A sparse group all-gathers signed payloads and every member sums them itself: no member
-        # reduces for another, so there is no reducer to audit (peer/averaging/gather.py).
-        if average is not None and self.allreduce.identity is not None and group.codec != "sparse":
+        # A sparse group's members each sum the signed payloads themselves: no reducer to audit.
+        if average is not None and self.allreduce.identity is not None and not sparse:
             await self.auditor.check_group(group, average, stats.contributors, found)
             # An audit not answered in time proves nothing (a loaded or frozen machine), and failing
             # the round for it would let one slow member stall everyone's: only refusals, bad
