@@ -177,6 +177,7 @@ class PeerDaemon:
             auth=self.auth,
             robust=RobustConfig(aggregator=t.aggregator or DEFAULT_AGGREGATOR),
             on_reach=self._reach_changed,
+            seeded_hash=self.stats.init_hash,
         )
         self.feed.announcer.serving = self.averager.reachability.can_be_dialled
         serve = dict(auth=self.auth, corrupt_state=self.inject.corrupts_state if cfg.inject else None)

@@ -88,6 +88,7 @@ class Averager:
         auth: PeerAuth | OpenRun,
         robust: RobustConfig | None = None,
         on_reach: Callable[[str, str], None] | None = None,  # told (reach, detail) when it changes
+        seeded_hash: str = "",  # params hash of the run's seeded initial state ("" = not checked)
     ):
         self.peer_id = peer_id
         self.auth = auth  # signs our requests, checks others' (OPEN_RUN: anyone)
@@ -97,7 +98,9 @@ class Averager:
         self.bandwidth_bps = bandwidth_bps  # declared upload bandwidth, bits/s (0 = unknown)
         self.p2p = p2p
         self.verdicts = Verdicts(p2p=p2p, peer_id=peer_id, auth=auth)
-        rules = GroupRules(run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec)
+        rules = GroupRules(
+            run_id=run_id, peer_id=peer_id, group_size=group_size, codec=codec, seeded_hash=seeded_hash
+        )
         self.matchmaker = Matchmaker(p2p, dht, rules, auth=auth, verdicts=self.verdicts)
         self.reachability = ReachabilityMonitor(
             p2p=p2p, dht=dht, run_id=run_id, peer_id=peer_id, access=auth, on_change=on_reach

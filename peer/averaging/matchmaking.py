@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from barnraise.coordinator import records, swarmclock
@@ -85,6 +85,7 @@ class GroupRules:
     peer_id: str  # this peer
     group_size: int  # target members per group (a leader accepts up to twice this)
     codec: str  # the run's codec; a group uses a smaller one if a member asks for it
+    seeded_hash: str = ""  # params hash of the run's seeded initial state ("" = not checked)
 
 
 class Matchmaker:
@@ -93,6 +94,7 @@ class Matchmaker:
         self.dht = dht
         self.run_id, self.peer_id = rules.run_id, rules.peer_id
         self.group_size, self.codec = rules.group_size, rules.codec
+        self.seeded_hash = rules.seeded_hash
         self.auth = auth  # signs our joins, checks others' and who takes part (OPEN_RUN: anyone)
         self._rounds: dict[int, _LeaderRound] = defaultdict(_LeaderRound)
         self.current_round = 0  # requests for rounds far from this are refused
@@ -217,13 +219,9 @@ class Matchmaker:
         must not drag the group back to its stale base.
         """
         state.closed = True
-        votes: dict[str, int] = defaultdict(int)
-        base_round: dict[str, int] = {}
-        for req in state.joins.values():
-            votes[req.base_hash] += 1
-            base_round[req.base_hash] = max(base_round.get(req.base_hash, -1), req.base_round)
-        base = max(votes, key=lambda b: (votes[b], base_round[b], b))
-        accepted = sorted(p for p, r in state.joins.items() if r.base_hash == base)[: 2 * self.group_size]
+        base = self._pick_base(state.joins.values())
+        accepted = sorted(p for p, r in state.joins.items() if base is not None and r.base_hash == base)
+        accepted = accepted[: 2 * self.group_size]
         codec = negotiate_codec(self.codec, [state.joins[p].codec for p in accepted])
         fractions = roles.reducer_fractions(
             part_fractions([state.joins[p].bandwidth_bps for p in accepted]),
@@ -235,7 +233,7 @@ class Matchmaker:
             ],
             round=round_no,
             codec=codec,
-            base_hash=base,
+            base_hash=base or "",
             reduce_deadline=plan.reduce_deadline,
             exchange_s=max(0.0, plan.reduce_deadline - swarmclock.now()),
         )
@@ -250,10 +248,15 @@ class Matchmaker:
                     status=averaging_pb2.JOIN_ACCEPTED, group=group, leader=self.peer_id
                 )
             elif req.base_hash != base:
+                why = (
+                    f"differs from the group's {base}"
+                    if base is not None
+                    else f"at round -1 is not the run's seeded start {self.seeded_hash}"
+                )
                 state.replies[p] = averaging_pb2.JoinReply(
                     status=averaging_pb2.JOIN_STALE_BASE,
                     leader=self.peer_id,
-                    reason=f"base {req.base_hash} differs from the group's {base}: sync state",
+                    reason=f"base {req.base_hash} {why}: sync state",
                 )
             else:
                 state.replies[p] = averaging_pb2.JoinReply(
@@ -263,6 +266,25 @@ class Matchmaker:
             self.verdicts.open(group)
         state.any_join.set()
         state.closed_ev.set()
+
+    def _pick_base(self, joins: Iterable[averaging_pb2.JoinRequest]) -> str | None:
+        """The base most joiners hold (then the newest); None if none may be averaged.
+
+        A base at round -1 is the seeded start every peer computes for itself, so one that differs
+        from ours was never a start of this run: it wins no tie (a group of one formed on it would
+        average a broken peer alone and tell an honest one to sync to it) and is never averaged.
+        """
+        votes: dict[str, int] = defaultdict(int)
+        base_round: dict[str, int] = {}
+        for req in joins:
+            votes[req.base_hash] += 1
+            base_round[req.base_hash] = max(base_round.get(req.base_hash, -1), req.base_round)
+
+        def sound(b: str) -> bool:
+            return base_round[b] >= 0 or not self.seeded_hash or b == self.seeded_hash
+
+        base = max(votes, key=lambda b: (sound(b), votes[b], base_round[b], b))
+        return base if sound(base) else None
 
     async def _answer_join(
         self, stream: rpc.Stream, req: averaging_pb2.JoinRequest

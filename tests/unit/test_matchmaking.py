@@ -34,8 +34,8 @@ class VerdictBooks:
         self.opened.append(group)
 
 
-def leader(books: VerdictBooks) -> Matchmaker:
-    rules = GroupRules(run_id="r", peer_id="a", group_size=8, codec="fp32")
+def leader(books: VerdictBooks, seeded_hash: str = "") -> Matchmaker:
+    rules = GroupRules(run_id="r", peer_id="a", group_size=8, codec="fp32", seeded_hash=seeded_hash)
     return Matchmaker(None, None, rules, auth=OPEN_RUN, verdicts=books)
 
 
@@ -85,3 +85,32 @@ def test_leader_that_is_stale_still_closes_the_group_for_the_others():
     state, formed = asyncio.run(go())
     assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE
     assert [mem.peer_id for mem in formed[0].members] == ["b", "c"]
+
+
+def close_seeded(*joins: averaging_pb2.JoinRequest) -> tuple[_LeaderRound, list[averaging_pb2.Group]]:
+    """A leader whose seeded start hashes to "seed" closes a group of these joins."""
+
+    async def go():
+        books = VerdictBooks()
+        state = _LeaderRound()
+        state.joins = {j.peer_id: j for j in joins}
+        leader(books, seeded_hash="seed")._close(4, state, RoundPlan.make(4, 0.0, 10.0))
+        return state, books.opened
+
+    return asyncio.run(go())
+
+
+def test_a_start_that_is_not_the_seeded_one_wins_no_tie_and_is_never_averaged():
+    # One honest member and one whose start was perturbed, neither averaged yet: a tie of one
+    # vote each that the base's hash used to break, half the time for the perturbed one.
+    for other in ("0000", "zzzz"):
+        state, formed = close_seeded(join("a", other, 5, base_round=-1), join("b", "seed", 5, base_round=-1))
+        assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE
+        assert "not the run's seeded start" not in state.replies["a"].reason
+        assert [m.peer_id for m in formed[0].members] == ["b"]
+    state, formed = close_seeded(join("a", "zzzz", 5, base_round=-1))
+    assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE and formed == []
+    assert "is not the run's seeded start seed" in state.replies["a"].reason
+    # after a round, a base is whatever the group made of it
+    state, formed = close_seeded(join("a", "zzzz", 5, base_round=0))
+    assert state.replies["a"].status == averaging_pb2.JOIN_ACCEPTED
