@@ -268,11 +268,13 @@ class Matchmaker:
         state.closed_ev.set()
 
     def _pick_base(self, joins: Iterable[averaging_pb2.JoinRequest]) -> str | None:
-        """The base most joiners hold (then the newest); None if none may be averaged.
+        """The base most joiners hold, then the newest; None if none may be averaged.
 
         A base at round -1 is the seeded start every peer computes for itself, so one that differs
-        from ours was never a start of this run: it wins no tie (a group of one formed on it would
-        average a broken peer alone and tell an honest one to sync to it) and is never averaged.
+        from ours, held by one joiner alone, is no start of this run: it loses a tie (else a group of
+        one formed on it would average a broken peer alone and tell an honest one to sync to it) and
+        is never averaged. Held by two or more, it is more likely ours that is odd (other libraries
+        can seed differently), so votes still come first.
         """
         votes: dict[str, int] = defaultdict(int)
         base_round: dict[str, int] = {}
@@ -283,8 +285,8 @@ class Matchmaker:
         def sound(b: str) -> bool:
             return base_round[b] >= 0 or not self.seeded_hash or b == self.seeded_hash
 
-        base = max(votes, key=lambda b: (sound(b), votes[b], base_round[b], b))
-        return base if sound(base) else None
+        base = max(votes, key=lambda b: (votes[b], base_round[b], sound(b), b))
+        return base if sound(base) or votes[base] > 1 else None
 
     async def _answer_join(
         self, stream: rpc.Stream, req: averaging_pb2.JoinRequest

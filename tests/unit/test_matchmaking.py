@@ -111,6 +111,14 @@ def test_a_start_that_is_not_the_seeded_one_wins_no_tie_and_is_never_averaged():
     state, formed = close_seeded(join("a", "zzzz", 5, base_round=-1))
     assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE and formed == []
     assert "is not the run's seeded start seed" in state.replies["a"].reason
+    # two joiners holding the same other start outvote ours: more likely we are the odd one
+    state, formed = close_seeded(
+        join("a", "seed", 5, base_round=-1),
+        join("b", "0000", 5, base_round=-1),
+        join("c", "0000", 5, base_round=-1),
+    )
+    assert [m.peer_id for m in formed[0].members] == ["b", "c"]
+    assert state.replies["a"].status == averaging_pb2.JOIN_STALE_BASE
     # after a round, a base is whatever the group made of it
     state, formed = close_seeded(join("a", "zzzz", 5, base_round=0))
     assert state.replies["a"].status == averaging_pb2.JOIN_ACCEPTED
