@@ -33,10 +33,17 @@ def status_json(initial_peers: str, timeout: float = 40.0) -> dict:
 
 
 def wait_for(predicate, timeout_s: float, every_s: float = 1.0, what: str = "condition"):
+    """Poll ``predicate`` until it returns something true. A CLI call inside it that outlives its
+    own timeout (``status`` costs a few CPU-seconds, far more wall time on two loaded cores) is
+    one poll that saw nothing, not the condition failing; the deadline still applies."""
     deadline = time.monotonic() + timeout_s
     last = None
     while time.monotonic() < deadline:
-        last = predicate()
+        try:
+            last = predicate()
+        except subprocess.TimeoutExpired as e:
+            last = f"{' '.join(map(str, e.cmd[-4:]))} timed out after {e.timeout:.0f} s"
+            continue
         if last:
             return last
         time.sleep(every_s)
