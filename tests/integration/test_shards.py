@@ -204,12 +204,12 @@ def test_peers_keep_getting_shards_from_each_other_without_the_coordinator(swarm
     def after_stop() -> list[ShardFetched]:
         return [e for e in read_events(newcomer.events_path, ShardFetched) if e.t > stopped_at]
 
-    wait_for(
-        lambda: len([e for e in after_stop() if e.source == f"peer {seeder_id}"]) >= 2,
-        60,
-        0.5,
-        "two shards from the seeder with the coordinator gone",
-    )
+    def kept_going() -> bool:
+        fetched = [e for e in after_stop() if e.source == f"peer {seeder_id}"]
+        trained = {r.shard for r in ranges(newcomer) if r.t > stopped_at}
+        return len(fetched) >= 2 and len(trained) >= 2  # a range is recorded once it is trained
+
+    wait_for(kept_going, 60, 0.5, "two shards from the seeder, trained, with the coordinator gone")
     swarm.close(grace_s=1.0)
     assert not [e for e in after_stop() if e.source.startswith("coordinator ")], (
         "the coordinator served shards after it died"
