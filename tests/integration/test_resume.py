@@ -60,12 +60,14 @@ def test_kill_everything_and_resume_from_the_checkpoint(swarm, tmp_path):
         adopted = after(read_events(child.events_path, StateAdopted), t0)
         assert adopted and adopted[0].round >= newest.round, adopted  # went on from a checkpoint
         assert got[0].round > adopted[0].round  # numbered after the checkpoint's round
-        windows = [
-            e for e in after(read_events(child.events_path, WindowTrained), t0) if math.isfinite(e.loss)
-        ]
-        first = windows[0].loss
-        # the checkpoint's loss within noise, far from the untrained model's ln(256) = 5.55
-        assert abs(first - newest.loss) < 0.5 * (math.log(256) - newest.loss), (first, newest.loss)
+    # The checkpoint's loss within noise, far from the untrained model's ln(256) = 5.55. A first
+    # window can be a single batch, and one batch from a hard stretch of a shard can sit near
+    # ln(256) however trained the model is; from scratch, both peers' first windows would.
+    firsts = [
+        next(e.loss for e in after(read_events(c.events_path, WindowTrained), t0) if math.isfinite(e.loss))
+        for c in restarted
+    ]
+    assert abs(min(firsts) - newest.loss) < 0.5 * (math.log(256) - newest.loss), (firsts, newest.loss)
     check_data_position(restarted[0], run, t0)
     report = status_json(swarm.initial_peers)
     assert report["checkpoint"] is not None and report["checkpoint"]["round"] >= newest.round
