@@ -22,34 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("BARNRAISE_MAX_COMPUTE_SHARE", "0.25")
 
 
-# Modules whose real swarms take a minute or more each, longest first. They start first, so that
-# with ``--dist loadfile`` the suite ends on short tests filling the workers instead of one worker
-# finishing a four-minute module alone.
-SLOW_FIRST = (
-    "test_relays.py",
-    "test_faults.py",
-    "test_own_model.py",
-    "test_status.py",
-    "test_home_routers.py",
-    "test_swarm.py",
-    "test_gpu_check.py",
-    "test_upload_limit.py",
-    "test_controls.py",
-    "test_clock.py",
-    "test_shards.py",
-    "test_resume.py",
-    "test_doctor.py",
-    "test_lying_reducer.py",
-    "test_checkpoint_files.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Slow modules first, in ``SLOW_FIRST`` order; a module's own tests keep their order."""
-    rank = {name: i for i, name in enumerate(SLOW_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
-
 def run_cli(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess:
     return subprocess.run(barnraise_argv(*args), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
