@@ -6,6 +6,7 @@ trusted node announces when no live peer holds one as new (``peer/sync/resume.py
 from __future__ import annotations
 
 import logging
+import time
 
 from barnraise.coordinator.errors import ConfigError, PeerUnavailable
 
@@ -53,14 +54,42 @@ def _run_manifest(dht, timeout_s: float):
         client.close()
 
 
+PULL_ATTEMPTS = 4  # reads of who holds what: a live swarm can move on between a read and the pull
+PULL_RETRY_S = 2.0  # wait before reading again, for heartbeats to name the round holders moved to
+
+
+def _pull_agreed(loop, dht, manifest, round_no: int | None, numel: int):
+    """(state, donor, loss) of the newest agreed state a holder serves as announced; None if none did."""
+    from barnraise.peer.net.auth import OPEN_RUN
+    from barnraise.peer.sync.puller import PULL_TIMEOUT_S, pull_state
+
+    sources = [s for s in _sources(dht, manifest, dht.peer_id.to_base58()) if round_no in (None, s[0])]
+    if not sources:
+        which = f"of round {round_no} " if round_no is not None else ""
+        raise ConfigError(
+            f"no state {which}in the swarm: no live peer agrees on one and no checkpoint is announced"
+        )
+    for rnd, phash, holders, loss in sources:
+        try:
+            coro = pull_state(loop.p2p, holders, manifest.run_id, numel, auth=OPEN_RUN, min_round=rnd)
+            state, donor = loop.call(coro, PULL_TIMEOUT_S)
+        except PeerUnavailable as e:
+            log.warning("state of round %d not pulled: %s", rnd, e)
+            continue
+        if state.round == rnd and state.params_hash() == phash:
+            return state, donor, loss
+        log.warning(
+            "state from %s refused: it is not the round-%d state the swarm agrees on", donor[:12], rnd
+        )
+    return None
+
+
 def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
     """``make(...)`` (a ``Weights``) of the state pulled from the swarm."""
     from barnraise.coordinator.dhtnode import DHTOptions, start_dht
     from barnraise.coordinator.signing import dht_validators
-    from barnraise.peer.net.auth import OPEN_RUN
     from barnraise.peer.net.p2ploop import P2PLoop
     from barnraise.peer.sync.checkpoint import run_layout, split_flat
-    from barnraise.peer.sync.puller import PULL_TIMEOUT_S, pull_state
 
     opts = DHTOptions(
         initial_peers=tuple(initial_peers),
@@ -78,34 +107,21 @@ def pull_weights(initial_peers, round_no: int | None, timeout_s: float, make):
                 f"run {manifest.run_id} is closed: export from its RUN_DIR or a --checkpoint DIR"
             )
         numel, layout = run_layout(manifest)
-        sources = [s for s in _sources(dht, manifest, dht.peer_id.to_base58()) if round_no in (None, s[0])]
-        if not sources:
-            which = f"of round {round_no} " if round_no is not None else ""
-            raise ConfigError(
-                f"no state {which}in the swarm: no live peer agrees on one and no checkpoint is announced"
-            )
         loop = P2PLoop(dht)
-        for rnd, phash, holders, loss in sources:
-            try:
-                coro = pull_state(loop.p2p, holders, manifest.run_id, numel, auth=OPEN_RUN, min_round=rnd)
-                state, donor = loop.call(coro, PULL_TIMEOUT_S)
-            except PeerUnavailable as e:
-                log.warning("state of round %d not pulled: %s", rnd, e)
-                continue
-            if state.round == rnd and state.params_hash() == phash:
-                params = split_flat(state.params, layout)
+        for attempt in range(PULL_ATTEMPTS):
+            time.sleep(PULL_RETRY_S if attempt else 0.0)
+            got = _pull_agreed(loop, dht, manifest, round_no, numel)
+            if got is not None:
+                state, donor, loss = got
                 return make(
                     manifest=manifest,
-                    params=params,
-                    round=rnd,
+                    params=split_flat(state.params, layout),
+                    round=state.round,
                     loss=loss,
                     source=f"peer {donor}",
                     tokenizer_bytes=tokenizer_bytes,
                     held_out_bytes=held_out_bytes,
                 )
-            log.warning(
-                "state from %s refused: it is not the round-%d state the swarm agrees on", donor[:12], rnd
-            )
         raise PeerUnavailable("no holder served the state it announced")
     finally:
         if loop is not None:
